@@ -1,0 +1,24 @@
+# Two commands: `make demo` (install + the toy reproduction) and `make test` (install + all tests).
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+# Pinned so pip takes the local build instead of downloading another several-GB torch.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH) -e ".[test]"
+	touch $@
+
+demo: install
+	$(PY) -m toy.reproduce
+
+test: install
+	$(PY) -m pytest -n 2 --dist loadscope
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,15 @@
+"""adjointdpm: gradients through diffusion-model sampling with the adjoint sensitivity method.
+
+    x0 = sample(eps_model, x_T, schedule, cond=c, steps=20, solver="rk4", space="reparam",
+                gradient=Adjoint())
+    loss(x0).backward()   # x_T.grad, c.grad and the model's parameters' .grad
+"""
+from .grad import Adjoint, AdjointDEIS, Backprop, Checkpoint, Gradient
+from .model import CFG
+from .ode import SolveInfo
+from .sample import sample
+from .schedule import VPSchedule
+from .solvers import SOLVERS
+
+__all__ = ["sample", "VPSchedule", "CFG", "Backprop", "Checkpoint", "Adjoint", "AdjointDEIS",
+           "Gradient", "SolveInfo", "SOLVERS"]

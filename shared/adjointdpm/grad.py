@@ -1,0 +1,253 @@
+"""Gradient strategies: how ``loss(sample(...)).backward()`` reaches ``x_T``, ``cond``
+and the model's weights (paper Alg. 1 and 3, eq. 11; AdjointDEIS eq. 12).
+
+Each strategy is an object passed as ``sample(..., gradient=...)`` (as diffrax passes
+``adjoint=``), so they are interchangeable and comparable on one problem:
+
+* :class:`Backprop`   autograd through every step; exact for the discrete sampler,
+  memory grows with steps.
+* :class:`Checkpoint` the same gradient, storing only the state between steps and
+  recomputing one step at a time in backward.
+* :class:`Adjoint`    the augmented adjoint ODE solved backwards (eq. 11 in
+  ``(y, rho)``, eq. 8 in ``(x, t)``); memory independent of steps.
+* :class:`AdjointDEIS` the adjoint ODE solved with exponential integrators in lambda.
+
+Adjoint notation, in the space's variables ``(z, s)`` with ``dz/ds = F(z, s)``: the
+augmented state ``(z, a_z, a_c, a_theta)`` obeys (Alg. 1)::
+
+    d a_z/ds = -a_z^T dF/dz,   d a_c/ds = -a_z^T dF/dc,   d a_theta/ds = -a_z^T dF/dtheta
+
+from ``a_z(s_end) = dL/dz_end``, ``a_c = a_theta = 0`` back to ``s_start``. In ``(y, rho)``
+``F = eps(alpha y, t(rho))``, which is eq. 11.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torchdiffeq
+from torch.autograd.function import once_differentiable
+
+from .ode import ProbabilityFlow, SolveInfo, Space
+from .solvers import Method, _check_finite, integrate, make_method
+
+
+@dataclass
+class Problem:
+    """One sampling problem, as the strategies see it."""
+
+    flow: ProbabilityFlow
+    space: Space
+    method: Method
+    times: torch.Tensor                       # t_0 = t_start > ... > t_N = t_end (float64)
+    make_times: Callable[[int], torch.Tensor]  # the same spacing and ends with other steps
+    rtol: float
+    atol: float
+
+    @property
+    def info(self) -> SolveInfo:
+        return self.flow.info
+
+    def grid(self, times) -> list[float]:
+        return [self.space.coordinate(float(t)) for t in times]
+
+    def field(self, z: tuple, s: float) -> tuple:
+        return (self.space.field(self.flow)(z[0], s),)
+
+    def wrt(self) -> list[torch.Tensor]:
+        """Tensors besides ``x_T`` that want gradients: ``cond`` (if it requires grad), then parameters."""
+        cond = self.flow.cond
+        conds = [cond] if torch.is_tensor(cond) and cond.requires_grad else []
+        return conds + [p for p in self.flow.model.parameters() if p.requires_grad]
+
+
+class Gradient:
+    """The strategy contract: map the initial state ``z0`` to the final one."""
+
+    def solve(self, problem: Problem, z0: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class NoGradient(Gradient):
+    """``gradient=None``: sample only, at ``torch.no_grad()`` cost."""
+
+    def solve(self, problem, z0):
+        with torch.no_grad():
+            return integrate(problem.method, problem.field, (z0,), problem.grid(problem.times), problem.times)[0]
+
+
+class Backprop(Gradient):
+    """Autograd through every step (the baseline). Backward traverses each model
+    evaluation's graph once, so ``nfe_backward = nfe_forward``."""
+
+    def solve(self, problem, z0):
+        z = integrate(problem.method, problem.field, (z0,), problem.grid(problem.times), problem.times)[0]
+        problem.info.nfe_backward = problem.info.nfe_forward
+        return z
+
+    def __repr__(self):
+        return "Backprop()"
+
+
+class Checkpoint(Gradient):
+    """Exactly :class:`Backprop`'s gradient; keeps the states between steps and
+    recomputes one step's activations at a time in backward."""
+
+    def solve(self, problem, z0):
+        return integrate(problem.method, problem.field, (z0,), problem.grid(problem.times), problem.times,
+                         checkpoint=True)[0]
+
+    def __repr__(self):
+        return "Checkpoint()"
+
+
+class Adjoint(Gradient):
+    """The paper's method: solve the augmented adjoint ODE backwards (eq. 11).
+
+    Args:
+        steps: steps of the backward solve (default: the forward's). The grid has the
+            forward's spacing and ends.
+        solver: its solver (default: the forward's); any name ``sample`` accepts.
+        states: ``"reintegrate"`` (the paper) solves ``y`` backwards alongside the adjoint
+            from the final state only, so memory is independent of steps;
+            ``"reuse"`` restarts ``y`` from the stored forward state at every grid point
+            (more accurate, stores one state per step; needs the forward grid).
+        backend: ``"native"`` or ``"torchdiffeq"`` (``torchdiffeq.odeint_adjoint``, the
+            paper's own route; fixed grid = the forward's; solvers euler, heun, rk4,
+            adams4, dopri5).
+    """
+
+    _TORCHDIFFEQ = {"euler": ("euler", {}), "heun": ("heun2", {}), "rk4": ("rk4", {}),
+                    "adams4": ("explicit_adams", {"max_order": 5}), "dopri5": ("dopri5", {})}
+
+    def __init__(self, steps: int | None = None, solver: str | None = None, *,
+                 states: str = "reintegrate", backend: str = "native"):
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"Adjoint steps must be an integer >= 1 or None, got {steps!r}")
+        if solver is not None:
+            make_method(solver)  # validates the name
+        if states not in ("reintegrate", "reuse"):
+            raise ValueError(f"Adjoint states must be 'reintegrate' or 'reuse', got {states!r}")
+        if backend not in ("native", "torchdiffeq"):
+            raise ValueError(f"Adjoint backend must be 'native' or 'torchdiffeq', got {backend!r}")
+        if backend == "torchdiffeq" and (steps is not None or states != "reintegrate"):
+            raise ValueError("backend='torchdiffeq' solves the adjoint on the forward grid from the final state: "
+                             "leave steps=None and states='reintegrate'")
+        self.steps, self.solver, self.states, self.backend = steps, solver, states, backend
+
+    def __repr__(self):
+        return (f"Adjoint(steps={self.steps}, solver={self.solver!r}, states={self.states!r}, "
+                f"backend={self.backend!r})")
+
+    def _method(self, problem: Problem) -> Method:
+        if self.solver is None:
+            return problem.method
+        method = make_method(self.solver, problem.rtol, problem.atol)
+        if method.exponential and not problem.space.exponential:
+            raise ValueError(f"adjoint solver {self.solver!r} is an exponential integrator: it needs space='reparam'")
+        return method
+
+    def solve(self, problem, z0):
+        if self.backend == "torchdiffeq":
+            return self._solve_torchdiffeq(problem, z0)
+        times = problem.times
+        if self.steps is not None and self.steps != len(times) - 1:
+            if self.states == "reuse":
+                raise ValueError("Adjoint(states='reuse') integrates on the forward grid: leave steps=None "
+                                 f"or set it to the forward steps ({len(times) - 1})")
+            times = problem.make_times(self.steps)
+        run = _AdjointRun(problem, self._method(problem), times, self.states == "reuse")
+        return _AdjointSolve.apply(run, z0, *problem.wrt())
+
+    def _solve_torchdiffeq(self, problem, z0):
+        name = problem.method.name if self.solver is None else self.solver
+        if name not in self._TORCHDIFFEQ:
+            raise ValueError(f"backend='torchdiffeq' supports solvers {tuple(self._TORCHDIFFEQ)}, got {name!r}")
+        method, options = self._TORCHDIFFEQ[name]
+        grid = torch.tensor(problem.grid(problem.times), dtype=z0.dtype, device=z0.device)
+        field = problem.space.field(problem.flow)
+        path = torchdiffeq.odeint_adjoint(
+            lambda s, z: field(z, float(s.detach())), z0, grid, method=method, options=dict(options),
+            rtol=problem.rtol, atol=problem.atol, adjoint_params=tuple(problem.wrt()),
+            adjoint_method=method, adjoint_options=dict(options))
+        return path[-1]
+
+
+class AdjointDEIS(Adjoint):
+    """AdjointDEIS-k (poster eq. 12 and its multistep second-order form).
+
+    In ``(y, rho)`` the adjoint ``a_y = alpha a_x`` has no linear part, and eq. 12,
+    ``a_x(s) = (alpha_t/alpha_s) a_x(t) + sigma_s (e^h - 1) (alpha_t^2/alpha_s^2) a_x(t)^T deps/dx``,
+    multiplied by ``alpha_s`` is ``a_y(s) = a_y(t) - (rho_s - rho_t) a_y(t)^T d eps(alpha y)/dy``:
+    the exponential Euler step (DPM-Solver-1) on the adjoint system. Order 2 takes the
+    vector-Jacobian products linear in lambda through the last two points
+    (DPM-Solver-2M). ``y`` is re-integrated with the same rule, so ``steps`` need not
+    equal the forward's.
+    """
+
+    def __init__(self, order: int = 1, steps: int | None = None):
+        if order not in (1, 2):
+            raise ValueError(f"AdjointDEIS order must be 1 or 2, got {order!r}")
+        super().__init__(steps=steps, solver="dpm1" if order == 1 else "dpm2m")
+        self.order = order
+
+    def __repr__(self):
+        return f"AdjointDEIS(order={self.order}, steps={self.steps})"
+
+
+class _AdjointRun:
+    """The forward solve without a graph and the backward adjoint solve, for one call."""
+
+    def __init__(self, problem: Problem, method: Method, times, reuse: bool):
+        self.problem, self.method, self.times, self.reuse = problem, method, times, reuse
+
+    def forward(self, z0):
+        p = self.problem
+        states = [] if self.reuse else None
+        z_end = integrate(p.method, p.field, (z0,), p.grid(p.times), p.times, states=states)[0]
+        stored = [z0] + [s[0] for s in states] if self.reuse else []
+        return z_end, stored
+
+    def backward(self, z_end, stored, a_end):
+        p = self.problem
+        wrt = p.wrt()
+        field = p.space.field(p.flow)
+
+        def augmented(state, s):
+            z, a = state[0], state[1]
+            with torch.enable_grad():
+                z = z.detach().requires_grad_(True)
+                dz = field(z, s)
+                vjps = torch.autograd.grad(dz, (z, *wrt), a, allow_unused=True)
+            return (dz.detach(),) + tuple(torch.zeros_like(w) if v is None else -v for v, w in zip(vjps, (z, *wrt)))
+
+        grid = p.grid(self.times)[::-1]
+        times = self.times.flip(0)
+        state = (z_end, a_end) + tuple(torch.zeros_like(w) for w in wrt)
+        steps, hist = len(grid) - 1, ()
+        for i in range(steps):
+            if self.reuse:  # the forward state at this grid point replaces the re-integrated one
+                state = (stored[steps - i],) + state[1:]
+            state, hist = self.method.step(augmented, state, grid[i], grid[i + 1], hist)
+            _check_finite(state, i + 1, steps, float(times[i + 1]), "adjoint state")
+        return state[1], state[2:]
+
+
+class _AdjointSolve(torch.autograd.Function):
+    """``z_end = solve(z0)`` with the adjoint backward; ``wrt`` are the tensors (cond,
+    parameters) whose gradients the adjoint accumulates."""
+
+    @staticmethod
+    def forward(ctx, run: _AdjointRun, z0, *wrt):
+        z_end, stored = run.forward(z0)
+        ctx.run = run
+        ctx.save_for_backward(z_end, *stored)
+        return z_end
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, a_end):
+        z_end, *stored = ctx.saved_tensors
+        a_z0, a_wrt = ctx.run.backward(z_end, stored, a_end)
+        return (None, a_z0, *a_wrt)

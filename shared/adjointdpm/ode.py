@@ -1,0 +1,135 @@
+"""The two vector fields of the probability-flow ODE (paper Sec. 3.1-3.2).
+
+* ``original`` (eq. 4), state ``x`` over time ``s = t``::
+
+      dx/dt = f(t) x + g(t)^2 / (2 sigma_t) * eps(x, t)  =  f(t) (x - eps(x, t) / sigma_t)
+
+  using ``f = d log(alpha)/dt`` and ``g^2 = -2 f`` (VP).
+* ``reparam`` (eq. 10), state ``y = x / alpha_t`` over ``s = rho = sigma_t / alpha_t``::
+
+      dy/drho = eps(alpha_t y, t(rho))
+
+  (the paper's ``y = alpha_0/alpha_t x``, ``rho = alpha_0 sigma_t/alpha_t - sigma_0`` with the
+  constants ``alpha_0 = 1``, ``sigma_0 = 0`` dropped: they shift and scale nothing that matters).
+
+A *space* converts between ``x`` and its state and gives the field ``dz/ds``; the
+solvers only ever see ``(z, s)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .schedule import VPSchedule
+
+
+@dataclass
+class SolveInfo:
+    """What a call to :func:`adjointdpm.sample` cost. ``nfe_backward`` fills in when
+    ``backward()`` runs (model evaluations or vector-Jacobian products it made)."""
+
+    solver: str
+    space: str
+    steps: int
+    times: torch.Tensor
+    nfe_forward: int = 0
+    nfe_backward: int = 0
+    phase: str = field(default="forward", repr=False)
+
+    def count(self):
+        if self.phase == "forward":
+            self.nfe_forward += 1
+        else:
+            self.nfe_backward += 1
+
+
+class ProbabilityFlow:
+    """``eps(x, t)`` of one sampling problem: the model, its schedule and conditioning,
+    with the shape check and the NFE count in one place."""
+
+    def __init__(self, model, schedule: VPSchedule, cond, info: SolveInfo):
+        self.model, self.schedule, self.cond, self.info = model, schedule, cond, info
+
+    def eps(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        self.info.count()
+        t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        out = self.model(x, t_batch, self.cond)
+        if not torch.is_tensor(out) or out.shape != x.shape:
+            shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(f"model output must have the shape of x {tuple(x.shape)}, got {shape}")
+        return out
+
+
+def _f(value) -> float:
+    return float(value)
+
+
+class Space:
+    """Abstract: ``x = scale(t) * z`` and ``s = coordinate(t)``."""
+
+    name: str
+    exponential: bool  # whether s = exp(-lambda), so exponential integrators apply
+
+    def __init__(self, schedule: VPSchedule):
+        self.schedule = schedule
+
+    def coordinate(self, t: float) -> float:
+        raise NotImplementedError
+
+    def time(self, s: float) -> float:
+        raise NotImplementedError
+
+    def scale(self, t: float) -> float:
+        raise NotImplementedError
+
+    def field(self, flow: ProbabilityFlow):
+        """``dz/ds`` as a function of ``(z, s)``."""
+        raise NotImplementedError
+
+
+class OriginalSpace(Space):
+    """Eq. 4 in ``(x, t)``."""
+
+    name, exponential = "original", False
+
+    def coordinate(self, t):
+        return t
+
+    def time(self, s):
+        return s
+
+    def scale(self, t):
+        return 1.0
+
+    def field(self, flow):
+        sched = self.schedule
+
+        def dx_dt(x, t):
+            f = _f(sched.dlog_alpha_dt(t))
+            return f * (x - flow.eps(x, t) / _f(sched.sigma(t)))
+        return dx_dt
+
+
+class ReparamSpace(Space):
+    """Eq. 10 in ``(y, rho)``, ``y = x / alpha_t``, ``rho = sigma_t / alpha_t``."""
+
+    name, exponential = "reparam", True
+
+    def coordinate(self, t):
+        return _f(self.schedule.rho(t))
+
+    def time(self, rho):
+        return _f(self.schedule.time_of_rho(rho))
+
+    def scale(self, t):
+        return _f(self.schedule.alpha(t))
+
+    def field(self, flow):
+        def dy_drho(y, rho):
+            t = self.time(rho)
+            return flow.eps(self.scale(t) * y, t)
+        return dy_drho
+
+
+SPACES = {"original": OriginalSpace, "reparam": ReparamSpace}

@@ -1,0 +1,60 @@
+"""The one entry point: ``sample`` (paper Alg. 2, with the gradient of Alg. 3)."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .grad import Gradient, NoGradient, Problem
+from .ode import SPACES, ProbabilityFlow, SolveInfo
+from .schedule import VPSchedule
+from .solvers import make_method
+
+
+def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: int,
+           solver: str = "rk4", space: str = "reparam", spacing: str = "logSNR",
+           t_start: float | None = None, t_end: float = 1e-3, gradient: Gradient | None = None,
+           rtol: float = 1e-5, atol: float = 1e-5, return_info: bool = False):
+    """Solve the probability-flow ODE from ``x_T`` at ``t_start`` to ``t_end``; return ``x_{t_end}``.
+
+    Args:
+        model: ``nn.Module`` called as ``model(x, t, cond)`` with ``t`` of shape ``(batch,)``,
+            returning epsilon with the shape of ``x``.
+        x_T: the initial noise, ``(batch, ...)``. Device and dtype of the solve follow it.
+        schedule: a :class:`VPSchedule`.
+        cond: any tensor (or ``None``) handed to the model; gradients reach it when it
+            requires grad.
+        steps: intervals of the time grid, for every solver.
+        solver: ``euler``, ``heun``, ``rk4``, ``adams4`` (4th-order Adams-Bashforth),
+            ``dpm1`` (= DDIM), ``dpm2``, ``dpm3``, ``dpm2m`` (DPM-Solver exponential integrators,
+            ``space="reparam"`` only) or ``dopri5`` (adaptive, torchdiffeq; ``rtol``/``atol``).
+        space: ``"original"`` solves eq. 4 in ``(x, t)``; ``"reparam"`` solves eq. 10 in
+            ``(y, rho)``, ``y = x / alpha_t``, ``rho = sigma_t / alpha_t``.
+        spacing: time grid, ``"logSNR"`` (uniform in lambda), ``"uniform"`` or ``"quadratic"``.
+        t_start: defaults to the schedule's ``T`` (1, or 0.9946 for cosine).
+        gradient: ``None`` (no graph), :class:`Backprop`, :class:`Checkpoint`,
+            :class:`Adjoint` or :class:`AdjointDEIS`.
+        return_info: also return a :class:`SolveInfo` with the NFE counts.
+    """
+    if not torch.is_tensor(x_T) or x_T.dim() < 1 or not x_T.is_floating_point():
+        raise ValueError("x_T must be a floating-point tensor of shape (batch, ...)")
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {tuple(SPACES)}, got {space!r}")
+    if gradient is not None and not isinstance(gradient, Gradient):
+        raise ValueError(f"gradient must be None or a strategy such as Backprop(), got {gradient!r}")
+    method = make_method(solver, rtol, atol)
+    the_space = SPACES[space](schedule)
+    if method.exponential and not the_space.exponential:
+        raise ValueError(f"solver {solver!r} is an exponential integrator in lambda: it needs space='reparam'")
+    make_times = functools.partial(schedule.grid, spacing=spacing, t_start=t_start, t_end=t_end)
+    times = make_times(steps)
+
+    info = SolveInfo(solver=solver, space=space, steps=steps, times=times)
+    problem = Problem(ProbabilityFlow(model, schedule, cond, info), the_space, method, times,
+                      make_times, rtol, atol)
+    t0, t1 = float(times[0]), float(times[-1])
+    z0 = x_T / the_space.scale(t0)
+    z_end = (gradient or NoGradient()).solve(problem, z0)
+    info.phase = "backward"  # model calls from here on are the backward pass's
+    x_end = the_space.scale(t1) * z_end
+    return (x_end, info) if return_info else x_end

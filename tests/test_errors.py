@@ -1,0 +1,83 @@
+"""Every bad input gets a ValueError that names the argument."""
+import pytest
+import torch
+from torch import nn
+
+from adjointdpm import CFG, Adjoint, AdjointDEIS, VPSchedule, sample
+from conftest import gaussian, noise
+
+SCHED = VPSchedule.linear()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(t_end=0.0), "t_end must be > 0"),
+    (dict(t_end=-1e-3), "t_end must be > 0"),
+    (dict(t_start=0.5, t_end=0.5), "t_end must be < t_start"),
+    (dict(t_start=1.5), "t_start must be <="),
+    (dict(steps=0), "steps must be an integer >= 1"),
+    (dict(steps=2.5), "steps must be an integer >= 1"),
+    (dict(solver="rk5"), "solver must be one of"),
+    (dict(space="latent"), "space must be one of"),
+    (dict(spacing="log"), "spacing must be one of"),
+    (dict(solver="dpm2", space="original"), "needs space='reparam'"),
+    (dict(gradient="adjoint"), "gradient must be None or a strategy"),
+])
+def test_bad_arguments(kwargs, match):
+    args = dict(steps=4) | kwargs
+    with pytest.raises(ValueError, match=match):
+        sample(gaussian(), noise(2), SCHED, **args)
+
+
+def test_discrete_schedule_time_range():
+    sched = VPSchedule.discrete(torch.linspace(1e-4, 0.02, 1000))
+    with pytest.raises(ValueError, match="t_end must be >= 0.001"):
+        sample(gaussian(sched), noise(2), sched, steps=3, t_end=1e-4)
+
+
+class WrongShape(nn.Module):
+    def forward(self, x, t, cond):
+        return x[:, :1]
+
+
+def test_model_output_shape():
+    with pytest.raises(ValueError, match=r"model output must have the shape of x \(2, 2\), got \(2, 1\)"):
+        sample(WrongShape(), noise(2), SCHED, steps=3)
+
+
+class BlowsUp(nn.Module):
+    """Finite until t drops below 0.6."""
+
+    def forward(self, x, t, cond):
+        return torch.where(t[:, None] < 0.6, torch.full_like(x, float("nan")), torch.zeros_like(x))
+
+
+def test_nan_mid_solve_names_step_and_time():
+    # uniform grid 1, 0.75025, 0.5005, 0.25075, 0.001: step 3 evaluates at 0.5005 and lands on 0.25075
+    with pytest.raises(ValueError, match=r"non-finite values .* after step 3 of 4 \(t = 0\.25075\)"):
+        sample(BlowsUp(), noise(2), SCHED, steps=4, solver="euler", spacing="uniform")
+
+
+def test_strategy_arguments():
+    with pytest.raises(ValueError, match="Adjoint steps must be"):
+        Adjoint(steps=0)
+    with pytest.raises(ValueError, match="solver must be one of"):
+        Adjoint(solver="rk45")
+    with pytest.raises(ValueError, match="states must be"):
+        Adjoint(states="keep")
+    with pytest.raises(ValueError, match="backend must be"):
+        Adjoint(backend="jax")
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        AdjointDEIS(order=3)
+    x_T = noise(2).requires_grad_()
+    with pytest.raises(ValueError, match="states='reuse'.*forward grid"):
+        sample(gaussian(), x_T, SCHED, steps=4, gradient=Adjoint(steps=8, states="reuse"))
+    with pytest.raises(ValueError, match="backend='torchdiffeq' supports"):
+        sample(gaussian(), x_T, SCHED, steps=4, solver="dpm2", gradient=Adjoint(backend="torchdiffeq"))
+
+
+def test_cfg_needs_a_condition_of_matching_shape():
+    net = gaussian()
+    with pytest.raises(ValueError, match="CFG needs a condition"):
+        CFG(net, 2.0, torch.zeros(2))(noise(2), torch.ones(2), None)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        CFG(net, 2.0, torch.zeros(3))(noise(2), torch.ones(2), torch.zeros(2, 2))

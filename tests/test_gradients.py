@@ -1,0 +1,176 @@
+"""Gradients of every strategy against closed forms, finite differences and each other."""
+import math
+
+import pytest
+import torch
+
+from adjointdpm import CFG, Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample
+from conftest import T, T_END, exact, gaussian, loss_fn, noise, rel
+from toy import EpsMLP, flow_map, flow_map_vjp
+
+SCHED = VPSchedule.linear()
+KEYS = ("x_T", "cond", "mean", "log_scale")
+
+
+def grads(strategy, steps, solver="rk4", space="reparam"):
+    """Gradients of loss_fn w.r.t. x_T, a mean-shifting cond, the mean and log-scales."""
+    model = gaussian()
+    x_T = noise().requires_grad_()
+    cond = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    loss_fn(sample(model, x_T, SCHED, cond, steps=steps, solver=solver, space=space, gradient=strategy)).backward()
+    return {"x_T": x_T.grad, "cond": cond.grad, "mean": model.means.grad[0], "log_scale": model.log_scales.grad[0]}
+
+
+def reference():
+    _, ref = exact(noise())
+    return {**ref, "cond": ref["mean"]}
+
+
+def slopes(errors):
+    return [math.log2(errors[i] / errors[i + 1]) for i in range(len(errors) - 1)]
+
+
+def test_closed_form_gradients_match_autograd_of_the_flow_map():
+    x_T = noise().requires_grad_()
+    mean = torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)
+    log_scale = torch.tensor([0.3, 1.5], dtype=torch.float64).log().requires_grad_()
+    x_end = flow_map(x_T, mean, log_scale, SCHED, T, T_END)
+    loss_fn(x_end).backward()
+    explicit = flow_map_vjp(x_T, mean, log_scale, 2 * (x_end - torch.tensor([1.0, 2.0], dtype=torch.float64)),
+                            SCHED, T, T_END)
+    for key, tensor in (("x_T", x_T), ("mean", mean), ("log_scale", log_scale)):
+        assert torch.allclose(tensor.grad, explicit[key], rtol=1e-12, atol=1e-12)
+
+
+# strategy factory, forward solver, order, steps in the asymptotic range
+CONVERGENCE = {
+    "Backprop": (Backprop, "rk4", 4, (10, 20, 40)),
+    "Checkpoint": (Checkpoint, "rk4", 4, (10, 20, 40)),
+    "Adjoint": (Adjoint, "rk4", 4, (10, 20, 40)),
+    "Adjoint-reuse": (lambda: Adjoint(states="reuse"), "rk4", 4, (10, 20, 40)),
+    "Adjoint-torchdiffeq": (lambda: Adjoint(backend="torchdiffeq"), "rk4", 4, (10, 20, 40)),
+    "AdjointDEIS-1": (lambda: AdjointDEIS(1), "dpm1", 1, (80, 160, 320)),
+    "AdjointDEIS-2": (lambda: AdjointDEIS(2), "dpm2m", 2, (80, 160, 320)),
+}
+
+
+@pytest.mark.parametrize("name", CONVERGENCE)
+def test_gradients_converge_to_the_closed_form(name):
+    make, solver, order, steps = CONVERGENCE[name]
+    ref = reference()
+    errors = {k: [] for k in KEYS}
+    for n in steps:
+        g = grads(make(), n, solver)
+        for k in KEYS:
+            errors[k].append(rel(g[k], ref[k]))
+    for k in KEYS:
+        assert all(s > order - 0.3 for s in slopes(errors[k])), (k, errors[k])
+    assert max(e[-1] for e in errors.values()) < (1e-3 if order == 4 else 0.15)
+
+
+@pytest.mark.parametrize("solver", ["rk4", "adams4", "dpm3", "dopri5"])
+def test_checkpoint_equals_backprop(solver):
+    a, b = grads(Backprop(), 12, solver), grads(Checkpoint(), 12, solver)
+    for k in KEYS:
+        assert torch.allclose(a[k], b[k], rtol=1e-12, atol=1e-14), k
+
+
+@pytest.mark.parametrize("make,order,own_steps", [
+    (lambda m: Adjoint(steps=m), 4, (10, 20, 40)),
+    (lambda m: Adjoint(steps=m, solver="heun"), 2, (20, 40, 80)),
+    (lambda m: AdjointDEIS(1, steps=m), 1, (100, 200, 400)),
+    (lambda m: AdjointDEIS(2, steps=m), 2, (50, 100, 200)),
+], ids=["Adjoint-rk4", "Adjoint-heun", "AdjointDEIS-1", "AdjointDEIS-2"])
+def test_adjoints_converge_to_backprop_with_their_own_steps(make, order, own_steps):
+    """Forward fixed (200 RK4 steps, error ~1e-9); only the adjoint's steps grow."""
+    bp = grads(Backprop(), 200)
+    for k in KEYS:
+        errors = [rel(grads(make(m), 200)[k], bp[k]) for m in own_steps]
+        assert all(s > order - 0.3 for s in slopes(errors)), (k, errors)
+
+
+def test_adjoint_deis_1_is_eq_12():
+    """One AdjointDEIS-1 step, written in x as poster eq. 12, against the library's step."""
+    model, x_T = gaussian(), noise(4)
+    t, s = 0.05, 0.2  # t closer to the data than s
+    lam = lambda u: float(SCHED.lambda_(u))
+    a_t, a_s, sig_s, h = float(SCHED.alpha(t)), float(SCHED.alpha(s)), float(SCHED.sigma(s)), lam(s) - lam(t)
+    x_t = sample(model, x_T, SCHED, steps=40, t_start=s, t_end=t, solver="rk4")
+    a_x = torch.randn_like(x_t)
+    x = x_t.clone().requires_grad_()
+    eps = model(x, torch.full((4,), t, dtype=x.dtype))
+    vjp_x, vjp_mean = torch.autograd.grad(eps, (x, model.means), a_x)
+    a_x_s = a_t / a_s * a_x + sig_s * math.expm1(h) * a_t ** 2 / a_s ** 2 * vjp_x
+    a_mean_s = sig_s * math.expm1(h) * a_t / a_s * vjp_mean
+
+    # the library: one backward step from t to s via the gradient of <a_x, x_t> w.r.t. x_s
+    x_s = x_T.clone().requires_grad_()
+    model.zero_grad()
+    out = sample(model, x_s, SCHED, steps=1, t_start=s, t_end=t, solver="dpm1", gradient=AdjointDEIS(1))
+    (out * a_x).sum().backward()
+    assert torch.allclose(x_s.grad, a_x_s, rtol=1e-10, atol=1e-12)
+    # eq. 12 evaluates the Jacobian at x_t; the library at its re-integrated x_t, equal here because
+    # the forward step is the same DPM-Solver-1 step that the backward undoes exactly for a linear eps
+    assert torch.allclose(model.means.grad, a_mean_s, rtol=1e-6, atol=1e-9)
+
+
+def test_adjoint_deis_1_is_euler_on_eq_11():
+    a, b = grads(AdjointDEIS(1, steps=30), 30, "dpm1"), grads(Adjoint(steps=30, solver="euler"), 30, "dpm1")
+    for k in KEYS:
+        assert torch.allclose(a[k], b[k], rtol=1e-12, atol=1e-14), k
+
+
+def _mlp_problem(seed=0):
+    torch.manual_seed(seed)
+    model = EpsMLP(dim=2, cond_dim=3, hidden=32, depth=2).double()
+    x_T = torch.randn(5, 2, dtype=torch.float64)
+    cond = torch.randn(5, 3, dtype=torch.float64)
+    return model, x_T, cond
+
+
+def _mlp_loss(model, x_T, cond, gradient=None, steps=8):
+    x = sample(model, x_T, SCHED, cond, steps=steps, solver="rk4", gradient=gradient)
+    return (x ** 2).sum() + x[:, 0].sum()
+
+
+def test_backprop_on_the_mlp_agrees_with_finite_differences():
+    model, x_T, cond = _mlp_problem()
+    weight = model.net[0].weight
+    x_T.requires_grad_(), cond.requires_grad_()
+    _mlp_loss(model, x_T, cond, Backprop()).backward()
+    gen = torch.Generator().manual_seed(1)
+    for tensor in (x_T, cond, weight):
+        direction = torch.randn(tensor.shape, generator=gen, dtype=torch.float64)
+        eps = 1e-6
+        with torch.no_grad():
+            tensor += eps * direction
+            up = _mlp_loss(model, x_T, cond)
+            tensor -= 2 * eps * direction
+            down = _mlp_loss(model, x_T, cond)
+            tensor += eps * direction
+        fd = float((up - down) / (2 * eps))
+        assert abs(float((tensor.grad * direction).sum()) - fd) < 1e-6 * max(1.0, abs(fd))
+
+
+@pytest.mark.parametrize("make,tol", [(lambda: Adjoint(steps=64), 1e-3), (lambda: AdjointDEIS(2, steps=256), 5e-3)],
+                         ids=["Adjoint", "AdjointDEIS-2"])
+def test_adjoint_on_the_mlp_with_cfg_approaches_checkpoint(make, tol):
+    """Weights, conditioning and x_T through a CFG-wrapped network."""
+    net, x_T, cond = _mlp_problem()
+    model = CFG(net, 2.0, torch.zeros(3, dtype=torch.float64))
+    results = []
+    for gradient in (Checkpoint(), make()):
+        x, c = x_T.clone().requires_grad_(), cond.clone().requires_grad_()
+        model.zero_grad()
+        _mlp_loss(model, x, c, gradient, steps=64).backward()
+        results.append((x.grad, c.grad, net.net[-1].weight.grad.clone()))
+    for exact_grad, adjoint_grad in zip(*results):
+        assert rel(adjoint_grad, exact_grad) < tol
+
+
+def test_cfg_is_the_papers_combination():
+    net, x, cond = _mlp_problem()
+    t = torch.full((5,), 0.3, dtype=torch.float64)
+    null = torch.zeros(3, dtype=torch.float64)
+    expected = 3.0 * net(x, t, cond) + (1 - 3.0) * net(x, t, null.expand(5, 3))
+    assert torch.allclose(CFG(net, 3.0, null)(x, t, cond), expected, atol=1e-12)

@@ -1,0 +1,41 @@
+"""Bytes autograd keeps for backward (saved-tensor hooks): flat in steps for the adjoint,
+linear for backprop."""
+import pytest
+import torch
+
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample
+from toy import EpsMLP
+
+
+def saved_bytes(gradient, steps):
+    torch.manual_seed(0)
+    model = EpsMLP(dim=2, hidden=64, depth=3)
+    x_T = torch.randn(256, 2, requires_grad=True)
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        x = sample(model, x_T, VPSchedule.linear(), steps=steps, solver="dpm2", gradient=gradient)
+    x.sum().backward()  # the graph is usable
+    assert x_T.grad is not None and model.net[0].weight.grad is not None
+    return total
+
+
+@pytest.mark.parametrize("make", [Adjoint, lambda: AdjointDEIS(2)], ids=["Adjoint", "AdjointDEIS"])
+def test_adjoint_memory_is_flat_in_steps(make):
+    assert saved_bytes(make(), 40) == saved_bytes(make(), 10)
+
+
+def test_backprop_memory_grows_linearly_in_steps():
+    b10, b20, b40 = (saved_bytes(Backprop(), n) for n in (10, 20, 40))
+    assert (b40 - b20) == 2 * (b20 - b10)  # every step stores the same activations
+    assert b40 > 3 * saved_bytes(Adjoint(), 40)
+
+
+def test_checkpoint_stores_states_not_activations():
+    ckpt = saved_bytes(Checkpoint(), 40)
+    assert ckpt < saved_bytes(Backprop(), 40) / 5

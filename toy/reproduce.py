@@ -186,12 +186,13 @@ def write_gradients(rows, out: Path):
 def write_convergence(solver_rows, grad_rows, out: Path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     orders = []
+    colors = dict(zip(FORWARD_SOLVERS, plt.cm.tab10.colors))
     for space, style in (("original", "--"), ("reparam", "-")):
         for solver in FORWARD_SOLVERS:
             rows = [r for r in solver_rows if r["space"] == space and r["solver"] == solver]
             if rows:
                 axes[0].loglog([r["steps"] for r in rows], [r["error"] for r in rows], style, marker="o",
-                               label=f"{solver} ({space})")
+                               color=colors[solver], label=f"{solver} ({space})")
                 orders.append((space, solver, f"{fitted_order(rows[-3:]):.2f}"))
     axes[0].set(xlabel="steps", ylabel="relative error vs exact flow map", title="Forward solvers (single Gaussian)")
     axes[0].legend(fontsize=7, ncol=2)

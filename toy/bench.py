@@ -1,0 +1,174 @@
+"""Benchmark the gradient strategies on the toy MLP epsilon-network.
+
+    python -m toy.bench [--out results/toy] [--quick] [--device cpu|cuda]
+
+For each strategy and steps: relative gradient error against a fine-step reference,
+wall time per gradient (median of repeats), peak memory above the set-up level (each
+case in a fresh process: the resident high-water mark VmHWM on Linux CPU, ``torch.cuda.max_memory_allocated``
+on CUDA) and NFE forward/backward. Writes ``bench.json``, ``bench.md`` (ratios against
+Backprop) and ``bench.png`` (memory vs steps, error vs time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from adjointdpm import Checkpoint, VPSchedule, sample
+from toy.mixture import eight_modes
+from toy.mlp import EpsMLP, train_eps_mlp
+from toy.reproduce import STRATEGIES
+
+SOLVER = "rk4"
+HIDDEN, DEPTH = 256, 3
+
+
+def _problem(setup: Path, device: str):
+    model = EpsMLP(hidden=HIDDEN, depth=DEPTH).to(device)
+    model.load_state_dict(torch.load(setup / "model.pt", weights_only=True))
+    x_T = torch.load(setup / "x_T.pt", weights_only=True).to(device)
+    return model, x_T
+
+
+def gradient(model, x_T, strategy, steps):
+    """One gradient of ``mean |x0|^2`` w.r.t. ``x_T`` and the weights; returns (grads, info)."""
+    model.zero_grad()
+    x = x_T.clone().requires_grad_()
+    x0, info = sample(model, x, VPSchedule.linear(), steps=steps, solver=SOLVER, gradient=strategy,
+                      return_info=True)
+    (x0 ** 2).sum(1).mean().backward()
+    return (x.grad.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])), info
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak(device: str) -> int:
+    """Start a memory measurement; returns the level it is measured from (bytes)."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the resident high-water mark (VmHWM)
+    return _status_kib("VmRSS") * 1024
+
+
+def _peak(device: str) -> int:
+    return torch.cuda.max_memory_allocated() if device == "cuda" else _status_kib("VmHWM") * 1024
+
+
+def worker(setup: Path, name: str, steps: int, repeats: int, device: str) -> dict:
+    """One case, in its own process so the memory high-water mark is its own."""
+    model, x_T = _problem(setup, device)
+    base = _reset_peak(device)
+    (g_x, g_theta), info = gradient(model, x_T, STRATEGIES[name](), steps)
+    peak = _peak(device) - base
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        gradient(model, x_T, STRATEGIES[name](), steps)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    ref_x, ref_theta = torch.load(setup / "reference.pt", weights_only=True)
+    rel = lambda a, b: float((a.cpu() - b).norm() / b.norm())
+    return {"strategy": name, "steps": steps, "err_x_T": rel(g_x, ref_x), "err_theta": rel(g_theta, ref_theta),
+            "seconds": statistics.median(times), "peak_bytes": peak, "nfe_forward": info.nfe_forward,
+            "nfe_backward": info.nfe_backward, "device": device}
+
+
+def prepare(setup: Path, batch: int, train_iters: int, ref_steps: int, device: str):
+    """Train the MLP, draw x_T and compute the reference gradient (Checkpoint, fine steps)."""
+    schedule = VPSchedule.linear()
+    mix = eight_modes(schedule)
+    model = train_eps_mlp(lambda n, c, g: mix.sample_data(n, generator=g), schedule, iters=train_iters,
+                          hidden=HIDDEN, depth=DEPTH, progress=False)
+    torch.save(model.state_dict(), setup / "model.pt")
+    torch.save(torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)), setup / "x_T.pt")
+    model, x_T = _problem(setup, device)
+    (g_x, g_theta), _ = gradient(model, x_T, Checkpoint(), ref_steps)
+    torch.save((g_x.cpu(), g_theta.cpu()), setup / "reference.pt")
+
+
+def write(rows, out: Path, meta: dict):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    base = {(r["steps"]): r for r in rows if r["strategy"] == "Backprop"}
+    unit = "CUDA max allocated" if meta["device"] == "cuda" else "resident memory above set-up"
+    lines = ["| strategy | steps | rel. err dL/dx_T | rel. err dL/dtheta | ms (median) | time / Backprop | "
+             f"peak MiB ({unit}) | memory / Backprop | NFE fwd | NFE bwd |", "|" + "---|" * 10]
+    for r in rows:
+        b = base.get(r["steps"])
+        lines.append(f"| {r['strategy']} | {r['steps']} | {r['err_x_T']:.2e} | {r['err_theta']:.2e} | "
+                     f"{r['seconds'] * 1e3:.0f} | {r['seconds'] / b['seconds']:.2f} | {r['peak_bytes'] / 2**20:.1f} | "
+                     f"{r['peak_bytes'] / max(b['peak_bytes'], 1):.2f} | {r['nfe_forward']} | {r['nfe_backward']} |")
+    text = (f"# Gradient strategies on the toy MLP (forward {SOLVER}, batch {meta['batch']}, MLP {DEPTH}x{HIDDEN}, "
+            f"{meta['device']}, {meta['threads']} threads)\n\nReference: Checkpoint() with {meta['ref_steps']} steps. "
+            f"Time: median of {meta['repeats']} repeats. Memory: each case in a fresh process.\n\n"
+            + "\n".join(lines) + "\n")
+    (out / "bench.md").write_text(text)
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in STRATEGIES:
+        rs = [r for r in rows if r["strategy"] == name]
+        if rs:
+            axes[0].plot([r["steps"] for r in rs], [r["peak_bytes"] / 2**20 for r in rs], marker="o", label=name)
+            axes[1].loglog([r["seconds"] for r in rs], [r["err_x_T"] for r in rs], marker="o", label=name)
+    axes[0].set(xlabel="steps", ylabel=f"peak MiB ({unit})", title="Memory vs steps")
+    axes[1].set(xlabel="seconds per gradient", ylabel="relative error of dL/dx_T", title="Error vs time")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "bench.png", dpi=120)
+    plt.close(fig)
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("results/toy"), help="output folder (default results/toy)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, two strategies (for tests)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 3; quick 1)")
+    parser.add_argument("--worker", nargs=3, metavar=("SETUP", "STRATEGY", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 3)
+    if args.worker:
+        setup, name, steps = args.worker
+        print(json.dumps(worker(Path(setup), name, int(steps), repeats, args.device)))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    batch, steps_list = (256, (10, 20)) if args.quick else (1024, (10, 20, 50, 100))
+    names = ["Backprop", "Adjoint"] if args.quick else list(STRATEGIES)
+    meta = {"batch": batch, "repeats": repeats, "device": args.device, "threads": torch.get_num_threads(),
+            "ref_steps": 100 if args.quick else 400}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(Path(tmp), batch, 200 if args.quick else 1500, meta["ref_steps"], args.device)
+        cases = [(n, s) for n in names for s in steps_list]
+        for name, steps in tqdm(cases, desc="bench"):
+            proc = subprocess.run([sys.executable, "-m", "toy.bench", "--worker", tmp, name, str(steps),
+                                   "--device", args.device, "--repeats", str(repeats)],
+                                  capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench case {name} x {steps} failed:\n{proc.stderr[-2000:]}")
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(write(rows, args.out, meta))
+    print(f"wrote bench.md, bench.json, bench.png to {args.out}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned so pip takes the local build instead of downloading another several-GB torch.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test clean
+.PHONY: install demo test notebooks clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,12 @@ demo: install
 	$(PY) -m toy.reproduce
 
 test: install
-	$(PY) -m pytest -n 2 --dist loadscope
+	$(PY) -m pytest -n 2 --dist loadscope tests notebooks \
+		--nbval-lax --sanitize-with notebooks/nbval_sanitize.cfg
+
+# After editing a notebook's .py: rebuild and execute its paired .ipynb (commit both).
+notebooks: install
+	for nb in notebooks/*.py; do $(VENV)/bin/jupytext --to ipynb --execute "$$nb" || exit 1; done
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from adjointdpm import Adjoint, Gradient, VPSchedule, sample
 from toy.mixture import GaussianMixture, eight_modes, three_modes
@@ -168,7 +168,7 @@ def invert_embedding(n: int = 64, iters: int = 60, lr: float = 0.1, train_iters:
 
 
 # -- the command -------------------------------------------------------------------------------
-def _density(ax, mix: GaussianMixture, lim: float = 4.0):
+def plot_density(ax, mix: GaussianMixture, lim: float = 4.0):
     g = torch.linspace(-lim, lim, 200)
     xx, yy = torch.meshgrid(g, g, indexing="xy")
     with torch.no_grad():
@@ -183,7 +183,7 @@ def _scatter_pair(path: Path, title: str, before, after, labels=("before", "afte
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharex=True, sharey=True)
     for ax, pts, label in zip(axes, (before, after), labels):
         if mix is not None:
-            _density(ax, mix)
+            plot_density(ax, mix)
         if extra is not None:
             ax.scatter(*extra.T, s=3, c="0.8", label="reference")
         ax.scatter(*pts.detach().T, s=8, label=label)

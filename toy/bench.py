@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from adjointdpm import Checkpoint, VPSchedule, sample
 from toy.mixture import eight_modes

@@ -6,7 +6,7 @@ import math
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from adjointdpm import VPSchedule
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import matplotlib
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample
 from toy.gaussian import flow_map, flow_map_vjp

@@ -5,6 +5,7 @@
     loss(x0).backward()   # x_T.grad, c.grad and the model's parameters' .grad
 """
 from .grad import Adjoint, AdjointDEIS, Backprop, Checkpoint, Gradient
+from .mixture import GaussianMixture
 from .model import CFG
 from .ode import SolveInfo
 from .sample import sample
@@ -12,4 +13,4 @@ from .schedule import VPSchedule
 from .solvers import SOLVERS
 
 __all__ = ["sample", "VPSchedule", "CFG", "Backprop", "Checkpoint", "Adjoint", "AdjointDEIS",
-           "Gradient", "SolveInfo", "SOLVERS"]
+           "Gradient", "SolveInfo", "SOLVERS", "GaussianMixture"]

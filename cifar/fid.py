@@ -1,0 +1,48 @@
+"""Frechet distance and training-set statistics (REFERENCE: FID conventions).
+
+``d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))``, in float64.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import linalg
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """Frechet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
+                         f"{sigma2.shape}")
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():  # singular product: regularise both, as pytorch-fid does
+        offset = np.eye(mu1.size) * eps
+        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64) of ``(n, d)`` features."""
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"features must have shape (n >= 2, d), got {features.shape}")
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an ``.npz`` holding ``mu`` and ``sigma`` (pytorch-fid) or raw ``pool_3``
+    activations (score_sde's ``cifar10_stats.npz``), without unpickling anything."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"statistics file {path} is not a file (e.g. score_sde's cifar10_stats.npz)")
+    with np.load(path, allow_pickle=False) as data:
+        if "mu" in data and "sigma" in data:
+            return np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+        if "pool_3" in data:
+            return feature_statistics(data["pool_3"])
+        raise ValueError(f"statistics file {path} has neither 'mu'/'sigma' nor 'pool_3' (keys: {sorted(data)})")

@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+
+from cifar.fid import feature_statistics, frechet_distance, load_statistics
+
+
+def test_frechet_distance_of_gaussians_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    # commuting covariances (same eigenvectors): Tr((S1 S2)^(1/2)) = sum sqrt(l1 l2)
+    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    l1, l2 = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
+    s1, s2 = q @ np.diag(l1) @ q.T, q @ np.diag(l2) @ q.T
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(l1) - np.sqrt(l2)) ** 2)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_statistics_files(tmp_path):
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(500, 4))
+    np.savez(tmp_path / "raw.npz", pool_3=feats)
+    mu, sigma = feature_statistics(feats)
+    np.savez(tmp_path / "stats.npz", mu=mu, sigma=sigma)
+    for name in ("raw.npz", "stats.npz"):
+        m, s = load_statistics(tmp_path / name)
+        assert np.allclose(m, feats.mean(0)) and np.allclose(s, np.cov(feats.T))
+    np.savez(tmp_path / "other.npz", x=feats)
+    with pytest.raises(ValueError, match="neither 'mu'/'sigma' nor 'pool_3'"):
+        load_statistics(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match="is not a file"):
+        load_statistics(tmp_path / "absent.npz")
+    with pytest.raises(ValueError, match="statistics do not match"):
+        frechet_distance(mu, sigma, mu[:3], sigma[:3, :3])

@@ -1,6 +1,5 @@
 """CIFAR-10 scale: score_sde's DDPM++ network and checkpoint loader."""
 from .checkpoint import ScoreSDEEps, load_score_sde
 from .ddpmpp import CONFIGS, DDPMpp
-from . import generate
 
 __all__ = ["DDPMpp", "CONFIGS", "load_score_sde", "ScoreSDEEps"]

@@ -1,6 +1,5 @@
 """The four toy applications at small sizes: each loss falls and its outcome is reached."""
 import pytest
-import torch
 
 from adjointdpm import AdjointDEIS, Checkpoint
 from toy import apps

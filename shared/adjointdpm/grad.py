@@ -22,6 +22,7 @@ from ``a_z(s_end) = dL/dz_end``, ``a_c = a_theta = 0`` back to ``s_start``. In `
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,8 +53,13 @@ class Problem:
     def grid(self, times) -> list[float]:
         return [self.space.coordinate(float(t)) for t in times]
 
+    @functools.cached_property
+    def dz_ds(self):
+        """The space's field ``dz/ds`` for this problem's model, schedule and condition."""
+        return self.space.field(self.flow)
+
     def field(self, z: tuple, s: float) -> tuple:
-        return (self.space.field(self.flow)(z[0], s),)
+        return (self.dz_ds(z[0], s),)
 
     def wrt(self) -> list[torch.Tensor]:
         """Tensors besides ``x_T`` that want gradients: ``cond`` (if it requires grad), then parameters."""
@@ -166,7 +172,7 @@ class Adjoint(Gradient):
             raise ValueError(f"backend='torchdiffeq' supports solvers {tuple(self._TORCHDIFFEQ)}, got {name!r}")
         method, options = self._TORCHDIFFEQ[name]
         grid = torch.tensor(problem.grid(problem.times), dtype=z0.dtype, device=z0.device)
-        field = problem.space.field(problem.flow)
+        field = problem.dz_ds
         path = torchdiffeq.odeint_adjoint(
             lambda s, z: field(z, float(s.detach())), z0, grid, method=method, options=dict(options),
             rtol=problem.rtol, atol=problem.atol, adjoint_params=tuple(problem.wrt()),
@@ -211,8 +217,7 @@ class _AdjointRun:
 
     def backward(self, z_end, stored, a_end):
         p = self.problem
-        wrt = p.wrt()
-        field = p.space.field(p.flow)
+        wrt, field = p.wrt(), p.dz_ds
 
         def augmented(state, s):
             z, a = state[0], state[1]

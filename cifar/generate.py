@@ -4,11 +4,13 @@ Shard ``i`` holds samples ``[i * batch, (i + 1) * batch)`` drawn from noise seed
 ``(seed, i)`` only, so a shard's content does not depend on which process made it, how
 many there were, or whether the run was resumed. Under ``torchrun`` each rank takes the
 shards ``i = rank, rank + world, ...`` (from ``RANK`` / ``WORLD_SIZE``); a finished shard
-(its file exists) is never recomputed. Files are written atomically.
+(its file exists) is never recomputed. Files are written atomically; each holds the
+uint8 images and the seconds its sampling took, so wall time survives a resume.
 """
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -30,7 +32,7 @@ def shard_noise(seed: int, shard: int, count: int, shape) -> torch.Tensor:
 def generate(model, schedule: VPSchedule, out_dir, *, n: int, batch: int, sampler: dict, seed: int = 0,
              shape=(3, 32, 32), device=None, rank: int | None = None, world: int | None = None,
              progress: bool = True) -> list[Path]:
-    """Write ``n`` samples as ``shard_XXXXX.pt`` (uint8, ``(count, *shape)``) under ``out_dir``;
+    """Write ``n`` samples as ``shard_XXXXX.pt`` (``{"images": uint8 (count, *shape), "seconds"}``) under ``out_dir``;
     ``sampler`` holds the keyword arguments of :func:`adjointdpm.sample` (steps, solver, ...)."""
     if n < 1 or batch < 1:
         raise ValueError(f"n and batch must be >= 1, got n={n}, batch={batch}")
@@ -44,20 +46,30 @@ def generate(model, schedule: VPSchedule, out_dir, *, n: int, batch: int, sample
     for i in tqdm(todo, desc=f"sampling (rank {rank}/{world})", disable=not progress):
         count = min(batch, n - i * batch)
         x_T = shard_noise(seed, i, count, shape).to(device)
+        start = time.perf_counter()
         with torch.no_grad():
-            x0 = sample(model, x_T, schedule, **sampler)
+            images = to_uint8(sample(model, x_T, schedule, **sampler)).cpu()
         tmp = out_dir / f".shard_{i:05d}.pt.tmp"
-        torch.save(to_uint8(x0).cpu(), tmp)
+        torch.save({"images": images, "seconds": time.perf_counter() - start}, tmp)
         os.replace(tmp, out_dir / f"shard_{i:05d}.pt")
     return [out_dir / f"shard_{i:05d}.pt" for i in shards]
 
 
-def load_samples(out_dir, n: int, batch: int) -> torch.Tensor:
-    """All ``n`` samples, in order; an error names the shards still missing."""
+def _load_shards(out_dir, n: int, batch: int) -> list[dict]:
     out_dir = Path(out_dir)
     paths = [out_dir / f"shard_{i:05d}.pt" for i in range(-(-n // batch))]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
         raise ValueError(f"{out_dir}: {len(missing)} shards missing ({', '.join(missing[:5])} ...): run generation "
                          "again to finish them")
-    return torch.cat([torch.load(p, weights_only=True) for p in paths])[:n]
+    return [torch.load(p, weights_only=True) for p in paths]
+
+
+def load_samples(out_dir, n: int, batch: int) -> torch.Tensor:
+    """All ``n`` samples, in order; an error names the shards still missing."""
+    return torch.cat([s["images"] for s in _load_shards(out_dir, n, batch)])[:n]
+
+
+def sampling_seconds(out_dir, n: int, batch: int) -> float:
+    """Sampling time summed over the shards (GPU-seconds when several ranks made them)."""
+    return sum(s["seconds"] for s in _load_shards(out_dir, n, batch))

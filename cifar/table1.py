@@ -1,29 +1,41 @@
 """The paper's Table 1 (FID versus NFE on score_sde's VP CIFAR-10) as one command.
 
-    python -m cifar.table1 [--nfe 10 20 50] [--samples N] [--out results/cifar]
+Full run (GPU; the three files are local paths, nothing is downloaded):
 
-Three samplers at an exact NFE budget, all on a logSNR grid from t = 1 to 1e-3:
-eq. 4 with 4th-order Adams-Bashforth (``steps = NFE - 6``), DPM-Solver-2 (``steps = NFE / 2``;
-singlestep order 3 cannot meet NFE 10 or 20 exactly) and eq. 10 with Adams-Bashforth.
+    python -m cifar.table1 --checkpoint checkpoint_8.pth --inception weights-inception-2015-12-05-6726825d.pth \\
+        --fid-stats cifar10_stats.npz [--config cifar10_ddpmpp_deep_continuous] [--nfe 10 20 50] [--samples 50000]
 
-This version runs the CPU STAND-IN: an exact-epsilon mixture of 3x32x32 images and a small
-random feature network in place of DDPM++ and Inception (see ``cifar.standin``); its
-numbers are Frechet distances in that feature space, not FIDs. Samples are written in
-shards under ``--out/samples`` and a rerun resumes them.
+    several GPUs: torchrun --nproc_per_node 4 -m cifar.table1 <same arguments>
+
+CPU stand-in (the default when no checkpoint is given): an exact-epsilon mixture of
+3x32x32 images in place of DDPM++ and a small random feature network in place of
+Inception (``cifar.standin``). Its sampler comparison is real, but its numbers are Frechet
+distances in that feature space, not FIDs, and the output says so.
+
+Three samplers at an exact NFE budget, on a logSNR grid from t = 1 to 1e-3 (DPM-Solver's
+setting for score_sde's CIFAR-10): eq. 4 with 4th-order Adams-Bashforth (``steps = NFE - 6``,
+REFERENCE: torchdiffeq's start-up), DPM-Solver-2 (``steps = NFE / 2``; singlestep order 3
+cannot meet NFE 10 or 20 exactly) and eq. 10 with Adams-Bashforth. Each cell also reports
+the median over 64 images of each image's RMSE against a 200-step DPM-Solver-3 solve from
+the same noise (for the stand-in, the exact flow map to ~1e-5). The median, because a
+mixture's flow map is steep between modes: float32 round-off can send one image of 64 to
+another mode, which would dominate a mean. Samples are written in shards under
+``--out/samples``; a rerun resumes them and never recomputes a finished shard.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from adjointdpm import VPSchedule, sample
-from cifar.fid import feature_statistics, frechet_distance
-from cifar.generate import generate, load_samples, shard_noise, to_uint8
-from cifar.standin import ImageMixture, RandomFeatures
+from cifar.fid import feature_statistics, frechet_distance, load_statistics
+from cifar.generate import generate, load_samples, sampling_seconds, shard_noise, to_uint8
 
 PAPER = {  # AdjointDPM Table 1, FID over 50k samples
     "eq. 4 + AB4": {10: 9.50, 20: 8.27, 50: 5.64},
@@ -36,49 +48,100 @@ SAMPLERS = {
     "eq. 10 + AB4": lambda nfe: dict(space="reparam", solver="adams4", steps=nfe - 6),
 }
 GRID = dict(spacing="logSNR", t_end=1e-3)
+FINE = dict(steps=200, solver="dpm3", **GRID)
 
 
-def run(nfes, samples: int, batch: int, out: Path, seed: int = 0, progress: bool = True) -> dict:
+@dataclass
+class Setup:
+    """What a Table 1 run measures with: the eps-model, the feature map, the reference statistics."""
+    model: torch.nn.Module
+    schedule: VPSchedule
+    features: Callable[[torch.Tensor], torch.Tensor]  # uint8 images -> (n, d) features
+    reference: tuple  # (mu, sigma) of the reference features
+    shape: tuple
+    label: str  # how the output names the run
+    standin: bool
+
+
+def standin_setup(samples: int, batch: int, seed: int = 0) -> Setup:
+    from cifar.standin import ImageMixture, RandomFeatures
     schedule = VPSchedule.linear()
     model, features = ImageMixture(schedule), RandomFeatures()
     data = model.sample_data(samples, generator=torch.Generator().manual_seed(seed + 1))
-    ref_stats = feature_statistics(torch.cat([features(to_uint8(d)) for d in data.split(batch)]).numpy())
-    x_T = shard_noise(seed, 0, min(batch, samples), model.shape)
-    exact = sample(model, x_T, schedule, steps=200, solver="dpm3", **GRID)  # the flow map, to ~1e-6
+    reference = feature_statistics(torch.cat([features(to_uint8(d)) for d in data.split(batch)]).numpy())
+    return Setup(model, schedule, features, reference, model.shape, "STAND-IN", standin=True)
+
+
+def checkpoint_setup(checkpoint, inception, fid_stats, config: str, device, **net_kwargs) -> Setup:
+    """``net_kwargs`` go to :func:`cifar.load_score_sde` (tests use a tiny architecture)."""
+    from cifar.checkpoint import load_score_sde
+    from cifar.inception import load_inception
+    reference = load_statistics(fid_stats)  # validate the cheap files before the big one
+    features = load_inception(inception, device)
+    model = load_score_sde(checkpoint, config, **net_kwargs).to(device)
+    return Setup(model, VPSchedule.linear(), features, reference, (3, 32, 32), f"{config} ({checkpoint})",
+                 standin=False)
+
+
+def _folder(name: str, nfe: int) -> str:
+    return f"{name.replace(' ', '').replace('.', '').replace('+', '_')}_nfe{nfe}"
+
+
+def _statistics(features, images: torch.Tensor, batch: int):
+    return feature_statistics(torch.cat([features(b) for b in images.split(batch)]).numpy())
+
+
+def run(setup: Setup, nfes, samples: int, batch: int, out: Path, seed: int = 0, progress: bool = True,
+        device=None) -> dict | None:
+    """Generate every cell's samples (this rank's shards), then on rank 0 measure them.
+    Returns the result dict on rank 0 and ``None`` on the other ranks."""
+    device = device or next(setup.model.parameters(), torch.empty(0)).device
+    cells = [(nfe, name, dict(SAMPLERS[name](nfe), **GRID)) for nfe in nfes for name in SAMPLERS]
+    for nfe, name, cfg in cells:
+        generate(setup.model, setup.schedule, out / "samples" / _folder(name, nfe), n=samples, batch=batch,
+                 sampler=cfg, seed=seed, shape=setup.shape, device=device, progress=progress)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        if torch.distributed.get_rank() != 0:
+            return None
+    x_T = shard_noise(seed, 0, min(batch, samples, 64), setup.shape).to(device)
+    with torch.no_grad():
+        fine = sample(setup.model, x_T, setup.schedule, **FINE)
     rows = []
-    for nfe in nfes:
-        for name, make in SAMPLERS.items():
-            cfg = dict(make(nfe), **GRID)
-            folder = out / "samples" / f"{name.replace(' ', '').replace('.', '').replace('+', '_')}_nfe{nfe}"
-            start = time.perf_counter()
-            generate(model, schedule, folder, n=samples, batch=batch, sampler=cfg, seed=seed, shape=model.shape,
-                     progress=progress)
-            seconds = time.perf_counter() - start
-            images = load_samples(folder, samples, batch)
-            stats = feature_statistics(torch.cat([features(b) for b in images.split(batch)]).numpy())
-            x, info = sample(model, x_T, schedule, return_info=True, **cfg)
-            assert info.nfe_forward == nfe, (name, nfe, info.nfe_forward)
-            rows.append({"nfe": nfe, "sampler": name, "frechet_distance": frechet_distance(*stats, *ref_stats),
-                         "flow_map_rmse": float(((x - exact) ** 2).mean().sqrt()), "paper_fid": PAPER[name][nfe],
-                         "seconds": seconds, **{k: v for k, v in cfg.items() if k in ("space", "solver", "steps")}})
-    return {"mode": "stand-in", "samples": samples, "rows": rows}
+    for nfe, name, cfg in cells:
+        folder = out / "samples" / _folder(name, nfe)
+        stats = _statistics(setup.features, load_samples(folder, samples, batch), batch)
+        with torch.no_grad():
+            x, info = sample(setup.model, x_T, setup.schedule, return_info=True, **cfg)
+        assert info.nfe_forward == nfe, (name, nfe, info.nfe_forward)  # the budget is exact
+        per_image = (x - fine).flatten(1).square().mean(1).sqrt()
+        rows.append({"nfe": nfe, "sampler": name, "distance": frechet_distance(*stats, *setup.reference),
+                     "rmse_vs_fine": float(per_image.median()), "paper_fid": PAPER[name].get(nfe),
+                     "seconds": sampling_seconds(folder, samples, batch),
+                     **{k: cfg[k] for k in ("space", "solver", "steps")}})
+    return {"mode": "stand-in" if setup.standin else "checkpoint", "label": setup.label, "samples": samples,
+            "device": str(device), "rows": rows}
 
 
 def write(result: dict, out: Path) -> str:
-    rows = result["rows"]
-    names = list(SAMPLERS)
+    rows, names = result["rows"], list(SAMPLERS)
+    standin = result["mode"] == "stand-in"
+    metric = "Frechet distance (stand-in features)" if standin else "FID"
     lines = ["| NFE | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for nfe in dict.fromkeys(r["nfe"] for r in rows):
         cell = {r["sampler"]: r for r in rows if r["nfe"] == nfe}
         lines.append(f"| {nfe} | " + " | ".join(
-            f"{cell[n]['frechet_distance']:.3f} / {cell[n]['flow_map_rmse']:.4f} (paper FID {cell[n]['paper_fid']})"
+            f"{cell[n]['distance']:.3g} / {cell[n]['rmse_vs_fine']:.2e} (paper FID {cell[n]['paper_fid'] or '-'})"
             for n in names) + " |")
     times = {n: sum(r["seconds"] for r in rows if r["sampler"] == n) for n in names}
-    text = ("# Table 1: STAND-IN run (not CIFAR-10 FID)\n\n"
-            "Exact-epsilon mixture of 3x32x32 images in place of DDPM++, random conv features in place of "
-            f"Inception; {result['samples']} samples per cell. Each cell: Frechet distance in the stand-in "
-            "feature space / RMSE against the exact flow map (paper FID beside).\n\n" + "\n".join(lines)
-            + "\n\nWall time per sampler (all NFE): " + ", ".join(f"{n} {s:.1f} s" for n, s in times.items()) + "\n")
+    title = "STAND-IN run (not CIFAR-10 FID)" if standin else "FID on score_sde's VP CIFAR-10"
+    what = ("Exact-epsilon mixture of 3x32x32 images in place of DDPM++, random conv features in place of "
+            "Inception." if standin else f"Model {result['label']}; TF Inception-v3 pool_3 via torch-fidelity.")
+    text = (f"# Table 1: {title}\n\n{what} {result['samples']} samples per cell on {result['device']}. "
+            f"Each cell: {metric} / median per-image RMSE against a 200-step DPM-Solver-3 solve "
+            f"({'the exact flow map' if standin else 'a reference solve'}); the paper's FID beside.\n\n"
+            + "\n".join(lines) + "\n\nSampling wall time per sampler (all NFE, summed over shards): "
+            + ", ".join(f"{n} {s:.1f} s" for n, s in times.items()) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "table1.md").write_text(text)
     (out / "table1.json").write_text(json.dumps(result, indent=1))
@@ -86,19 +149,51 @@ def write(result: dict, out: Path) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m cifar.table1", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    real = parser.add_argument_group("full run (give all three, or none for the CPU stand-in)")
+    real.add_argument("--checkpoint", type=Path, help="score_sde checkpoint, e.g. checkpoint_8.pth")
+    real.add_argument("--inception", type=Path, help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
+    real.add_argument("--fid-stats", type=Path, help="training-set statistics: score_sde's cifar10_stats.npz "
+                      "(pool_3) or an npz with mu and sigma")
+    real.add_argument("--config", default="cifar10_ddpmpp_deep_continuous",
+                      choices=["cifar10_ddpmpp_continuous", "cifar10_ddpmpp_deep_continuous"])
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50], help="NFE budgets (each >= 8, even)")
-    parser.add_argument("--samples", type=int, default=2000, help="samples per cell (default 2000)")
-    parser.add_argument("--batch", type=int, default=500, help="samples per shard")
+    parser.add_argument("--samples", type=int, help="samples per cell (default 50000 full, 2000 stand-in)")
+    parser.add_argument("--batch", type=int, default=500, help="samples per shard (default 500)")
     parser.add_argument("--out", type=Path, default=Path("results/cifar"), help="output folder")
+    parser.add_argument("--device", help="default: cuda if available (cuda:LOCAL_RANK under torchrun), else cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     bad = [n for n in args.nfe if n < 8 or n % 2]
     if bad:
         raise SystemExit(f"--nfe: each budget must be even and >= 8 (Adams-Bashforth start-up uses 6 "
                          f"evaluations; DPM-Solver-2 uses 2 per step), got {bad}")
-    print(write(run(args.nfe, args.samples, args.batch, args.out, args.seed), args.out))
-    print(f"wrote table1.md and table1.json to {args.out}/")
+    given = [f for f in ("checkpoint", "inception", "fid_stats") if getattr(args, f) is not None]
+    if given and len(given) < 3:
+        raise SystemExit("a full run needs --checkpoint, --inception and --fid-stats together; missing: "
+                         + ", ".join("--" + f.replace("_", "-") for f in ("checkpoint", "inception", "fid_stats")
+                                     if f not in given))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    cuda = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device or cuda)
+    samples = args.samples or (50000 if given else 2000)
+    if given:
+        try:
+            setup = checkpoint_setup(args.checkpoint, args.inception, args.fid_stats, args.config, device)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    else:
+        setup = standin_setup(samples, args.batch, args.seed)
+        setup.model.to(device)
+    result = run(setup, args.nfe, samples, args.batch, args.out, args.seed, device=device)
+    if result is not None:
+        print(write(result, args.out))
+        print(f"wrote table1.md and table1.json to {args.out}/")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

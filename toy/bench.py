@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from adjointdpm import Checkpoint, VPSchedule, sample
+from adjointdpm.memory import peak as peak_bytes, reset_peak
 from toy.mixture import eight_modes
 from toy.mlp import EpsMLP, train_eps_mlp
 from toy.reproduce import STRATEGIES
@@ -48,32 +49,12 @@ def gradient(model, x_T, strategy, steps):
     return (x.grad.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])), info
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak(device: str) -> int:
-    """Start a memory measurement; returns the level it is measured from (bytes)."""
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the resident high-water mark (VmHWM)
-    return _status_kib("VmRSS") * 1024
-
-
-def _peak(device: str) -> int:
-    return torch.cuda.max_memory_allocated() if device == "cuda" else _status_kib("VmHWM") * 1024
-
-
 def worker(setup: Path, name: str, steps: int, repeats: int, device: str) -> dict:
     """One case, in its own process so the memory high-water mark is its own."""
     model, x_T = _problem(setup, device)
-    base = _reset_peak(device)
+    base = reset_peak(device)
     (g_x, g_theta), info = gradient(model, x_T, STRATEGIES[name](), steps)
-    peak = _peak(device) - base
+    peak = peak_bytes(device) - base
     times = []
     for _ in range(repeats):
         if device == "cuda":

@@ -48,24 +48,30 @@ class GaussianMixture(nn.Module):
             means = means + cond.reshape(-1, 1, self.dim).to(means)  # (B or 1, K, d)
         return means.expand(batch, -1, -1)
 
-    def log_prob_t(self, x, t, cond=None):
-        """``log p_t(x)`` of the noised marginal; ``t`` of shape ``(batch,)``."""
-        log_alpha = self.schedule.log_alpha(t).to(x)[:, None, None]
+    def _components(self, x, t, cond):
+        """Per component: ``w = (x - alpha_t (mu_k + c)) / v_k`` and the log-density up to
+        its ``2 pi`` term. Shapes ``(B, K, d)`` and ``(B, K)``."""
+        log_alpha = self.schedule.log_alpha(t).to(x).reshape(-1, 1, 1)
+        if log_alpha.shape[0] > 1 and bool((log_alpha == log_alpha[0]).all()):
+            log_alpha = log_alpha[:1]  # one time for the batch (every sampler step): share v_k
         alpha2 = torch.exp(2 * log_alpha)
-        var = alpha2 * torch.exp(2 * self.log_scales) + (1 - alpha2)        # (B, K, d)
+        var = alpha2 * torch.exp(2 * self.log_scales) + (1 - alpha2)           # (1 or B, K, d)
         diff = x[:, None, :] - torch.exp(log_alpha) * self._shifted_means(cond, x.shape[0])
-        comp = -0.5 * (diff ** 2 / var + torch.log(2 * math.pi * var)).sum(-1)
+        w = diff / var
+        comp = -0.5 * (torch.einsum("bkd,bkd->bk", w, diff) + torch.log(var).sum(-1))
+        return log_alpha, w, comp
+
+    def log_prob_t(self, x, t, cond=None):
+        """``log p_t(x)`` of the noised marginal; ``t`` of shape ``(batch,)`` or scalar."""
+        _, _, comp = self._components(x, t, cond)
+        comp = comp - 0.5 * x.shape[1] * math.log(2 * math.pi)
         return torch.logsumexp(torch.log_softmax(self.logits, 0) + comp, dim=1)
 
     def forward(self, x, t, cond=None):
-        log_alpha = self.schedule.log_alpha(t).to(x)[:, None, None]
-        alpha2 = torch.exp(2 * log_alpha)
-        sigma = torch.sqrt(-torch.expm1(2 * log_alpha))[:, :, 0]             # (B, 1)
-        var = alpha2 * torch.exp(2 * self.log_scales) + (1 - alpha2)
-        diff = x[:, None, :] - torch.exp(log_alpha) * self._shifted_means(cond, x.shape[0])
-        comp = -0.5 * (diff ** 2 / var + torch.log(var)).sum(-1)
+        log_alpha, w, comp = self._components(x, t, cond)
+        sigma = torch.sqrt(-torch.expm1(2 * log_alpha)).reshape(-1, 1)
         resp = torch.softmax(torch.log_softmax(self.logits, 0) + comp, dim=1)  # (B, K)
-        return sigma * (resp[:, :, None] * diff / var).sum(1)
+        return sigma * torch.einsum("bk,bkd->bd", resp, w)
 
     @torch.no_grad()
     def sample_data(self, n: int, cond=None, generator=None):

@@ -1,0 +1,31 @@
+"""Peak-memory measurement for benchmarks: ``torch.cuda.max_memory_allocated`` on CUDA,
+the resident high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) on Linux
+CPU. Measure one case per process so a high-water mark is that case's own."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak(device) -> int:
+    """Start a measurement; returns the level (bytes) it is measured from."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kib("VmRSS") * 1024
+
+
+def peak(device) -> int:
+    """The high-water mark (bytes) since :func:`reset_peak`."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return _status_kib("VmHWM") * 1024

@@ -18,7 +18,7 @@ demo: install
 	$(PY) -m toy.reproduce
 
 test: install
-	$(PY) -m pytest -n 2 --dist loadscope tests notebooks \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadscope tests notebooks \
 		--nbval-lax --sanitize-with notebooks/nbval_sanitize.cfg
 
 # After editing a notebook's .py: rebuild and execute its paired .ipynb (commit both).
@@ -26,4 +26,4 @@ notebooks: install
 	for nb in notebooks/*.py; do $(VENV)/bin/jupytext --to ipynb --execute "$$nb" || exit 1; done
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache dist grades

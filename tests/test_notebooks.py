@@ -6,7 +6,8 @@ import jupytext
 import nbformat
 import pytest
 
-NOTEBOOKS = sorted(Path(__file__).resolve().parents[1].joinpath("notebooks").glob("*.py"))
+ROOT = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(ROOT.glob("*.py"))
 
 
 def _cells(nb):

@@ -1,0 +1,120 @@
+"""Memory and time of one initial-noise gradient on Stable Diffusion, per gradient strategy.
+
+    python -m stable_diffusion.bench --model DIR_OR_CACHED_ID [--steps 10 20 50] [--device cuda]
+    python -m stable_diffusion.bench --model tiny            # CPU, tiny random components
+
+Each case (strategy x steps) runs in a fresh process: one gradient of a loss on the
+decoded image w.r.t. ``x_T`` (batch 1, guidance 7.5, DPM-Solver-2M on eq. 10), peak
+memory above the level after loading (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the
+resident high-water mark), then the median time of ``--repeats`` more gradients. The
+paper's anchor (App. B): 19.63 GB for one such gradient on SD 1.5 at fp32 on a V100
+(DOODL: 23.24 GB). Writes ``bench.json`` and ``bench.md`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from adjointdpm.memory import peak, reset_peak
+
+from .apps import GRADIENTS, Sampler, noise
+from .components import check_model_dir, load_components, tiny_components
+from .model import decode, encode_prompt, eps_model
+
+PROMPT = "a photo of a dog"
+
+
+def _components(model: str, device, dtype):
+    comps = tiny_components() if model == "tiny" else load_components(model, device, dtype)
+    for net in (comps.unet, comps.vae, comps.text_encoder):
+        net.to(device)
+    return comps
+
+
+def worker(model: str, gradient: str, steps: int, repeats: int, device: str, dtype: str) -> dict:
+    comps = _components(model, device, getattr(torch, dtype))
+    sampler = Sampler(steps=steps, gradient=gradient)
+    eps = eps_model(comps, sampler.guidance_scale)
+    with torch.no_grad():
+        cond = encode_prompt(comps, [PROMPT])
+
+    def one_gradient():
+        x_T = noise(comps, [0]).requires_grad_()
+        decode(comps, sampler.run(comps, eps, x_T, cond)).square().mean().backward()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+
+    base = reset_peak(device)
+    one_gradient()
+    peak_bytes = peak(device) - base
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        one_gradient()
+        times.append(time.perf_counter() - start)
+    return {"gradient": gradient, "steps": steps, "peak_bytes": peak_bytes,
+            "seconds": statistics.median(times) if times else None, "device": device, "dtype": dtype}
+
+
+def write(rows, out: Path, meta: dict) -> str:
+    unit = "CUDA max allocated" if meta["device"].startswith("cuda") else "CPU resident high-water mark"
+    lines = [f"# One dL/dx_T on {meta['model']} ({meta['device']}, {meta['dtype']})", "",
+             f"Peak memory above the loaded model ({unit}) and median seconds per gradient. "
+             "Paper (App. B, SD 1.5 fp32, V100): 19.63 GB AdjointDPM, 23.24 GB DOODL.", "",
+             "| strategy | steps | peak MiB | seconds |", "|---|---|---|---|"]
+    for r in rows:
+        seconds = "-" if r["seconds"] is None else f"{r['seconds']:.2f}"
+        lines.append(f"| {r['gradient']} | {r['steps']} | {r['peak_bytes'] / 2**20:.1f} | {seconds} |")
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(text)
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m stable_diffusion.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="local diffusers directory, cached model id, or 'tiny'")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50])
+    parser.add_argument("--gradients", nargs="+", default=list(GRADIENTS), choices=list(GRADIENTS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="UNet/VAE dtype (the paper's anchor is float32)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed gradients per case after the measured one")
+    parser.add_argument("--out", type=Path, default=Path("results/stable_diffusion"))
+    parser.add_argument("--worker", nargs=2, metavar=("GRADIENT", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.model, args.worker[0], int(args.worker[1]), args.repeats, args.device,
+                                args.dtype)))
+        return
+    if args.model != "tiny":
+        try:  # a wrong directory fails here, once; a missing cached id fails in the first case
+            check_model_dir(args.model)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    rows = []
+    for gradient, steps in tqdm([(g, s) for g in args.gradients for s in args.steps], desc="bench"):
+        proc = subprocess.run([sys.executable, "-m", "stable_diffusion.bench", "--model", args.model, "--worker",
+                               gradient, str(steps), "--device", args.device, "--dtype", args.dtype,
+                               "--repeats", str(args.repeats)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench case {gradient} x {steps} failed:\n{proc.stderr[-2000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    meta = {"model": args.model, "device": args.device, "dtype": args.dtype, "repeats": args.repeats,
+            "threads": torch.get_num_threads()}
+    print(write(rows, args.out, meta))
+    print(f"wrote bench.md and bench.json to {args.out}/")
+
+
+if __name__ == "__main__":
+    main()

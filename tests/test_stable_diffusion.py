@@ -1,0 +1,183 @@
+"""Stable Diffusion scale on tiny components of the real architectures (built in code):
+the time map, v-prediction, gradients of every kind against Checkpoint, offline loading,
+the four applications (two optimisation steps each, loss falls), and the errors."""
+import json
+from unittest import mock
+
+import pytest
+import torch
+import torchvision
+
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, sample
+from stable_diffusion import (LatentEps, add_token, decode, encode_prompt, eps_model, load_components,
+                              tiny_components)
+from stable_diffusion import apps
+from stable_diffusion.__main__ import main
+from stable_diffusion.model import check_latents
+from stable_diffusion.nets import check_target, load_classifier, load_vgg19
+
+FAST = apps.Sampler(steps=3, solver="dpm2m", guidance_scale=3.0)
+
+
+@pytest.fixture
+def comps():
+    return tiny_components(sample_size=8)
+
+
+@pytest.fixture(scope="module")
+def classifier_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clf") / "resnet18_10.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    return path
+
+
+def _classifier(path):
+    return load_classifier("resnet18", path, num_classes=10, size=32)
+
+
+def test_unet_sees_interpolated_timesteps_and_v_prediction_converts(comps):
+    seen = []
+    x = torch.randn(2, *comps.latent_shape, dtype=torch.float64)
+    eps_true = torch.randn_like(x)
+    schedule = comps.schedule
+    t = torch.tensor([0.5005, 0.25], dtype=torch.float64)
+
+    def fake_unet(sample, timestep, encoder_hidden_states):  # v = alpha eps - sigma x_0 for a known eps
+        seen.append(timestep.clone())
+        alpha, sigma = schedule.alpha(t).view(-1, 1, 1, 1), schedule.sigma(t).view(-1, 1, 1, 1)
+        x_0 = (sample - sigma * eps_true) / alpha
+        return mock.Mock(sample=alpha * eps_true - sigma * x_0)
+    unet = mock.Mock(side_effect=fake_unet, dtype=torch.float64)
+    model = LatentEps(unet, comps.betas, "v_prediction")
+    out = model(x, t, torch.zeros(2, 77, 16, dtype=torch.float64))
+    assert torch.allclose(seen[0], torch.tensor([499.5, 249.0], dtype=torch.float64))  # N t - 1, not rounded
+    assert torch.allclose(out, eps_true, atol=1e-12)  # eps = sigma x_t + alpha v
+
+
+def test_gradients_agree_with_checkpoint_as_adjoint_steps_grow(comps):
+    for net in (comps.unet, comps.vae, comps.text_encoder):
+        net.double()
+    model = eps_model(comps, 3.0)
+    token = add_token(comps, "<new>", "dog")
+    attn = apps.cross_attention_parameters(comps.unet)
+    x0 = torch.randn(1, *comps.latent_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def grads(gradient, steps):
+        for p in attn.values():
+            p.requires_grad_(True).grad = None
+        x_T = x0.clone().requires_grad_()
+        row = comps.text_encoder.get_input_embeddings().weight[token].detach().clone().requires_grad_()
+        cond = encode_prompt(comps, ["a photo of <new>"], row, token)
+        x = sample(model, x_T, comps.schedule, cond, steps=steps, solver="rk4", t_end=1e-3, gradient=gradient)
+        decode(comps, x).square().mean().backward()
+        return [x_T.grad, row.grad, torch.cat([p.grad.flatten() for p in attn.values()])]
+
+    errors = []
+    for steps in (4, 16):  # forward and backward steps together: a 4th-order method, so ~1/256
+        reference = grads(Checkpoint(), steps)
+        assert all(g is not None and g.abs().sum() > 0 for g in reference)
+        got = grads(apps.GRADIENTS["adjoint"](steps), steps)
+        errors.append([float((a - b).norm() / b.norm()) for a, b in zip(got, reference)])
+    for coarse, fine in zip(*errors):  # every gradient (x_T, embedding row, attention weights) converges
+        assert fine < coarse / 8 and fine < 1e-3
+    for strategy in (Backprop(), AdjointDEIS(1, steps=4)):
+        assert all(torch.isfinite(g).all() for g in grads(strategy, 4))
+
+
+def test_save_pretrained_and_load_offline(comps, tmp_path):
+    comps.save_pretrained(tmp_path / "sd")
+    loaded = load_components(tmp_path / "sd", device="cpu")
+    assert torch.equal(loaded.betas, comps.betas)  # float64 through the scheduler config
+    x = torch.randn(1, *comps.latent_shape)
+    cond = encode_prompt(comps, ["a dog"])
+    assert torch.equal(encode_prompt(loaded, ["a dog"]), cond)
+    t = torch.tensor([0.3])
+    assert torch.allclose(eps_model(loaded, 1.0)(x, t, cond), eps_model(comps, 1.0)(x, t, cond))
+
+
+def test_errors(comps, tmp_path, classifier_file):
+    with pytest.raises(ValueError, match="cannot load Stable Diffusion from .* offline"):
+        load_components("nobody/no-such-model")
+    (tmp_path / "partial" / "unet").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"lacks the subfolders \['vae', 'text_encoder'"):
+        load_components(tmp_path / "partial")
+    with pytest.raises(ValueError, match=r"latents must have shape \(batch, 4, 8, 8\)"):
+        check_latents(comps, torch.randn(1, 4, 16, 16))
+    with pytest.raises(ValueError, match="another number of classes"):
+        load_classifier("resnet18", classifier_file, num_classes=1000)
+    with pytest.raises(ValueError, match="target class 12 is not a class of this classifier, which has 10"):
+        check_target(_classifier(classifier_file), 12)
+    add_token(comps, "<new>")
+    with pytest.raises(ValueError, match="already in the tokenizer"):
+        add_token(comps, "<new>")
+
+
+def test_guided_sampling_raises_target_probability(comps, classifier_file, tmp_path):
+    result = apps.guided_sampling(comps, _classifier(classifier_file), "a photo of a dog", 3, [0, 1], iters=3,
+                                  lr=0.1, sampler=FAST, out=tmp_path, progress=False)
+    assert result["losses"][-1] < result["losses"][0]
+    assert (tmp_path / "guided.png").exists() and json.loads((tmp_path / "guided.json").read_text())["target"] == 3
+
+
+def test_audit_keeps_the_bound(comps, classifier_file, tmp_path):
+    clf = _classifier(classifier_file)
+    label = int(clf(apps.generate(comps, ["a photo of a cat"], [0], FAST)).argmax())  # labelled "correctly"
+    result = apps.audit(comps, clf, {label: "a photo of a cat"}, [0, 1], tau=0.5, iters=2, sampler=FAST,
+                        out=tmp_path, progress=False)
+    row = result["rows"][0]
+    assert row["correct"] >= 1 and row["max_abs_delta"] <= 0.5 + 1e-7
+    assert row["losses"][-1] > row["losses"][0]  # untargeted: the true class's cross-entropy rises
+    assert "| class |" in (tmp_path / "audit.md").read_text()
+
+
+def _vgg_file(path):
+    torch.manual_seed(0)
+    torch.save({f"features.{k}": v for k, v in torchvision.models.vgg19().features.state_dict().items()}, path)
+    return path
+
+
+def test_stylize_resumes_and_saves_a_loadable_unet(tmp_path):
+    from diffusers import UNet2DConditionModel
+    vgg = load_vgg19(_vgg_file(tmp_path / "vgg.pth"))
+    style = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    kw = dict(prompts=["a house"], seeds=[0], lr=1e-3, sampler=FAST, progress=False)
+    full = apps.stylize(tiny_components(sample_size=8), vgg, style, epochs=2, out=tmp_path / "full", **kw)
+    assert full["losses"][1] < full["losses"][0]
+    apps.stylize(tiny_components(sample_size=8), vgg, style, epochs=1, out=tmp_path / "part", **kw)  # interrupted
+    resumed = tiny_components(sample_size=8)
+    again = apps.stylize(resumed, vgg, style, epochs=2, out=tmp_path / "part", **kw)
+    assert again["losses"] == pytest.approx(full["losses"], rel=1e-5)
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "part" / "unet", local_files_only=True)
+    trained = apps.cross_attention_parameters(resumed.unet)
+    assert all(torch.equal(p, trained[n]) for n, p in apps.cross_attention_parameters(unet).items())
+
+
+def test_invert_embedding_saves_a_textual_inversion_file(comps, tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    targets = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # far from any output
+    result = apps.invert_embedding(comps, targets, [0, 1], token="<fx>", init_token="dog", iters=3, lr=0.05,
+                                   sampler=FAST, reuse_prompts=["a painting of {}"], out=tmp_path, progress=False)
+    assert result["losses"][-1] < result["losses"][0]
+    fresh = tiny_components(sample_size=8)
+    pipe = StableDiffusionPipeline(vae=fresh.vae, text_encoder=fresh.text_encoder, tokenizer=fresh.tokenizer,
+                                   unet=fresh.unet, scheduler=DDIMScheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.load_textual_inversion(str(tmp_path / "learned_embeds.safetensors"))
+    new_id = pipe.tokenizer.convert_tokens_to_ids("<fx>")
+    learned = comps.text_encoder.get_input_embeddings().weight[comps.tokenizer.convert_tokens_to_ids("<fx>")]
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[new_id], learned)
+
+
+def test_command_line(tmp_path, classifier_file):
+    with pytest.raises(SystemExit) as help_exit:
+        main(["guided", "--help"])
+    assert help_exit.value.code == 0
+    main(["invert", "--model", "tiny", "--target-prompt", "a photo of a tree", "--seeds", "0", "--iters", "2",
+          "--steps", "3", "--reuse-prompts", "a painting of {}", "--out", str(tmp_path), "--no-progress"])
+    assert (tmp_path / "learned_embeds.safetensors").exists() and (tmp_path / "invert.png").exists()
+    with pytest.raises(SystemExit, match="target class 99"):
+        main(["guided", "--model", "tiny", "--prompt", "a dog", "--target", "99", "--classifier-arch", "resnet18",
+              "--classifier-weights", str(classifier_file), "--num-classes", "10", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="cannot load Stable Diffusion"):
+        main(["invert", "--model", str(tmp_path / "missing"), "--target-prompt", "x", "--out", str(tmp_path)])

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned so pip takes the local build instead of downloading another several-GB torch.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test notebooks clean
+.PHONY: install demo test notebooks assignments grade clean
 
 install: $(VENV)/.installed
 
@@ -18,12 +18,21 @@ demo: install
 	$(PY) -m toy.reproduce
 
 test: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadscope tests notebooks \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadscope tests notebooks --ignore=notebooks/assignments \
 		--nbval-lax --sanitize-with notebooks/nbval_sanitize.cfg
 
 # After editing a notebook's .py: rebuild and execute its paired .ipynb (commit both).
 notebooks: install
-	for nb in notebooks/*.py; do $(VENV)/bin/jupytext --to ipynb --execute "$$nb" || exit 1; done
+	for nb in notebooks/*.py notebooks/assignments/a[0-9]_*.py; do \
+		$(VENV)/bin/jupytext --to ipynb --execute "$$nb" || exit 1; done
+
+# Course assignments (README: For instructors). SUBMISSIONS holds <student>/<assignment>.ipynb.
+assignments: install
+	$(PY) notebooks/assignments/course.py build --out dist/assignments
+
+SUBMISSIONS ?= submissions
+grade: install
+	$(PY) notebooks/assignments/course.py grade $(SUBMISSIONS) --built dist/assignments --out grades
 
 clean:
 	rm -rf $(VENV) results .pytest_cache dist grades

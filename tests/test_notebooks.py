@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "notebooks"
-NOTEBOOKS = sorted(ROOT.glob("*.py"))
+NOTEBOOKS = sorted(ROOT.glob("*.py")) + sorted(ROOT.glob("assignments/a[0-9]_*.py"))
 
 
 def _cells(nb):

@@ -1,0 +1,366 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [raw]
+# # ASSIGNMENT CONFIG
+# name: a1_adjoint_step
+# export_cell: false
+# run_tests: false
+# check_all_cell: false
+# generate: true
+
+# %% [markdown]
+# # Assignment 1 · The adjoint step
+#
+# In notebook 01 the library's `Adjoint()` gave `dL/dx_T` with memory that does not grow
+# with the number of steps. Here you build it yourself, on the single Gaussian, where the
+# exact gradient is known in closed form.
+#
+# **The setting.** In the reparameterized coordinates `y = x / alpha_t`, `rho = sigma_t / alpha_t`
+# the probability-flow ODE is eq. 10 of the paper, `dy/drho = eps(alpha_t y, t)` with
+# `t = t(rho)`. Sampling runs from `rho_T` (large, noise) down to `rho_end` (small, data).
+# For a loss `L(x_end)` the adjoint `a_y(rho) = dL/dy(rho)` obeys the augmented system
+# (paper eq. 11, the `y` and `a_y` rows):
+#
+# $$\frac{dy}{d\rho} = \epsilon(\alpha y, t), \qquad \frac{da_y}{d\rho} = -\,a_y^\top \frac{\partial \epsilon(\alpha y, t)}{\partial y}.$$
+#
+# Starting from `y_end` and `a_y(rho_end) = alpha_end dL/dx_end`, we solve it **backwards**,
+# from `rho_end` up to `rho_T`; then `dL/dx_T = a_y(rho_T) / alpha_T`. Nothing of the forward
+# solve is stored: `y` is re-integrated alongside `a_y`.
+#
+# Run every cell in order. Each question says what to write; `grader.check` runs the
+# visible tests (more, hidden ones grade your work with other inputs).
+
+# %%
+import math
+
+import torch
+
+from adjointdpm import Adjoint, VPSchedule, sample
+from toy import GaussianMixture, flow_map, flow_map_vjp
+
+torch.set_default_dtype(torch.float64)  # gradients are compared to closed forms at 1e-8
+schedule = VPSchedule.linear()
+mean, log_scale = torch.tensor([1.0, -0.5]), torch.log(torch.tensor([0.3, 0.6]))
+model = GaussianMixture(torch.ones(1), mean[None], log_scale.exp()[None], schedule).requires_grad_(False)  # exact eps
+t_start, t_end = 1.0, 1e-3
+x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+target = torch.tensor([0.5, 0.5])
+
+
+def loss_grad(x_end):
+    """dL/dx_end for L = sum |x_end - target|^2 / 2."""
+    return x_end - target
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q1
+# points: 3
+# all_or_nothing: true
+
+# %% [markdown]
+# ## Question 1 (3 points): the right-hand side
+#
+# Write `adjoint_rhs(y, a_y, rho)` returning the pair `(dy/drho, da_y/drho)` of the system
+# above. Use `t = schedule.time_of_rho(rho)`, `alpha = schedule.alpha(t)`, and call the model
+# as `model(x, t_batch)` with `t_batch` of shape `(batch,)`. Compute the vector-Jacobian
+# product `a_y^T d eps/dy` with `torch.autograd.grad` (hint: make a detached copy of `y`
+# that requires grad, evaluate `eps`, and pass `grad_outputs=a_y`), never by forming the
+# Jacobian.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def adjoint_rhs(y, a_y, rho):
+    # BEGIN SOLUTION
+    t = schedule.time_of_rho(rho)
+    alpha = schedule.alpha(t)
+    with torch.enable_grad():
+        y = y.detach().requires_grad_(True)
+        eps = model(alpha * y, t.expand(y.shape[0]))
+        (vjp,) = torch.autograd.grad(eps, y, grad_outputs=a_y)
+    return eps.detach(), -vjp
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+_rho = schedule.rho(torch.tensor(0.5))
+_dy, _da = adjoint_rhs(x_T, torch.ones_like(x_T), _rho)
+assert _dy.shape == x_T.shape and _da.shape == x_T.shape
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+points: 2
+""" # END TEST CONFIG
+def _reference_rhs(y, a_y, rho):
+    t = schedule.time_of_rho(rho)
+    alpha = schedule.alpha(t)
+    eps_of_y = lambda v: model(alpha * v, t.expand(v.shape[0]))
+    eps, vjp_fn = torch.func.vjp(eps_of_y, y)
+    return eps, -vjp_fn(a_y)[0]
+_gen = torch.Generator().manual_seed(123)
+for _t in (0.05, 0.3, 0.9):
+    _y, _a = torch.randn(5, 2, generator=_gen), torch.randn(5, 2, generator=_gen)
+    _rho = schedule.rho(torch.tensor(_t))
+    for _got, _want in zip(adjoint_rhs(_y, _a, _rho), _reference_rhs(_y, _a, _rho)):
+        assert torch.allclose(_got, _want, atol=1e-10), (_t, _got, _want)
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q2
+# points: 2
+# all_or_nothing: true
+
+# %% [markdown]
+# ## Question 2 (2 points): one Euler step and one RK4 step
+#
+# Write `euler_step(rhs, y, a, rho, h)` and `rk4_step(rhs, y, a, rho, h)`: one explicit step
+# of size `h` (positive here: backwards in the sampling direction means increasing `rho`)
+# of the coupled system `(y, a)' = rhs(y, a, rho)`. Both return the new pair `(y, a)`.
+# Classical RK4 evaluates `rhs` four times, at `rho`, `rho + h/2` (twice) and `rho + h`.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def euler_step(rhs, y, a, rho, h):
+    # BEGIN SOLUTION
+    dy, da = rhs(y, a, rho)
+    return y + h * dy, a + h * da
+    # END SOLUTION
+
+
+def rk4_step(rhs, y, a, rho, h):
+    # BEGIN SOLUTION
+    k1 = rhs(y, a, rho)
+    k2 = rhs(y + h / 2 * k1[0], a + h / 2 * k1[1], rho + h / 2)
+    k3 = rhs(y + h / 2 * k2[0], a + h / 2 * k2[1], rho + h / 2)
+    k4 = rhs(y + h * k3[0], a + h * k3[1], rho + h)
+    return tuple(z + h / 6 * (p + 2 * q + 2 * r + s) for z, p, q, r, s in zip((y, a), k1, k2, k3, k4))
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+_lin = lambda y, a, rho: (-y, a)  # y' = -y, a' = a
+_y1, _a1 = euler_step(_lin, torch.ones(1), torch.ones(1), 0.0, 0.1)
+assert torch.allclose(_y1, torch.tensor([0.9])) and torch.allclose(_a1, torch.tensor([1.1]))
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+# a linear, time-dependent system: RK4 is the degree-4 Taylor polynomial only for constant
+# coefficients, so check that case exactly and the time-dependent one against its order
+_A = torch.tensor([[0.0, 1.0], [-2.0, -0.3]])
+_const = lambda y, a, rho: (y @ _A.T, -a @ _A)
+_h, _y0, _a0 = 0.2, torch.tensor([[1.0, 0.5]]), torch.tensor([[0.3, -1.0]])
+_P = sum(torch.linalg.matrix_power(_h * _A, k) / math.factorial(k) for k in range(5))
+_Q = sum(torch.linalg.matrix_power(-_h * _A.T, k) / math.factorial(k) for k in range(5))
+_y, _a = rk4_step(_const, _y0, _a0, 0.0, _h)
+assert torch.allclose(_y, _y0 @ _P.T, atol=1e-12) and torch.allclose(_a, _a0 @ _Q.T, atol=1e-12)
+_timed = lambda y, a, rho: (rho * y, -rho * a)  # y(rho) = y0 exp(rho^2 / 2)
+_errs = [abs(float(rk4_step(_timed, torch.ones(1), torch.ones(1), 1.0, h)[0]) - math.exp(((1 + h) ** 2 - 1) / 2))
+         for h in (0.1, 0.05)]
+assert 24 < _errs[0] / _errs[1] < 40  # local error O(h^5): ratio 2^5 = 32
+_y, _a = euler_step(_timed, torch.ones(1), torch.ones(1), 1.0, 0.1)
+assert torch.allclose(_y, torch.tensor([1.1])) and torch.allclose(_a, torch.tensor([0.9]))
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q3
+# points: 3
+# all_or_nothing: true
+
+# %% [markdown]
+# ## Question 3 (3 points): `dL/dx_T` by the adjoint method
+#
+# Write `grad_x_T(x_T, steps, step=rk4_step, rhs=adjoint_rhs)`:
+# 1. sample `x_end` with `sample(model, x_T, schedule, steps=steps, solver="rk4", t_start=t_start, t_end=t_end)`
+#    (no graph needed: wrap it in `torch.no_grad()`);
+# 2. take the grid `rhos = schedule.rho(schedule.grid(steps, "logSNR", t_start=t_start, t_end=t_end))`
+#    (decreasing, from `rho_T` to `rho_end`);
+# 3. start from `y = x_end / alpha_end`, `a = alpha_end * loss_grad(x_end)` and take `steps`
+#    steps of `step` backwards through the grid (from `rhos[-1]` to `rhos[0]`);
+# 4. return `a / alpha_T`.
+#
+# Use the arguments `step` and `rhs` (not the global names): the grader passes its own.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def grad_x_T(x_T, steps, step=rk4_step, rhs=adjoint_rhs):
+    # BEGIN SOLUTION
+    with torch.no_grad():
+        x_end = sample(model, x_T, schedule, steps=steps, solver="rk4", t_start=t_start, t_end=t_end)
+    rhos = schedule.rho(schedule.grid(steps, "logSNR", t_start=t_start, t_end=t_end))
+    alpha_end, alpha_T = schedule.alpha(torch.tensor(t_end)), schedule.alpha(torch.tensor(t_start))
+    y, a = x_end / alpha_end, alpha_end * loss_grad(x_end)
+    for i in range(steps, 0, -1):
+        y, a = step(rhs, y, a, rhos[i], rhos[i - 1] - rhos[i])
+    return a / alpha_T
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [markdown]
+# Compare with the closed form (`toy.flow_map_vjp`) and with the library:
+
+# %%
+exact = flow_map_vjp(x_T, mean, log_scale, loss_grad(flow_map(x_T, mean, log_scale, schedule, t_start, t_end)),
+                     schedule, t_start, t_end)["x_T"]
+mine = grad_x_T(x_T, 20)
+x = x_T.clone().requires_grad_()
+x_end = sample(model, x, schedule, steps=20, solver="rk4", t_start=t_start, t_end=t_end, gradient=Adjoint())
+(((x_end - target) ** 2).sum() / 2).backward()
+print("relative error, mine vs closed form:", float((mine - exact).norm() / exact.norm()))
+print("relative error, library Adjoint vs closed form:", float((x.grad - exact).norm() / exact.norm()))
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+assert grad_x_T(x_T, 10).shape == x_T.shape
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+points: 2
+""" # END TEST CONFIG
+def _ref_rhs(y, a_y, rho):
+    t = schedule.time_of_rho(rho)
+    eps, vjp_fn = torch.func.vjp(lambda v: model(schedule.alpha(t) * v, t.expand(v.shape[0])), y)
+    return eps, -vjp_fn(a_y)[0]
+def _ref_rk4(rhs, y, a, rho, h):
+    k1 = rhs(y, a, rho)
+    k2 = rhs(y + h / 2 * k1[0], a + h / 2 * k1[1], rho + h / 2)
+    k3 = rhs(y + h / 2 * k2[0], a + h / 2 * k2[1], rho + h / 2)
+    k4 = rhs(y + h * k3[0], a + h * k3[1], rho + h)
+    return tuple(z + h / 6 * (p + 2 * q + 2 * r + s) for z, p, q, r, s in zip((y, a), k1, k2, k3, k4))
+_x = torch.randn(6, 2, generator=torch.Generator().manual_seed(7)) * 1.5
+_exact = flow_map_vjp(_x, mean, log_scale, loss_grad(flow_map(_x, mean, log_scale, schedule, t_start, t_end)),
+                      schedule, t_start, t_end)["x_T"]
+_got = grad_x_T(_x, 40, step=_ref_rk4, rhs=_ref_rhs)
+assert float((_got - _exact).norm() / _exact.norm()) < 2e-4  # measured 4.5e-5; Euler's is ~1e-2
+_xl = _x.clone().requires_grad_()
+_xe = sample(model, _xl, schedule, steps=40, solver="rk4", t_start=t_start, t_end=t_end, gradient=Adjoint())
+(((_xe - target) ** 2).sum() / 2).backward()
+assert torch.allclose(_got, _xl.grad, rtol=1e-9, atol=1e-12)  # the library's Adjoint takes the same steps
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q4
+# points: 2
+# all_or_nothing: true
+
+# %% [markdown]
+# ## Question 4 (2 points): the order of the error
+#
+# Write `fit_order(steps, errors)`: the slope `p` of the least-squares line through
+# `(log steps, -log errors)`, i.e. the `p` in `error ~ C steps^-p`. Then run the cell
+# after it, which measures the gradient error of your Euler and RK4 adjoints.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def fit_order(steps, errors):
+    # BEGIN SOLUTION
+    u = torch.log(torch.as_tensor(steps, dtype=torch.float64))
+    v = -torch.log(torch.as_tensor(errors, dtype=torch.float64))
+    u, v = u - u.mean(), v - v.mean()
+    return float((u * v).sum() / (u * u).sum())
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %%
+grid_steps = [10, 20, 40, 80]
+errors = {name: [float((grad_x_T(x_T, n, step=s) - exact).norm() / exact.norm()) for n in grid_steps]
+          for name, s in (("euler", euler_step), ("rk4", rk4_step))}
+for name, errs in errors.items():
+    print(name, ["%.1e" % e for e in errs], "order %.2f" % fit_order(grid_steps, errs))
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+assert abs(fit_order([1, 2, 4], [1.0, 0.25, 0.0625]) - 2) < 1e-9
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+_n = [3, 7, 20, 55]
+_e = [2.5 * n ** -3.3 * (1.05 if i % 2 else 0.95) for i, n in enumerate(_n)]
+_u = torch.log(torch.tensor(_n, dtype=torch.float64)); _v = -torch.log(torch.tensor(_e, dtype=torch.float64))
+_slope = float(((_u - _u.mean()) * (_v - _v.mean())).sum() / ((_u - _u.mean()) ** 2).sum())
+assert abs(fit_order(_n, _e) - _slope) < 1e-9
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q5
+# manual: true
+# points: 1
+
+# %% [markdown]
+# ## Question 5 (1 point, graded by hand): why the order?
+#
+# The forward sample uses RK4 with the same `steps`, yet the Euler adjoint's error falls
+# about 10x per 10x steps and the RK4 adjoint's about 10,000x. In two or three sentences:
+# why does the gradient error fall at the order of the *backward* solver, and what would
+# happen to the RK4 adjoint's error if the forward sampler were Euler?
+
+# %% [markdown]
+# _Type your answer here, replacing this text._
+
+# %% [raw]
+# # END QUESTION

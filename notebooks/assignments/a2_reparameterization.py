@@ -1,0 +1,267 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [raw]
+# # ASSIGNMENT CONFIG
+# name: a2_reparameterization
+# export_cell: false
+# run_tests: false
+# check_all_cell: false
+# generate: true
+
+# %% [markdown]
+# # Assignment 2 · The reparameterization
+#
+# The probability-flow ODE (paper eq. 4) in `(x, t)` is stiff near the data: its linear
+# term `f(t) x` changes fast as `t -> 0`. Section 3.3 of the paper multiplies by the
+# integrating factor `1/alpha_t` and changes the time variable to `rho = sigma_t / alpha_t`.
+# With `y = x / alpha_t` the ODE becomes
+#
+# $$\frac{dy}{d\rho} = \epsilon\big(\alpha_{t(\rho)}\, y,\; t(\rho)\big) \qquad \text{(eq. 10)}$$
+#
+# (check it: `dx/dt = f x + g^2/(2 sigma) eps` with `g^2 = -2 f` for VP, and
+# `d rho/dt = g^2 / (2 sigma alpha)`). Its right-hand side is just the network's output.
+# Euler's method on eq. 10 is DPM-Solver-1 (and DDIM). You will implement both and measure
+# whether the change of variables buys accuracy at equal cost: the answer depends on the
+# problem, and your numbers, not the paper's, decide it here.
+
+# %%
+import math
+
+import torch
+
+from adjointdpm import VPSchedule, sample
+from toy import GaussianMixture, flow_map
+
+torch.set_default_dtype(torch.float64)
+schedule = VPSchedule.linear()
+mean, log_scale = torch.tensor([1.5, -1.0]), torch.log(torch.tensor([0.05, 0.2]))
+model = GaussianMixture(torch.ones(1), mean[None], log_scale.exp()[None], schedule).requires_grad_(False)
+t_start, t_end = 1.0, 1e-3
+x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+exact = flow_map(x_T, mean, log_scale, schedule, t_start, t_end)  # the closed-form solution
+
+
+def fit_order(nfes, errors):
+    """The p in error ~ C NFE^-p (least squares in log-log)."""
+    u = torch.log(torch.as_tensor(nfes, dtype=torch.float64))
+    v = -torch.log(torch.as_tensor(errors, dtype=torch.float64))
+    u, v = u - u.mean(), v - v.mean()
+    return float((u * v).sum() / (u * u).sum())
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q1
+# points: 3
+# all_or_nothing: true
+
+# %% [markdown]
+# ## Question 1 (3 points): the vector field of eq. 10
+#
+# Write `reparam_field(y, rho)` returning `dy/drho` for a batch `y` of shape `(batch, 2)`
+# and a scalar tensor `rho`. Use `schedule.time_of_rho`, `schedule.alpha`, and call the
+# model as `model(x, t_batch)` with `t_batch` of shape `(batch,)`.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def reparam_field(y, rho):
+    # BEGIN SOLUTION
+    t = schedule.time_of_rho(rho)
+    return model(schedule.alpha(t) * y, t.expand(y.shape[0]))
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+assert reparam_field(x_T, schedule.rho(torch.tensor(0.5))).shape == x_T.shape
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+points: 2
+""" # END TEST CONFIG
+# one Euler step of the library's eq. 10 solver gives the field: (y_t - y_s) / (rho_t - rho_s)
+_gen = torch.Generator().manual_seed(5)
+for _s, _t in ((0.9, 0.8), (0.3, 0.25), (0.05, 0.04)):
+    _x = torch.randn(7, 2, generator=_gen) * 2
+    _xt = sample(model, _x, schedule, steps=1, solver="euler", space="reparam", t_start=_s, t_end=_t)
+    _a_s, _a_t = schedule.alpha(torch.tensor(_s)), schedule.alpha(torch.tensor(_t))
+    _r_s, _r_t = schedule.rho(torch.tensor(_s)), schedule.rho(torch.tensor(_t))
+    _want = (_xt / _a_t - _x / _a_s) / (_r_t - _r_s)
+    assert torch.allclose(reparam_field(_x / _a_s, _r_s), _want, rtol=1e-8, atol=1e-10), _s
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q2
+# points: 2
+# all_or_nothing: true
+
+# %% [markdown]
+# ## Question 2 (2 points): DPM-Solver-1 from it
+#
+# Write `dpm1_step(x_s, t_s, t_t, field=reparam_field)`: one Euler step of eq. 10 from time
+# `t_s` to `t_t < t_s`, in `x` coordinates: convert to `y`, step in `rho`, convert back.
+# Use the argument `field` (the grader passes its own). Then `dpm1_sample` runs it on a grid.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def dpm1_step(x_s, t_s, t_t, field=reparam_field):
+    # BEGIN SOLUTION
+    t_s, t_t = torch.as_tensor(t_s), torch.as_tensor(t_t)
+    rho_s, rho_t = schedule.rho(t_s), schedule.rho(t_t)
+    y_t = x_s / schedule.alpha(t_s) + (rho_t - rho_s) * field(x_s / schedule.alpha(t_s), rho_s)
+    return schedule.alpha(t_t) * y_t
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %%
+def dpm1_sample(x, steps):
+    times = schedule.grid(steps, "logSNR", t_start=t_start, t_end=t_end)
+    for t_s, t_t in zip(times[:-1], times[1:]):
+        x = dpm1_step(x, t_s, t_t)
+    return x
+
+
+print("DPM-Solver-1, 20 steps: RMSE", float((dpm1_sample(x_T, 20) - exact).pow(2).mean().sqrt()))
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+assert dpm1_step(x_T, 0.5, 0.4).shape == x_T.shape
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+def _field(y, rho):
+    t = schedule.time_of_rho(rho)
+    return model(schedule.alpha(t) * y, t.expand(y.shape[0]))
+_x = torch.randn(9, 2, generator=torch.Generator().manual_seed(11))
+for _s, _t in ((1.0, 0.7), (0.2, 0.01)):
+    # DDIM's closed form (REFERENCE: DPM-Solver order 1) and the library's dpm1
+    _a_s, _a_t = schedule.alpha(torch.tensor(_s)), schedule.alpha(torch.tensor(_t))
+    _h = schedule.lambda_(torch.tensor(_t)) - schedule.lambda_(torch.tensor(_s))
+    _ddim = _a_t / _a_s * _x - schedule.sigma(torch.tensor(_t)) * torch.expm1(_h) * model(_x, torch.full((9,), _s))
+    _got = dpm1_step(_x, _s, _t, field=_field)
+    assert torch.allclose(_got, _ddim, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(_got, sample(model, _x, schedule, steps=1, solver="dpm1", t_start=_s, t_end=_t), atol=1e-10)
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q3
+# points: 3
+# all_or_nothing: true
+
+# %% [markdown]
+# ## Question 3 (3 points): equal cost, different accuracy
+#
+# Both samplers below are first order and call the model once per step, so NFE = steps:
+# - eq. 4: `sample(model, x_T, schedule, steps=nfe, solver="euler", space="original", t_start=t_start, t_end=t_end)`
+# - eq. 10: `sample(model, x_T, schedule, steps=nfe, solver="dpm1", space="reparam", t_start=t_start, t_end=t_end)`
+#
+# (both on the default logSNR grid). Fill `errors["eq4"]` and `errors["eq10"]` with the RMSE
+# against `exact` at each NFE of `nfes` (RMSE: `(x - exact).pow(2).mean().sqrt()`, as a float),
+# set `order_eq4` and `order_eq10` with `fit_order`, and set `better_at_10` to `"eq4"` or
+# `"eq10"`: which is more accurate at NFE 10.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+nfes = [5, 10, 20, 50]
+errors = {"eq4": [], "eq10": []}
+# BEGIN SOLUTION
+for nfe in nfes:
+    for key, cfg in (("eq4", dict(solver="euler", space="original")), ("eq10", dict(solver="dpm1", space="reparam"))):
+        x = sample(model, x_T, schedule, steps=nfe, t_start=t_start, t_end=t_end, **cfg)
+        errors[key].append(float((x - exact).pow(2).mean().sqrt()))
+order_eq4, order_eq10 = fit_order(nfes, errors["eq4"]), fit_order(nfes, errors["eq10"])
+better_at_10 = "eq10" if errors["eq10"][1] < errors["eq4"][1] else "eq4"
+# END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %%
+for key in errors:
+    print(key, ["%.2e" % e for e in errors[key]])
+print(f"orders: eq. 4 {order_eq4:.2f}, eq. 10 {order_eq10:.2f}; more accurate at NFE 10: {better_at_10}")
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+assert len(errors["eq4"]) == len(errors["eq10"]) == len(nfes)
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+points: 2
+""" # END TEST CONFIG
+_ref = {k: [float((sample(model, x_T, schedule, steps=n, t_start=t_start, t_end=t_end, **c) - exact).pow(2).mean().sqrt())
+            for n in nfes] for k, c in (("eq4", dict(solver="euler", space="original")),
+                                        ("eq10", dict(solver="dpm1", space="reparam")))}
+for _k in _ref:
+    assert all(abs(a - b) <= 1e-9 * b for a, b in zip(errors[_k], _ref[_k])), _k
+assert abs(order_eq4 - fit_order(nfes, _ref["eq4"])) < 1e-6 and abs(order_eq10 - fit_order(nfes, _ref["eq10"])) < 1e-6
+assert better_at_10 == ("eq10" if _ref["eq10"][1] < _ref["eq4"][1] else "eq4")
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q4
+# manual: true
+# points: 1
+
+# %% [markdown]
+# ## Question 4 (1 point, graded by hand)
+#
+# Compare your two error columns: where does eq. 10 win, where does it lose, and how do
+# your two orders explain the trend? The paper's Table 1 has eq. 10 clearly ahead of
+# eq. 4 at NFE 10 (4th-order Adams-Bashforth, a trained network on CIFAR-10). Name one
+# difference between that setting and this one (solver order, what `eps` looks like along
+# the path, the time grid) that could explain a different outcome, in three sentences at most.
+
+# %% [markdown]
+# _Type your answer here, replacing this text._
+
+# %% [raw]
+# # END QUESTION

@@ -1,0 +1,241 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [raw]
+# # ASSIGNMENT CONFIG
+# name: a3_audit
+# export_cell: false
+# run_tests: false
+# check_all_cell: false
+# generate: true
+
+# %% [markdown]
+# # Assignment 3 · Auditing a classifier with bounded initial noise
+#
+# Section 4.1.2 of the paper asks: can a small change `delta` of the initial noise, with
+# `‖delta‖∞ ≤ tau`, make a generator produce something a classifier labels differently?
+# The search needs `d(loss on x_0)/d(delta)` through the whole sampler, which is exactly
+# what `sample(..., gradient=...)` gives. Here the generator is a mixture of three 2-D
+# Gaussians with exact `eps`, and the classifier is the mixture's own posterior over its
+# three components (`classifier(x)` returns log-probabilities).
+
+# %%
+import torch
+
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, Gradient, VPSchedule, sample
+from toy import three_modes
+from toy.apps import class_log_probs
+
+torch.manual_seed(0)
+schedule = VPSchedule.linear()
+model = three_modes(schedule).requires_grad_(False)
+SAMPLER = dict(steps=10, solver="dpm2")  # accurate at 20 model calls
+
+
+def classifier(x):
+    """log p(class | x) for the three components, shape (batch, 3)."""
+    return class_log_probs(model, x)
+
+
+def generate(x_T, gradient=None):
+    return sample(model, x_T, schedule, **SAMPLER, gradient=gradient)
+
+
+x_T = torch.randn(128, 2, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    labels = classifier(generate(x_T)).argmax(1)  # the decision on the unperturbed samples
+print("samples per class:", torch.bincount(labels).tolist())
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q1
+# points: 2
+# all_or_nothing: true
+
+# %% [markdown]
+# ## Question 1 (2 points): the projection
+#
+# Write `project(delta, tau)`: the closest point to `delta` in the box `‖delta‖∞ ≤ tau`
+# (elementwise). It must hold *exactly*: no `delta` component may exceed `tau` (as a number of
+# `delta`'s dtype) in magnitude.
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def project(delta, tau):
+    # BEGIN SOLUTION
+    return delta.clamp(-tau, tau)
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+assert torch.equal(project(torch.tensor([0.1, -2.0, 3.0]), 0.5), torch.tensor([0.1, -0.5, 0.5]))
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+_d = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3)) * 3
+for _tau in (0.05, 0.8):
+    _p = project(_d, _tau)
+    assert bool((_p.abs() <= torch.tensor(_tau, dtype=_p.dtype)).all()) and torch.equal(_p[_d.abs() <= _tau], _d[_d.abs() <= _tau])
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q2
+# points: 3
+# all_or_nothing: true
+
+# %% [markdown]
+# ## Question 2 (3 points): the search
+#
+# Write `audit(x_T, labels, tau, iters=20, gradient=None, project=project)` returning `delta`
+# (same shape as `x_T`, no graph): projected gradient *ascent* of the loss "negative
+# log-probability of the original label" on the generated points, with signed steps of
+# size `tau / 4` (the sign of the gradient: the usual step for an `L-infinity` box). Start
+# from `delta = 0`; after each step apply `project`. Generate with
+# `generate(x_T + delta, gradient=gradient)`, and use `gradient or Adjoint()` when
+# `gradient` is `None`. Use the argument `project` (the grader passes its own).
+#
+# The success rate is the fraction of points whose decision changes. The grader runs your
+# `audit` on seeds you never see and expects at least 40 % at `tau = 0.5` (the reference
+# solution reaches about 55-60 %).
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+def audit(x_T, labels, tau, iters=20, gradient=None, project=project):
+    # BEGIN SOLUTION
+    delta = torch.zeros_like(x_T, requires_grad=True)
+    for _ in range(iters):
+        loss = -classifier(generate(x_T + delta, gradient or Adjoint())).gather(1, labels[:, None]).sum()
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta.copy_(project(delta + tau / 4 * grad.sign(), tau))
+    return delta.detach()
+    # END SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %%
+def success_rate(x_T, labels, delta):
+    with torch.no_grad():
+        return float((classifier(generate(x_T + delta)).argmax(1) != labels).float().mean())
+
+
+delta = audit(x_T, labels, 0.5)
+print(f"tau 0.5: success {success_rate(x_T, labels, delta):.2f}, max |delta| {float(delta.abs().max()):.3f}")
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+assert delta.shape == x_T.shape and not delta.requires_grad
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+points: 2
+""" # END TEST CONFIG
+_x = torch.randn(96, 2, generator=torch.Generator().manual_seed(2024))
+with torch.no_grad():
+    _labels = classifier(generate(_x)).argmax(1)
+_delta = audit(_x, _labels, 0.5, project=lambda d, tau: d.clamp(-tau, tau))
+assert bool((_delta.abs() <= torch.tensor(0.5, dtype=_delta.dtype)).all())
+assert success_rate(_x, _labels, _delta) >= 0.40
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+_x = torch.randn(32, 2, generator=torch.Generator().manual_seed(7))  # each test runs on its own
+with torch.no_grad():
+    _labels = classifier(generate(_x)).argmax(1)
+_d = audit(_x, _labels, 0.2, iters=3, gradient=Checkpoint(), project=lambda d, tau: d.clamp(-tau, tau))
+assert 0 < float(_d.abs().max()) and bool((_d.abs() <= torch.tensor(0.2)).all())  # it moved, stayed in the box
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q3
+# points: 2
+# all_or_nothing: true
+
+# %% [markdown]
+# ## Question 3 (2 points): choose the gradient strategy
+#
+# Set `strategy` to the gradient strategy you would use for this search on a large model
+# with many sampler steps (an instance: `Backprop()`, `Checkpoint()`, `Adjoint()` or
+# `AdjointDEIS(1)`). It is graded on the memory it keeps for backward: that must not grow
+# with the number of steps. Justify the choice in the markdown cell below the code
+# (accuracy, memory, time).
+
+# %% [raw]
+# # BEGIN SOLUTION
+
+# %%
+strategy = Adjoint()  # SOLUTION
+
+# %% [raw]
+# # END SOLUTION
+
+# %% [markdown]
+# _Justify your choice here._
+
+# %% [raw]
+# # BEGIN TESTS
+
+# %%
+assert isinstance(strategy, Gradient)
+
+# %%
+""" # BEGIN TEST CONFIG
+hidden: true
+""" # END TEST CONFIG
+def _saved_bytes(gradient, steps):
+    total = 0
+    def _pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+    _xt = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(_pack, lambda t: t):
+        _out = sample(model, _xt, schedule, steps=steps, solver="dpm2", gradient=gradient)
+    _out.sum().backward()
+    return total
+assert _saved_bytes(strategy, 40) <= 1.2 * _saved_bytes(strategy, 10)
+
+# %% [raw]
+# # END TESTS
+
+# %% [raw]
+# # END QUESTION

@@ -138,8 +138,9 @@ def main(argv=None):
                        f"embedding saved to {out / 'learned_embeds.safetensors'}")
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    print(summary)
-    print(f"results in {out}/")
+    if accelerator is None or accelerator.is_main_process:
+        print(summary)
+        print(f"results in {out}/")
 
 
 def decode_size(comps) -> int:

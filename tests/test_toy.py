@@ -1,14 +1,19 @@
+import pytest
 import torch
 
 from adjointdpm import VPSchedule
 from toy import GaussianMixture, three_modes, train_eps_mlp
 
 
-def test_mixture_eps_is_minus_sigma_times_the_score():
+@pytest.mark.parametrize("times", ["per-sample", "shared"])  # the two code paths of the variances
+def test_mixture_eps_is_minus_sigma_times_the_score(times):
     sched = VPSchedule.cosine()
     mix = three_modes(sched).double()
     x = torch.randn(64, 2, dtype=torch.float64, requires_grad=True)
-    t = torch.rand(64, dtype=torch.float64) * 0.9 + 0.01
+    if times == "per-sample":
+        t = torch.rand(64, dtype=torch.float64) * 0.9 + 0.01
+    else:
+        t = torch.full((64,), 0.37, dtype=torch.float64)
     cond = torch.randn(64, 2, dtype=torch.float64)
     score, = torch.autograd.grad(mix.log_prob_t(x, t, cond).sum(), x)
     assert torch.allclose(mix(x, t, cond), -sched.sigma(t)[:, None] * score, atol=1e-10)

@@ -31,7 +31,8 @@ class LatentEps(nn.Module):
         if cond is None:
             raise ValueError("Stable Diffusion needs prompt embeddings as cond")
         dtype = self.unet.dtype
-        out = self.unet(x.to(dtype), (self.steps * t - 1).to(dtype), encoder_hidden_states=cond.to(dtype)).sample
+        timestep = self.steps * t - 1  # in the solve's dtype, not the UNet's: fp16 spacing is 0.5 near 999
+        out = self.unet(x.to(dtype), timestep, encoder_hidden_states=cond.to(dtype)).sample
         out = out.to(x.dtype)
         if self.prediction_type == "v_prediction":  # v = alpha eps - sigma x_0  =>  eps = sigma x_t + alpha v
             shape = (-1,) + (1,) * (x.dim() - 1)

@@ -19,7 +19,7 @@ demo: install
 
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadscope tests notebooks --ignore=notebooks/assignments \
-		--nbval-lax --sanitize-with notebooks/nbval_sanitize.cfg
+		--nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 # After editing a notebook's .py: rebuild and execute its paired .ipynb (commit both).
 notebooks: install

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample
+from adjointdpm.memory import saved_bytes_during
 from toy import EpsMLP
 
 
@@ -11,15 +12,8 @@ def saved_bytes(gradient, steps):
     torch.manual_seed(0)
     model = EpsMLP(dim=2, hidden=64, depth=3)
     x_T = torch.randn(256, 2, requires_grad=True)
-    total = 0
-
-    def pack(tensor):
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        x = sample(model, x_T, VPSchedule.linear(), steps=steps, solver="dpm2", gradient=gradient)
+    x, total = saved_bytes_during(
+        lambda: sample(model, x_T, VPSchedule.linear(), steps=steps, solver="dpm2", gradient=gradient))
     x.sum().backward()  # the graph is usable
     assert x_T.grad is not None and model.net[0].weight.grad is not None
     return total

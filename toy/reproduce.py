@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample
+from adjointdpm.memory import saved_bytes_during
 from toy.gaussian import flow_map, flow_map_vjp
 from toy.mixture import GaussianMixture, eight_modes
 
@@ -40,19 +41,6 @@ FORWARD_SOLVERS = ("euler", "heun", "rk4", "adams4", "dpm1", "dpm2", "dpm3", "dp
 
 def relative_error(a, b) -> float:
     return float((a - b).norm() / b.norm())
-
-
-def saved_bytes_during(fn):
-    """Run ``fn`` and count the bytes autograd packs for backward (saved-tensor hooks)."""
-    total = 0
-
-    def pack(tensor):
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = fn()
-    return out, total
 
 
 def gradient_accuracy(steps_list, batch: int, schedule: VPSchedule, t_end: float = 1e-3):

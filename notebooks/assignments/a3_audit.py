@@ -221,17 +221,13 @@ assert isinstance(strategy, Gradient)
 """ # BEGIN TEST CONFIG
 hidden: true
 """ # END TEST CONFIG
+from adjointdpm.memory import saved_bytes_during
 def _saved_bytes(gradient, steps):
-    total = 0
-    def _pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
     _xt = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)).requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(_pack, lambda t: t):
-        _out = sample(model, _xt, schedule, steps=steps, solver="dpm2", gradient=gradient)
+    _out, _total = saved_bytes_during(lambda: sample(model, _xt, schedule, steps=steps, solver="dpm2",
+                                                     gradient=gradient))
     _out.sum().backward()
-    return total
+    return _total
 assert _saved_bytes(strategy, 40) <= 1.2 * _saved_bytes(strategy, 10)
 
 # %% [raw]

@@ -1,11 +1,29 @@
-"""Peak-memory measurement for benchmarks: ``torch.cuda.max_memory_allocated`` on CUDA,
-the resident high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) on Linux
-CPU. Measure one case per process so a high-water mark is that case's own."""
+"""Memory measurement.
+
+* Bytes autograd keeps for backward (:func:`saved_bytes_during`, saved-tensor hooks): exact
+  and deterministic, for tests and tables.
+* Peak memory for benchmarks: ``torch.cuda.max_memory_allocated`` on CUDA, the resident
+  high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) on Linux CPU. Measure
+  one case per process so a high-water mark is that case's own.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+
+
+def saved_bytes_during(fn):
+    """Run ``fn`` and count the bytes autograd packs for backward; returns ``(fn(), bytes)``."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = fn()
+    return out, total
 
 
 def _status_kib(field: str) -> int:

@@ -55,21 +55,19 @@ def generate(model, schedule: VPSchedule, out_dir, *, n: int, batch: int, sample
     return [out_dir / f"shard_{i:05d}.pt" for i in shards]
 
 
-def _load_shards(out_dir, n: int, batch: int) -> list[dict]:
+def read_shards(out_dir, n: int, batch: int) -> tuple[torch.Tensor, float]:
+    """All ``n`` samples in order, and the sampling seconds summed over their shards
+    (GPU-seconds when several ranks made them); an error names the shards still missing."""
     out_dir = Path(out_dir)
     paths = [out_dir / f"shard_{i:05d}.pt" for i in range(-(-n // batch))]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
         raise ValueError(f"{out_dir}: {len(missing)} shards missing ({', '.join(missing[:5])} ...): run generation "
                          "again to finish them")
-    return [torch.load(p, weights_only=True) for p in paths]
+    shards = [torch.load(p, weights_only=True) for p in paths]
+    return torch.cat([s["images"] for s in shards])[:n], sum(s["seconds"] for s in shards)
 
 
 def load_samples(out_dir, n: int, batch: int) -> torch.Tensor:
-    """All ``n`` samples, in order; an error names the shards still missing."""
-    return torch.cat([s["images"] for s in _load_shards(out_dir, n, batch)])[:n]
-
-
-def sampling_seconds(out_dir, n: int, batch: int) -> float:
-    """Sampling time summed over the shards (GPU-seconds when several ranks made them)."""
-    return sum(s["seconds"] for s in _load_shards(out_dir, n, batch))
+    """All ``n`` samples, in order (see :func:`read_shards`)."""
+    return read_shards(out_dir, n, batch)[0]

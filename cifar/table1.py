@@ -35,7 +35,7 @@ import torch
 
 from adjointdpm import VPSchedule, sample
 from cifar.fid import feature_statistics, frechet_distance, load_statistics
-from cifar.generate import generate, load_samples, sampling_seconds, shard_noise, to_uint8
+from cifar.generate import generate, read_shards, shard_noise, to_uint8
 
 PAPER = {  # AdjointDPM Table 1, FID over 50k samples
     "eq. 4 + AB4": {10: 9.50, 20: 8.27, 50: 5.64},
@@ -110,14 +110,15 @@ def run(setup: Setup, nfes, samples: int, batch: int, out: Path, seed: int = 0, 
     rows = []
     for nfe, name, cfg in cells:
         folder = out / "samples" / _folder(name, nfe)
-        stats = _statistics(setup.features, load_samples(folder, samples, batch), batch)
+        images, seconds = read_shards(folder, samples, batch)
+        stats = _statistics(setup.features, images, batch)
         with torch.no_grad():
             x, info = sample(setup.model, x_T, setup.schedule, return_info=True, **cfg)
         assert info.nfe_forward == nfe, (name, nfe, info.nfe_forward)  # the budget is exact
         per_image = (x - fine).flatten(1).square().mean(1).sqrt()
         rows.append({"nfe": nfe, "sampler": name, "distance": frechet_distance(*stats, *setup.reference),
                      "rmse_vs_fine": float(per_image.median()), "paper_fid": PAPER[name].get(nfe),
-                     "seconds": sampling_seconds(folder, samples, batch),
+                     "seconds": seconds,
                      **{k: cfg[k] for k in ("space", "solver", "steps")}})
     return {"mode": "stand-in" if setup.standin else "checkpoint", "label": setup.label, "samples": samples,
             "device": str(device), "rows": rows}

@@ -141,7 +141,7 @@ assert all(r["max_abs_delta"] <= 0.8 + 1e-6 for r in result["rows"])
 # `out/stylize/checkpoint.pt` and resumes from it; the result is a `save_pretrained` UNet.
 
 # %%
-size = 2 ** (len(comps.vae.config.block_out_channels) - 1) * comps.latent_shape[-1]
+size = comps.image_size
 stripes = (torch.arange(size).view(1, 1, -1, 1) // 4 % 2).float().expand(1, 3, size, size).clone()
 stripes[:, 1] *= 0.3  # a striped magenta reference "style"
 result = apps.stylize(comps, vgg, stripes, ["a photo of a house", "a photo of a tree"], [0], epochs=2,

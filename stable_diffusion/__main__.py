@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import apps
-from .components import load_components, tiny_components
+from .components import open_model
 from .nets import load_classifier, load_vgg19
 
 
@@ -101,9 +101,7 @@ def main(argv=None):
         accelerator = Accelerator(cpu=device.type == "cpu")
         device = accelerator.device
     try:
-        comps = (tiny_components() if args.model == "tiny" else load_components(args.model, device))
-        for net in (comps.unet, comps.vae, comps.text_encoder):
-            net.to(device)
+        comps = open_model(args.model, device)
         sampler = apps.Sampler(args.steps, args.solver, args.guidance_scale, args.gradient)
         progress, out = not args.no_progress, args.out
         if args.app in ("guided", "audit"):
@@ -118,7 +116,7 @@ def main(argv=None):
                                 target=args.target, iters=args.iters, sampler=sampler, out=out, progress=progress)
             summary = (out / "audit.md").read_text()
         elif args.app == "stylize":
-            style = _read_image(args.style_image, decode_size(comps))
+            style = _read_image(args.style_image, comps.image_size)
             result = apps.stylize(comps, load_vgg19(args.vgg_weights).to(device), style,
                                   args.prompts, args.seeds, epochs=args.epochs, lr=args.lr, w_style=args.w_style,
                                   w_content=args.w_content, sampler=sampler, out=out, save_every=args.save_every,
@@ -130,7 +128,7 @@ def main(argv=None):
             else:
                 if len(args.target_images) != len(args.seeds):
                     raise SystemExit(f"{len(args.target_images)} target images for {len(args.seeds)} seeds")
-                targets = torch.cat([_read_image(p, decode_size(comps)) for p in args.target_images])
+                targets = torch.cat([_read_image(p, comps.image_size) for p in args.target_images])
             result = apps.invert_embedding(comps, targets, args.seeds, token=args.token, init_token=args.init_token,
                                            template=args.template, iters=args.iters, lr=args.lr, sampler=sampler,
                                            reuse_prompts=args.reuse_prompts, out=out, progress=progress)
@@ -141,12 +139,6 @@ def main(argv=None):
     if accelerator is None or accelerator.is_main_process:
         print(summary)
         print(f"results in {out}/")
-
-
-def decode_size(comps) -> int:
-    """Side of the decoded images: latents times the VAE's upsampling factor."""
-    factor = 2 ** (len(comps.vae.config.block_out_channels) - 1)
-    return factor * comps.latent_shape[-1]
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class Sampler:
             raise ValueError(f"gradient must be one of {tuple(GRADIENTS)}, got {self.gradient!r}")
 
     def run(self, comps: SDComponents, model, x_T, cond, grad: bool = True):
+        check_latents(comps, x_T)
         t_end = 1.0 / len(comps.betas)  # the first training step: the UNet is not defined below it
         return sample(model, x_T, comps.schedule, cond, steps=self.steps, solver=self.solver, t_end=t_end,
                       gradient=GRADIENTS[self.gradient](self.steps) if grad else None)

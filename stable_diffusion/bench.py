@@ -26,21 +26,14 @@ from tqdm import tqdm
 from adjointdpm.memory import peak, reset_peak
 
 from .apps import GRADIENTS, Sampler, noise
-from .components import check_model_dir, load_components, tiny_components
+from .components import check_model_dir, open_model
 from .model import decode, encode_prompt, eps_model
 
 PROMPT = "a photo of a dog"
 
 
-def _components(model: str, device, dtype):
-    comps = tiny_components() if model == "tiny" else load_components(model, device, dtype)
-    for net in (comps.unet, comps.vae, comps.text_encoder):
-        net.to(device)
-    return comps
-
-
 def worker(model: str, gradient: str, steps: int, repeats: int, device: str, dtype: str) -> dict:
-    comps = _components(model, device, getattr(torch, dtype))
+    comps = open_model(model, device, getattr(torch, dtype))
     sampler = Sampler(steps=steps, gradient=gradient)
     eps = eps_model(comps, sampler.guidance_scale)
     with torch.no_grad():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ class SDComponents:
     betas: torch.Tensor  # the training betas (float64), e.g. SD's scaled_linear
     prediction_type: str = "epsilon"
 
-    @property
+    @cached_property
     def schedule(self) -> VPSchedule:
         return VPSchedule.discrete(self.betas)
 
@@ -41,6 +42,11 @@ class SDComponents:
         """``(channels, h, w)`` of the latents for the UNet's native resolution."""
         size = self.unet.config.sample_size
         return (self.unet.config.in_channels, size, size)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the decoded images: the latents' times the VAE's upsampling (8 for SD)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) * self.latent_shape[-1]
 
     def save_pretrained(self, path) -> Path:
         """Write the diffusers layout (what :func:`load_components` reads)."""
@@ -72,6 +78,18 @@ def check_model_dir(model) -> None:
                              f"({', '.join(s + '/' for s in SUBFOLDERS)})")
 
 
+def _default_device(device) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def open_model(model: str | Path, device=None, dtype: torch.dtype | None = None) -> SDComponents:
+    """What the commands' ``--model`` names: ``"tiny"`` (:func:`tiny_components`, float32)
+    or anything :func:`load_components` reads; on ``device``."""
+    if str(model) == "tiny":
+        return freeze(tiny_components(), _default_device(device))
+    return load_components(model, device, dtype)
+
+
 def load_components(model: str | Path, device=None, dtype: torch.dtype | None = None) -> SDComponents:
     """Load UNet, VAE, text encoder, tokenizer and betas from ``model`` (directory or cached id).
 
@@ -81,7 +99,7 @@ def load_components(model: str | Path, device=None, dtype: torch.dtype | None = 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _default_device(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     check_model_dir(model)
     kw = dict(local_files_only=True)

@@ -21,11 +21,11 @@ class LatentEps(nn.Module):
     embeddings ``cond`` of shape ``(batch, tokens, dim)``. The UNet may run in half
     precision; inputs and outputs keep the latents' dtype."""
 
-    def __init__(self, unet: nn.Module, betas: torch.Tensor, prediction_type: str = "epsilon"):
+    def __init__(self, unet: nn.Module, schedule: VPSchedule, prediction_type: str = "epsilon"):
         super().__init__()
         self.unet, self.prediction_type = unet, prediction_type
-        self.steps = len(betas)
-        self.schedule = VPSchedule.discrete(betas)  # for converting v-predictions
+        self.schedule = schedule  # VPSchedule.discrete of the training betas
+        self.steps = len(schedule.betas)
 
     def forward(self, x, t, cond):
         if cond is None:
@@ -44,7 +44,7 @@ class LatentEps(nn.Module):
 def eps_model(comps: SDComponents, guidance_scale: float = 7.5) -> nn.Module:
     """The guided eps-model (paper Sec. 2.1): ``s eps(x, t, c) + (1 - s) eps(x, t, null)``
     with the empty prompt as null; ``guidance_scale=1`` gives the plain conditional model."""
-    model = LatentEps(comps.unet, comps.betas, comps.prediction_type)
+    model = LatentEps(comps.unet, comps.schedule, comps.prediction_type)
     if guidance_scale == 1:
         return model
     with torch.no_grad():

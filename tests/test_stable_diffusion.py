@@ -49,7 +49,7 @@ def test_unet_sees_interpolated_timesteps_and_v_prediction_converts(comps):
         x_0 = (sample - sigma * eps_true) / alpha
         return mock.Mock(sample=alpha * eps_true - sigma * x_0)
     unet = mock.Mock(side_effect=fake_unet, dtype=torch.float64)
-    model = LatentEps(unet, comps.betas, "v_prediction")
+    model = LatentEps(unet, comps.schedule, "v_prediction")
     out = model(x, t, torch.zeros(2, 77, 16, dtype=torch.float64))
     assert torch.allclose(seen[0], torch.tensor([499.5, 249.0], dtype=torch.float64))  # N t - 1, not rounded
     assert torch.allclose(out, eps_true, atol=1e-12)  # eps = sigma x_t + alpha v
@@ -104,6 +104,8 @@ def test_errors(comps, tmp_path, classifier_file):
         load_components(tmp_path / "partial")
     with pytest.raises(ValueError, match=r"latents must have shape \(batch, 4, 8, 8\)"):
         check_latents(comps, torch.randn(1, 4, 16, 16))
+    with pytest.raises(ValueError, match=r"latents must have shape"):  # every application samples through here
+        FAST.run(comps, eps_model(comps), torch.randn(1, 4, 16, 16), encode_prompt(comps, ["a dog"]))
     with pytest.raises(ValueError, match="another number of classes"):
         load_classifier("resnet18", classifier_file, num_classes=1000)
     with pytest.raises(ValueError, match="target class 12 is not a class of this classifier, which has 10"):

@@ -63,9 +63,10 @@ def noise(comps: SDComponents, seeds, dtype=torch.float32) -> torch.Tensor:
 
 def save_images(path: Path, rows: dict[str, torch.Tensor]) -> None:
     """A grid: one row per entry of ``rows`` (images in [0, 1])."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     n = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), n, figsize=(2 * n, 2 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(2 * n, 2 * len(rows)), layout="tight")
+    axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (title, images) in enumerate(rows.items()):
         for c in range(n):
             ax = axes[r][c]
@@ -73,10 +74,8 @@ def save_images(path: Path, rows: dict[str, torch.Tensor]) -> None:
             if c < len(images):
                 ax.imshow(images[c].detach().float().permute(1, 2, 0).cpu().clamp(0, 1).numpy())
         axes[r][0].set_title(title, fontsize=8, loc="left")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _percent(rate) -> str:

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from adjointdpm import Adjoint, Gradient, VPSchedule, sample
@@ -177,10 +178,8 @@ def plot_density(ax, mix: GaussianMixture, lim: float = 4.0):
 
 
 def _scatter_pair(path: Path, title: str, before, after, labels=("before", "after"), mix=None, extra=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharex=True, sharey=True)
+    fig = Figure(figsize=(9, 4.2), layout="tight")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for ax, pts, label in zip(axes, (before, after), labels):
         if mix is not None:
             plot_density(ax, mix)
@@ -190,9 +189,7 @@ def _scatter_pair(path: Path, title: str, before, after, labels=("before", "afte
         ax.set_title(label)
         ax.set_aspect("equal")
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None):
@@ -216,10 +213,8 @@ def main(argv=None):
             summary = {k: r[k] for k in ("target", "prob_before", "prob_after", "losses")}
         elif name == "audit":
             summary = audit(seed=args.seed, **extra)
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-            fig, ax = plt.subplots(figsize=(6, 3.5))
+            fig = Figure(figsize=(6, 3.5), layout="tight")
+            ax = fig.subplots()
             classes = sorted(summary["counts"])
             for i, tau in enumerate(summary["taus"]):
                 ax.bar([c + 0.35 * i for c in classes], [summary["per_class"][tau][c] for c in classes], 0.35,
@@ -227,9 +222,7 @@ def main(argv=None):
             ax.set(xlabel="class of the unperturbed sample", ylabel="success rate", ylim=(0, 1),
                    title="Bounded-noise audit: decisions changed")
             ax.legend()
-            fig.tight_layout()
             fig.savefig(args.out / "app_audit.png", dpi=110)
-            plt.close(fig)
         elif name == "finetune":
             r = finetune(seed=args.seed, **extra)
             _scatter_pair(args.out / "app_finetune.png",

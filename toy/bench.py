@@ -85,9 +85,7 @@ def prepare(setup: Path, batch: int, train_iters: int, ref_steps: int, device: s
 
 
 def write(rows, out: Path, meta: dict):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     base = {(r["steps"]): r for r in rows if r["strategy"] == "Backprop"}
     unit = "CUDA max allocated" if meta["device"] == "cuda" else "resident memory above set-up"
     lines = ["| strategy | steps | rel. err dL/dx_T | rel. err dL/dtheta | ms (median) | time / Backprop | "
@@ -103,7 +101,8 @@ def write(rows, out: Path, meta: dict):
             + "\n".join(lines) + "\n")
     (out / "bench.md").write_text(text)
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5), layout="tight")
+    axes = fig.subplots(1, 2)
     for name in STRATEGIES:
         rs = [r for r in rows if r["strategy"] == name]
         if rs:
@@ -112,9 +111,7 @@ def write(rows, out: Path, meta: dict):
     axes[0].set(xlabel="steps", ylabel=f"peak MiB ({unit})", title="Memory vs steps")
     axes[1].set(xlabel="seconds per gradient", ylabel="relative error of dL/dx_T", title="Error vs time")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(out / "bench.png", dpi=120)
-    plt.close(fig)
     return text
 
 

@@ -13,17 +13,15 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib
 import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample
 from adjointdpm.memory import saved_bytes_during
 from toy.gaussian import flow_map, flow_map_vjp
 from toy.mixture import GaussianMixture, eight_modes
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 F64 = dict(dtype=torch.float64)
 MEAN, SCALE, TARGET = [0.5, -1.0], [0.3, 1.5], [1.0, 2.0]
@@ -172,9 +170,10 @@ def write_gradients(rows, out: Path):
 
 
 def write_convergence(solver_rows, grad_rows, out: Path):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5), layout="tight")  # no pyplot: writing a figure changes no global state
+    axes = fig.subplots(1, 2)
     orders = []
-    colors = dict(zip(FORWARD_SOLVERS, plt.cm.tab10.colors))
+    colors = dict(zip(FORWARD_SOLVERS, colormaps["tab10"].colors))
     for space, style in (("original", "--"), ("reparam", "-")):
         for solver in FORWARD_SOLVERS:
             rows = [r for r in solver_rows if r["space"] == space and r["solver"] == solver]
@@ -190,9 +189,7 @@ def write_convergence(solver_rows, grad_rows, out: Path):
     axes[1].set(xlabel="steps (forward = adjoint)", ylabel="relative error of dL/dx_T",
                 title="Gradient strategies (forward RK4)")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(out / "convergence.png", dpi=120)
-    plt.close(fig)
     text = ("# Measured convergence orders (slope over the three finest step counts)\n\n"
             + _md_table(["space", "solver", "order"], orders) + "\n")
     (out / "convergence.md").write_text(text)

@@ -1,4 +1,4 @@
-"""Frechet distance and training-set statistics (REFERENCE: FID conventions).
+"""Frechet distance and training-set statistics (Heusel et al. 2017; score_sde and pytorch-fid formats).
 
 ``d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))``, in float64.
 """

@@ -1,5 +1,5 @@
 """The TensorFlow Inception-v3 ``pool_3`` features that standard FID numbers use, through
-torch-fidelity's port (REFERENCE: FID conventions).
+torch-fidelity's port (pool_3, 2048 features, as in Heusel et al. 2017 and the TTUR code).
 
 torch-fidelity is chosen because its ``FeatureExtractorInceptionV3`` reproduces the
 TensorFlow graph (including TF1's bilinear resize to 299) and takes a local weights file,

@@ -13,8 +13,8 @@ Inception (``cifar.standin``). Its sampler comparison is real, but its numbers a
 distances in that feature space, not FIDs, and the output says so.
 
 Three samplers at an exact NFE budget, on a logSNR grid from t = 1 to 1e-3 (DPM-Solver's
-setting for score_sde's CIFAR-10): eq. 4 with 4th-order Adams-Bashforth (``steps = NFE - 6``,
-REFERENCE: torchdiffeq's start-up), DPM-Solver-2 (``steps = NFE / 2``; singlestep order 3
+setting for score_sde's CIFAR-10): eq. 4 with 4th-order Adams-Bashforth (``steps = NFE - 6``:
+torchdiffeq's start-up of two RK4 steps), DPM-Solver-2 (``steps = NFE / 2``; singlestep order 3
 cannot meet NFE 10 or 20 exactly) and eq. 10 with Adams-Bashforth. Each cell also reports
 the median over 64 images of each image's RMSE against a 200-step DPM-Solver-3 solve from
 the same noise (for the stand-in, the exact flow map to ~1e-5). The median, because a

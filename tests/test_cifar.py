@@ -7,18 +7,15 @@ import torch
 from adjointdpm import Adjoint, Checkpoint, VPSchedule, sample
 from cifar import DDPMpp, ScoreSDEEps, load_score_sde
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# Made by instantiating score_sde_pytorch's NCSNpp with the two VP CIFAR-10 configs (see README there):
+# its state_dict layouts (key, shape, in order; header: the parameter count) and its outputs for rule-made
+# weights (the rule is _rule_weights below).
+REFERENCE = Path(__file__).resolve().parent / "data" / "score_sde"
 TINY = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), image_size=8)
-
-
-def _needs_reference():
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference files not found at {REFERENCE}")
 
 
 @pytest.mark.parametrize("config", ["cifar10_ddpmpp_continuous", "cifar10_ddpmpp_deep_continuous"])
 def test_state_dict_layout_matches_score_sde(config):
-    _needs_reference()
     lines = (REFERENCE / f"score_sde_{config}_state_dict.tsv").read_text().splitlines()
     expected = [(k, tuple(int(s) for s in shape.split("x"))) for k, shape in
                 (line.split("\t") for line in lines if not line.startswith("#"))]
@@ -48,7 +45,6 @@ def _write_score_sde_checkpoint(path, state, shadow):
 
 
 def test_reference_outputs_through_the_loader(tmp_path):
-    _needs_reference()
     config = "cifar10_ddpmpp_continuous"
     ref = torch.load(REFERENCE / f"score_sde_{config}_outputs.pt", weights_only=True)[config]
     net = DDPMpp(config)

@@ -165,7 +165,7 @@ def _field(y, rho):
     return model(schedule.alpha(t) * y, t.expand(y.shape[0]))
 _x = torch.randn(9, 2, generator=torch.Generator().manual_seed(11))
 for _s, _t in ((1.0, 0.7), (0.2, 0.01)):
-    # DDIM's closed form (REFERENCE: DPM-Solver order 1) and the library's dpm1
+    # DDIM's closed form (DPM-Solver-1, Lu et al. 2022) and the library's dpm1
     _a_s, _a_t = schedule.alpha(torch.tensor(_s)), schedule.alpha(torch.tensor(_t))
     _h = schedule.lambda_(torch.tensor(_t)) - schedule.lambda_(torch.tensor(_s))
     _ddim = _a_t / _a_s * _x - schedule.sigma(torch.tensor(_t)) * torch.expm1(_h) * model(_x, torch.full((9,), _s))

@@ -47,8 +47,7 @@ def generate(model, schedule: VPSchedule, out_dir, *, n: int, batch: int, sample
         count = min(batch, n - i * batch)
         x_T = shard_noise(seed, i, count, shape).to(device)
         start = time.perf_counter()
-        with torch.no_grad():
-            images = to_uint8(sample(model, x_T, schedule, **sampler)).cpu()
+        images = to_uint8(sample(model, x_T, schedule, **sampler)).cpu()
         tmp = out_dir / f".shard_{i:05d}.pt.tmp"
         torch.save({"images": images, "seconds": time.perf_counter() - start}, tmp)
         os.replace(tmp, out_dir / f"shard_{i:05d}.pt")

@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from adjointdpm import VPSchedule, sample
+from adjointdpm import VPSchedule, sample, steps_for_nfe
 from cifar.fid import feature_statistics, frechet_distance, load_statistics
 from cifar.generate import generate, read_shards, shard_noise, to_uint8
 
@@ -42,10 +42,10 @@ PAPER = {  # AdjointDPM Table 1, FID over 50k samples
     "DPM-Solver": {10: 4.70, 20: 2.87, 50: 2.62},
     "eq. 10 + AB4": {10: 4.36, 20: 2.90, 50: 2.58},
 }
-SAMPLERS = {
-    "eq. 4 + AB4": lambda nfe: dict(space="original", solver="adams4", steps=nfe - 6),
-    "DPM-Solver": lambda nfe: dict(space="reparam", solver="dpm2", steps=nfe // 2),
-    "eq. 10 + AB4": lambda nfe: dict(space="reparam", solver="adams4", steps=nfe - 6),
+SAMPLERS = {  # each run at an exact NFE budget: steps_for_nfe(solver, nfe)
+    "eq. 4 + AB4": dict(space="original", solver="adams4"),
+    "DPM-Solver": dict(space="reparam", solver="dpm2"),
+    "eq. 10 + AB4": dict(space="reparam", solver="adams4"),
 }
 GRID = dict(spacing="logSNR", t_end=1e-3)
 FINE = dict(steps=200, solver="dpm3", **GRID)
@@ -96,7 +96,8 @@ def run(setup: Setup, nfes, samples: int, batch: int, out: Path, seed: int = 0, 
     """Generate every cell's samples (this rank's shards), then on rank 0 measure them.
     Returns the result dict on rank 0 and ``None`` on the other ranks."""
     device = device or next(setup.model.parameters(), torch.empty(0)).device
-    cells = [(nfe, name, dict(SAMPLERS[name](nfe), **GRID)) for nfe in nfes for name in SAMPLERS]
+    cells = [(nfe, name, dict(SAMPLERS[name], steps=steps_for_nfe(SAMPLERS[name]["solver"], nfe), **GRID))
+             for nfe in nfes for name in SAMPLERS]
     for nfe, name, cfg in cells:
         generate(setup.model, setup.schedule, out / "samples" / _folder(name, nfe), n=samples, batch=batch,
                  sampler=cfg, seed=seed, shape=setup.shape, device=device, progress=progress)
@@ -105,16 +106,13 @@ def run(setup: Setup, nfes, samples: int, batch: int, out: Path, seed: int = 0, 
         if torch.distributed.get_rank() != 0:
             return None
     x_T = shard_noise(seed, 0, min(batch, samples, 64), setup.shape).to(device)
-    with torch.no_grad():
-        fine = sample(setup.model, x_T, setup.schedule, **FINE)
+    fine = sample(setup.model, x_T, setup.schedule, **FINE)
     rows = []
     for nfe, name, cfg in cells:
         folder = out / "samples" / _folder(name, nfe)
         images, seconds = read_shards(folder, samples, batch)
         stats = _statistics(setup.features, images, batch)
-        with torch.no_grad():
-            x, info = sample(setup.model, x_T, setup.schedule, return_info=True, **cfg)
-        assert info.nfe_forward == nfe, (name, nfe, info.nfe_forward)  # the budget is exact
+        x = sample(setup.model, x_T, setup.schedule, **cfg)
         per_image = (x - fine).flatten(1).square().mean(1).sqrt()
         rows.append({"nfe": nfe, "sampler": name, "distance": frechet_distance(*stats, *setup.reference),
                      "rmse_vs_fine": float(per_image.median()), "paper_fid": PAPER[name].get(nfe),
@@ -159,17 +157,20 @@ def main(argv=None):
                       "(pool_3) or an npz with mu and sigma")
     real.add_argument("--config", default="cifar10_ddpmpp_deep_continuous",
                       choices=["cifar10_ddpmpp_continuous", "cifar10_ddpmpp_deep_continuous"])
-    parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50], help="NFE budgets (each >= 8, even)")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50],
+                        help="NFE budgets, each one that all three samplers can spend exactly (even, >= 8)")
     parser.add_argument("--samples", type=int, help="samples per cell (default 50000 full, 2000 stand-in)")
     parser.add_argument("--batch", type=int, default=500, help="samples per shard (default 500)")
     parser.add_argument("--out", type=Path, default=Path("results/cifar"), help="output folder")
     parser.add_argument("--device", help="default: cuda if available (cuda:LOCAL_RANK under torchrun), else cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    bad = [n for n in args.nfe if n < 8 or n % 2]
-    if bad:
-        raise SystemExit(f"--nfe: each budget must be even and >= 8 (Adams-Bashforth start-up uses 6 "
-                         f"evaluations; DPM-Solver-2 uses 2 per step), got {bad}")
+    for nfe in args.nfe:
+        for cfg in SAMPLERS.values():
+            try:
+                steps_for_nfe(cfg["solver"], nfe)
+            except ValueError as err:
+                raise SystemExit(f"--nfe {nfe}: {err}") from None
     given = [f for f in ("checkpoint", "inception", "fid_stats") if getattr(args, f) is not None]
     if given and len(given) < 3:
         raise SystemExit("a full run needs --checkpoint, --inception and --fid-stats together; missing: "

@@ -34,7 +34,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the committed 
 import matplotlib.pyplot as plt
 import torch
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample, steps_for_nfe
 from toy import GaussianMixture, eight_modes, flow_map, flow_map_vjp
 from toy import apps
 
@@ -197,7 +197,7 @@ reference = sample(mix64, x_T, schedule, steps=400, solver="dpm3")
 table = {}
 for nfe in (10, 20, 50):
     for name, cfg in TABLE1.items():
-        x = sample(mix64, x_T, schedule, steps=cfg["steps"](nfe), solver=cfg["solver"], space=cfg["space"])
+        x = sample(mix64, x_T, schedule, steps=steps_for_nfe(cfg["solver"], nfe), **cfg)
         table[nfe, name] = float((x - reference).norm(dim=1).mean())
 print("NFE  " + " | ".join(f"{n[:22]:>22s}" for n in TABLE1))
 for nfe in (10, 20, 50):

@@ -50,8 +50,8 @@ class Sampler:
 
     def run(self, comps: SDComponents, model, x_T, cond, grad: bool = True):
         check_latents(comps, x_T)
-        t_end = 1.0 / len(comps.betas)  # the first training step: the UNet is not defined below it
-        return sample(model, x_T, comps.schedule, cond, steps=self.steps, solver=self.solver, t_end=t_end,
+        # down to the first training step: the UNet is not defined below it
+        return sample(model, x_T, comps.schedule, cond, steps=self.steps, solver=self.solver, t_end=comps.schedule.t_min,
                       gradient=GRADIENTS[self.gradient](self.steps) if grad else None)
 
 

@@ -2,9 +2,8 @@
 pieces around it (prompt encoding, a new token's embedding row, VAE decoding).
 
 Time: SD's UNet is trained at discrete steps ``n = 0..N-1`` with ``t_n = (n + 1)/N`` on
-``VPSchedule.discrete(betas)``; a continuous ``t`` goes to the UNet as the real number
-``N t - 1`` (its sinusoidal embedding accepts any real timestep), so the UNet is
-interpolated between its training steps, not snapped to the nearest one.
+``VPSchedule.discrete(betas)``; a continuous ``t`` reaches the UNet as the schedule's
+``model_time(t)`` (its sinusoidal embedding accepts any real timestep).
 """
 from __future__ import annotations
 
@@ -25,13 +24,12 @@ class LatentEps(nn.Module):
         super().__init__()
         self.unet, self.prediction_type = unet, prediction_type
         self.schedule = schedule  # VPSchedule.discrete of the training betas
-        self.steps = len(schedule.betas)
 
     def forward(self, x, t, cond):
         if cond is None:
             raise ValueError("Stable Diffusion needs prompt embeddings as cond")
         dtype = self.unet.dtype
-        timestep = self.steps * t - 1  # in the solve's dtype, not the UNet's: fp16 spacing is 0.5 near 999
+        timestep = self.schedule.model_time(t)  # in the solve's dtype, not the UNet's: fp16 spacing is 0.5 near 999
         out = self.unet(x.to(dtype), timestep, encoder_hidden_states=cond.to(dtype)).sample
         out = out.to(x.dtype)
         if self.prediction_type == "v_prediction":  # v = alpha eps - sigma x_0  =>  eps = sigma x_t + alpha v

@@ -44,6 +44,9 @@ def test_discrete_reproduces_its_betas():
     alpha2 = sched.alpha(t_n) ** 2
     recovered = torch.cat([1 - alpha2[:1], 1 - alpha2[1:] / alpha2[:-1]])
     assert torch.allclose(recovered, betas, rtol=1e-9, atol=1e-12)
+    # the network's timestep at each training time is that step's index, 0..N-1
+    assert torch.allclose(sched.model_time(t_n), torch.arange(1000, dtype=torch.float64), atol=1e-9)
+    assert sched.t_min == float(t_n[0])
 
 
 @pytest.mark.parametrize("name", SCHEDULES)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from adjointdpm import VPSchedule, sample
+from adjointdpm import VPSchedule, sample, steps_for_nfe
 from conftest import T_END, exact, gaussian, noise, rel
 
 # (space, solver, order, step counts in the asymptotic range)
@@ -57,9 +57,17 @@ def test_dpm_solver_1_is_ddim():
 
 
 @pytest.mark.parametrize("solver,nfe", [("euler", lambda n: n), ("heun", lambda n: 2 * n), ("rk4", lambda n: 4 * n),
-                                        ("adams4", lambda n: n + 6), ("dpm2", lambda n: 2 * n),
+                                        ("adams4", lambda n: 4 * n if n <= 2 else n + 6), ("dpm2", lambda n: 2 * n),
                                         ("dpm3", lambda n: 3 * n), ("dpm2m", lambda n: n)])
-def test_nfe_is_counted_exactly(solver, nfe):
-    for steps in (5, 12):
+def test_nfe_is_counted_exactly_and_budgets_invert_it(solver, nfe):
+    for steps in (1, 2, 5, 12):
         _, info = sample(gaussian(), noise(4), VPSchedule.linear(), steps=steps, solver=solver, return_info=True)
         assert info.nfe_forward == nfe(steps)
+        assert steps_for_nfe(solver, nfe(steps)) == steps
+
+
+def test_budgets_that_cannot_be_met():
+    with pytest.raises(ValueError, match="'dpm3' cannot spend exactly 10 .* 3, 6, 9, 12, 15, 18, ..."):
+        steps_for_nfe("dpm3", 10)
+    with pytest.raises(ValueError, match=r"'dopri5' cannot .* \(adaptive"):
+        steps_for_nfe("dopri5", 10)

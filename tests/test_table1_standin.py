@@ -27,5 +27,7 @@ def test_standin_table_end_to_end_and_resume(tmp_path):
 
 
 def test_bad_nfe():
-    with pytest.raises(SystemExit, match="--nfe: each budget must be even and >= 8"):
-        table1.main(["--nfe", "7"])
+    with pytest.raises(SystemExit, match="--nfe 11: solver 'dpm2' cannot spend exactly 11 model evaluations"):
+        table1.main(["--nfe", "11"])
+    with pytest.raises(SystemExit, match="--nfe 6: solver 'adams4' cannot spend exactly 6 .* 4, 8, 9, 10"):
+        table1.main(["--nfe", "6"])

@@ -71,8 +71,7 @@ def audit(taus=(0.25, 0.5), n: int = 300, iters: int = 20, gradient: Gradient | 
     mix = three_modes(SCHEDULE)
     mix.requires_grad_(False)
     x_T = _noise(n, seed)
-    with torch.no_grad():
-        labels = class_log_probs(mix, sample(mix, x_T, SCHEDULE, **SAMPLING)).argmax(1)
+    labels = class_log_probs(mix, sample(mix, x_T, SCHEDULE, **SAMPLING)).argmax(1)
     result = {"taus": list(taus), "per_class": {}, "overall": {}}
     for tau in taus:
         if not tau > 0:
@@ -86,8 +85,7 @@ def audit(taus=(0.25, 0.5), n: int = 300, iters: int = 20, gradient: Gradient | 
             with torch.no_grad():
                 delta -= (tau / 4) * grad.sign()
                 delta.clamp_(-tau, tau)  # projection onto the L-infinity ball
-        with torch.no_grad():
-            flipped = class_log_probs(mix, sample(mix, x_T + delta, SCHEDULE, **SAMPLING)).argmax(1) != labels
+        flipped = class_log_probs(mix, sample(mix, x_T + delta, SCHEDULE, **SAMPLING)).argmax(1) != labels
         assert float(delta.detach().abs().max()) <= tau + 1e-6  # the constraint holds exactly
         result["overall"][tau] = float(flipped.float().mean())
         result["per_class"][tau] = {int(k): float(flipped[labels == k].float().mean())
@@ -113,8 +111,7 @@ def finetune(n: int = 128, iters: int = 40, lr: float = 1e-3, content_weight: fl
     reference = mix.sample_data(2000, generator=torch.Generator().manual_seed(seed + 1)) * torch.tensor([1.6, 0.6])
     m_ref = second_moment(reference)
     x_T, x_T_unseen = _noise(n, seed + 2), _noise(n, seed + 3)
-    with torch.no_grad():
-        content, content_unseen = (sample(model, z, SCHEDULE, **SAMPLING) for z in (x_T, x_T_unseen))
+    content, content_unseen = (sample(model, z, SCHEDULE, **SAMPLING) for z in (x_T, x_T_unseen))
 
     def terms(x0, original):
         return float(((second_moment(x0) - m_ref) ** 2).sum()), float(((x0 - original) ** 2).sum(1).mean())
@@ -127,8 +124,7 @@ def finetune(n: int = 128, iters: int = 40, lr: float = 1e-3, content_weight: fl
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        after, unseen_after = (sample(model, z, SCHEDULE, **SAMPLING) for z in (x_T, x_T_unseen))
+    after, unseen_after = (sample(model, z, SCHEDULE, **SAMPLING) for z in (x_T, x_T_unseen))
     return {"style_before": before[0], "style_after": terms(after, content)[0],
             "content_after": terms(after, content)[1],
             "unseen_style_before": terms(content_unseen, content_unseen)[0],
@@ -148,8 +144,7 @@ def invert_embedding(n: int = 64, iters: int = 60, lr: float = 0.1, train_iters:
     model.requires_grad_(False)
     hidden = torch.tensor([0.8, -0.6])
     x_T = _noise(n, seed + 4)
-    with torch.no_grad():
-        targets = sample(model, x_T, SCHEDULE, hidden.expand(n, 2), **SAMPLING)
+    targets = sample(model, x_T, SCHEDULE, hidden.expand(n, 2), **SAMPLING)
     emb = torch.zeros(2, requires_grad=True)
     opt = torch.optim.Adam([emb], lr=lr)
     history = []
@@ -160,8 +155,7 @@ def invert_embedding(n: int = 64, iters: int = 60, lr: float = 0.1, train_iters:
         loss.backward()
         opt.step()
         history.append(loss.item())
-    with torch.no_grad():
-        final = sample(model, x_T, SCHEDULE, emb.expand(n, 2), **SAMPLING)
+    final = sample(model, x_T, SCHEDULE, emb.expand(n, 2), **SAMPLING)
     return {"hidden": hidden.tolist(), "found": emb.detach().tolist(),
             "embedding_error": float((emb.detach() - hidden).norm()), "initial_embedding_error": float(hidden.norm()),
             "sample_error": float(((final - targets) ** 2).sum(1).mean().sqrt()), "losses": history,

@@ -10,7 +10,7 @@ from .model import CFG
 from .ode import SolveInfo
 from .sample import sample
 from .schedule import VPSchedule
-from .solvers import SOLVERS
+from .solvers import SOLVERS, steps_for_nfe
 
 __all__ = ["sample", "VPSchedule", "CFG", "Backprop", "Checkpoint", "Adjoint", "AdjointDEIS",
-           "Gradient", "SolveInfo", "SOLVERS", "GaussianMixture"]
+           "Gradient", "SolveInfo", "SOLVERS", "steps_for_nfe", "GaussianMixture"]

@@ -178,6 +178,12 @@ class DiscreteVP(VPSchedule):
     def __repr__(self):
         return f"VPSchedule.discrete(<{self.betas.numel()} betas>)"
 
+    def model_time(self, t):
+        """The training-step index ``n = N t - 1`` that a discrete-time network (a DDPM or Stable
+        Diffusion UNet) takes at continuous ``t``: real-valued, so the network is interpolated between
+        its training steps, not snapped (DPM-Solver's ``model_wrapper``). ``t = t_min = 1/N`` is step 0."""
+        return self.betas.numel() * _as_tensor(t) - 1
+
     @staticmethod
     def _interp(x, xp, fp):
         """Piecewise-linear interpolation of (xp, fp), xp increasing, extrapolating linearly."""

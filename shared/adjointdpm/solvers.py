@@ -54,7 +54,18 @@ class Method:
         raise NotImplementedError
 
     def nfe(self, steps: int) -> int | None:
+        """Model evaluations for ``steps`` steps (``None``: adaptive, not known in advance)."""
         return None if self.stages is None else self.stages * steps
+
+    def steps_for(self, nfe: int) -> int:
+        """The number of steps that spends exactly ``nfe`` evaluations (the inverse of :meth:`nfe`)."""
+        steps = next((s for s in range(1, nfe + 1) if self.nfe(s) == nfe), None)
+        if steps is None:
+            achievable = [n for n in (self.nfe(s) for s in range(1, 7)) if n is not None]
+            raise ValueError(f"solver {self.name!r} cannot spend exactly {nfe} model evaluations"
+                             + (f" (it spends {', '.join(map(str, achievable))}, ...)" if achievable else
+                                " (adaptive: its NFE is known only after solving)"))
+        return steps
 
     def __repr__(self):
         return self.name
@@ -200,6 +211,12 @@ class Dopri5(Method):
 
 
 SOLVERS = ("euler", "heun", "rk4", "adams4", "dpm1", "dpm2", "dpm3", "dpm2m", "dopri5")
+
+
+def steps_for_nfe(solver: str, nfe: int) -> int:
+    """Steps of ``solver`` that spend exactly ``nfe`` model evaluations, e.g. ``adams4``: ``nfe - 6``
+    (torchdiffeq's start-up of two RK4 steps), ``dpm2``: ``nfe / 2``; a ``ValueError`` if none does."""
+    return make_method(solver).steps_for(nfe)
 
 
 def make_method(name: str, rtol: float = 1e-5, atol: float = 1e-5) -> Method:

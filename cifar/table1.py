@@ -48,6 +48,11 @@ SAMPLERS = {  # each run at an exact NFE budget: steps_for_nfe(solver, nfe)
     "eq. 10 + AB4": dict(space="reparam", solver="adams4"),
 }
 GRID = dict(spacing="logSNR", t_end=1e-3)
+
+
+def sampler(name: str, nfe: int) -> dict:
+    """The keyword arguments of :func:`adjointdpm.sample` for sampler ``name`` at exactly ``nfe`` evaluations."""
+    return dict(SAMPLERS[name], steps=steps_for_nfe(SAMPLERS[name]["solver"], nfe), **GRID)
 FINE = dict(steps=200, solver="dpm3", **GRID)
 
 
@@ -96,8 +101,7 @@ def run(setup: Setup, nfes, samples: int, batch: int, out: Path, seed: int = 0, 
     """Generate every cell's samples (this rank's shards), then on rank 0 measure them.
     Returns the result dict on rank 0 and ``None`` on the other ranks."""
     device = device or next(setup.model.parameters(), torch.empty(0)).device
-    cells = [(nfe, name, dict(SAMPLERS[name], steps=steps_for_nfe(SAMPLERS[name]["solver"], nfe), **GRID))
-             for nfe in nfes for name in SAMPLERS]
+    cells = [(nfe, name, sampler(name, nfe)) for nfe in nfes for name in SAMPLERS]
     for nfe, name, cfg in cells:
         generate(setup.model, setup.schedule, out / "samples" / _folder(name, nfe), n=samples, batch=batch,
                  sampler=cfg, seed=seed, shape=setup.shape, device=device, progress=progress)

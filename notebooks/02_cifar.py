@@ -74,8 +74,8 @@ exact = sample(model, x_T, schedule, **table1.FINE)  # 200 steps of DPM-Solver-3
 nfes = [10, 14, 20, 30, 50]
 errors = {name: [] for name in table1.SAMPLERS}
 for nfe in nfes:
-    for name, make in table1.SAMPLERS.items():
-        x, info = sample(model, x_T, schedule, return_info=True, **make(nfe), **table1.GRID)
+    for name in table1.SAMPLERS:
+        x, info = sample(model, x_T, schedule, return_info=True, **table1.sampler(name, nfe))
         assert info.nfe_forward == nfe
         errors[name].append(float((x - exact).flatten(1).square().mean(1).sqrt().median()))
 
@@ -96,7 +96,7 @@ for name, errs in errors.items():
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
 panels = {"exact flow map": exact}
-panels.update({name: sample(model, x_T, schedule, **make(10), **table1.GRID) for name, make in table1.SAMPLERS.items()})
+panels.update({name: sample(model, x_T, schedule, **table1.sampler(name, 10)) for name in table1.SAMPLERS})
 for ax, (title, images) in zip(axes, panels.items()):
     grid = images[:16].clamp(-1, 1).add(1).div(2).view(4, 4, 3, 32, 32).permute(0, 3, 1, 4, 2).reshape(128, 128, 3)
     ax.imshow(grid); ax.set_title(title, fontsize=9); ax.axis("off")

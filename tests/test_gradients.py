@@ -174,3 +174,48 @@ def test_cfg_is_the_papers_combination():
     null = torch.zeros(3, dtype=torch.float64)
     expected = 3.0 * net(x, t, cond) + (1 - 3.0) * net(x, t, null.expand(5, 3))
     assert torch.allclose(CFG(net, 3.0, null)(x, t, cond), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("make,solver,backward", [
+    (Backprop, "rk4", lambda n: 4 * n), (Checkpoint, "rk4", lambda n: 4 * n),
+    (lambda: Adjoint(steps=3), "rk4", lambda n: 4 * 3), (lambda: Adjoint(steps=5, solver="heun"), "rk4", lambda n: 10),
+    (lambda: Adjoint(states="reuse"), "dpm2", lambda n: 2 * n), (lambda: Adjoint(backend="torchdiffeq"), "rk4",
+                                                                   lambda n: 4 * n),
+    (lambda: AdjointDEIS(2, steps=7), "dpm2", lambda n: 7)],
+    ids=["Backprop", "Checkpoint", "Adjoint", "Adjoint-heun", "Adjoint-reuse", "Adjoint-torchdiffeq", "AdjointDEIS-2"])
+def test_nfe_backward_counts_the_vector_jacobian_products(make, solver, backward):
+    """One count: model calls of the sampling solve forward, VJPs through the model backward."""
+    x_T = noise(4).requires_grad_()
+    x, info = sample(gaussian(), x_T, SCHED, steps=6, solver=solver, gradient=make(), return_info=True)
+    assert (info.nfe_forward, info.nfe_backward) == ({"rk4": 24, "dpm2": 12}[solver], 0)
+    x.sum().backward()
+    assert info.nfe_backward == backward(6)
+
+
+@pytest.mark.parametrize("make", [Backprop, Checkpoint, Adjoint, lambda: Adjoint(backend="torchdiffeq"),
+                                  lambda: AdjointDEIS(2, steps=6)],
+                         ids=["Backprop", "Checkpoint", "Adjoint", "Adjoint-torchdiffeq", "AdjointDEIS-2"])
+def test_a_plain_function_is_a_model_without_parameters(make):
+    """Every strategy takes a function ``eps(x, t, cond)``; gradients reach x_T and cond."""
+    module = gaussian().requires_grad_(False)
+    function = lambda x, t, cond: module(x, t, cond)  # noqa: E731
+    results = []
+    for model in (module, function):
+        x_T, cond = noise(4).requires_grad_(), torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        loss_fn(sample(model, x_T, SCHED, cond, steps=6, solver="rk4", gradient=make())).backward()
+        results.append((x_T.grad, cond.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make", [Backprop, Adjoint], ids=["Backprop", "Adjoint"])
+def test_gradients_reach_the_tensors_of_the_forward_call(make):
+    """The tensors that receive gradients are fixed when sample() runs: a parameter that stops
+    requiring grad before backward() gets none (autograd's rule), the others get theirs."""
+    model, reference = gaussian(), gaussian()
+    x = sample(model, noise(4).requires_grad_(), SCHED, steps=4, solver="dpm2", gradient=make())
+    model.means.requires_grad_(False)
+    loss_fn(x).backward()
+    loss_fn(sample(reference, noise(4).requires_grad_(), SCHED, steps=4, solver="dpm2", gradient=make())).backward()
+    assert model.means.grad is None
+    assert torch.equal(model.log_scales.grad, reference.log_scales.grad)

@@ -31,7 +31,7 @@ import torchdiffeq
 from torch.autograd.function import once_differentiable
 
 from .ode import ProbabilityFlow, SolveInfo, Space
-from .solvers import Method, _check_finite, integrate, make_method
+from .solvers import Method, integrate, make_method
 
 
 @dataclass
@@ -62,10 +62,12 @@ class Problem:
         return (self.dz_ds(z[0], s),)
 
     def wrt(self) -> list[torch.Tensor]:
-        """Tensors besides ``x_T`` that want gradients: ``cond`` (if it requires grad), then parameters."""
-        cond = self.flow.cond
+        """Tensors besides ``x_T`` that want gradients: ``cond`` (if it requires grad), then the
+        model's parameters that require grad (a plain function is a model without parameters)."""
+        cond, model = self.flow.cond, self.flow.model
         conds = [cond] if torch.is_tensor(cond) and cond.requires_grad else []
-        return conds + [p for p in self.flow.model.parameters() if p.requires_grad]
+        params = model.parameters() if isinstance(model, torch.nn.Module) else ()
+        return conds + [p for p in params if p.requires_grad]
 
 
 class Gradient:
@@ -84,13 +86,11 @@ class NoGradient(Gradient):
 
 
 class Backprop(Gradient):
-    """Autograd through every step (the baseline). Backward traverses each model
-    evaluation's graph once, so ``nfe_backward = nfe_forward``."""
+    """Autograd through every step (the baseline): exact for the discrete sampler; memory grows
+    with steps. Backward traverses each model evaluation's graph once, ``nfe_backward = nfe_forward``."""
 
     def solve(self, problem, z0):
-        z = integrate(problem.method, problem.field, (z0,), problem.grid(problem.times), problem.times)[0]
-        problem.info.nfe_backward = problem.info.nfe_forward
-        return z
+        return integrate(problem.method, problem.field, (z0,), problem.grid(problem.times), problem.times)[0]
 
     def __repr__(self):
         return "Backprop()"
@@ -164,7 +164,7 @@ class Adjoint(Gradient):
                                  f"or set it to the forward steps ({len(times) - 1})")
             times = problem.make_times(self.steps)
         run = _AdjointRun(problem, self._method(problem), times, self.states == "reuse")
-        return _AdjointSolve.apply(run, z0, *problem.wrt())
+        return _AdjointSolve.apply(run, z0, *run.wrt)
 
     def _solve_torchdiffeq(self, problem, z0):
         name = problem.method.name if self.solver is None else self.solver
@@ -203,10 +203,13 @@ class AdjointDEIS(Adjoint):
 
 
 class _AdjointRun:
-    """The forward solve without a graph and the backward adjoint solve, for one call."""
+    """The forward solve without a graph and the backward adjoint solve, for one call. The
+    tensors that receive gradients (``wrt``) are fixed here, once, so the backward matches them
+    to the forward's inputs even if ``requires_grad`` changes in between."""
 
     def __init__(self, problem: Problem, method: Method, times, reuse: bool):
         self.problem, self.method, self.times, self.reuse = problem, method, times, reuse
+        self.wrt = problem.wrt()
 
     def forward(self, z0):
         p = self.problem
@@ -216,26 +219,25 @@ class _AdjointRun:
         return z_end, stored
 
     def backward(self, z_end, stored, a_end):
-        p = self.problem
-        wrt, field = p.wrt(), p.dz_ds
+        wrt, field = self.wrt, self.problem.dz_ds
 
         def augmented(state, s):
             z, a = state[0], state[1]
             with torch.enable_grad():
                 z = z.detach().requires_grad_(True)
                 dz = field(z, s)
-                vjps = torch.autograd.grad(dz, (z, *wrt), a, allow_unused=True)
-            return (dz.detach(),) + tuple(torch.zeros_like(w) if v is None else -v for v, w in zip(vjps, (z, *wrt)))
+                # a leaf that stopped requiring grad since the forward gets none, as autograd gives it none
+                live = [i for i, w in enumerate(wrt) if w.requires_grad]
+                a_z, *a_live = torch.autograd.grad(dz, (z, *(wrt[i] for i in live)), a, allow_unused=True)
+            a_wrt = [torch.zeros_like(w) for w in wrt]
+            for i, v in zip(live, a_live):
+                if v is not None:
+                    a_wrt[i] = -v
+            return (dz.detach(), torch.zeros_like(z) if a_z is None else -a_z, *a_wrt)
 
-        grid = p.grid(self.times)[::-1]
-        times = self.times.flip(0)
         state = (z_end, a_end) + tuple(torch.zeros_like(w) for w in wrt)
-        steps, hist = len(grid) - 1, ()
-        for i in range(steps):
-            if self.reuse:  # the forward state at this grid point replaces the re-integrated one
-                state = (stored[steps - i],) + state[1:]
-            state, hist = self.method.step(augmented, state, grid[i], grid[i + 1], hist)
-            _check_finite(state, i + 1, steps, float(times[i + 1]), "adjoint state")
+        state = integrate(self.method, augmented, state, self.problem.grid(self.times)[::-1], self.times.flip(0),
+                          restarts=stored[::-1] if self.reuse else None, what="adjoint state")
         return state[1], state[2:]
 
 

@@ -17,7 +17,7 @@ solvers only ever see ``(z, s)``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -26,8 +26,13 @@ from .schedule import VPSchedule
 
 @dataclass
 class SolveInfo:
-    """What a call to :func:`adjointdpm.sample` cost. ``nfe_backward`` fills in when
-    ``backward()`` runs (model evaluations or vector-Jacobian products it made)."""
+    """What a call to :func:`adjointdpm.sample` cost, in model evaluations (NFE).
+
+    ``nfe_forward`` counts the model calls of the sampling solve. ``nfe_backward`` counts the
+    vector-Jacobian products through the model that ``backward()`` makes, whatever the strategy:
+    Backprop traverses each forward evaluation once, Checkpoint recomputes and traverses each,
+    an adjoint makes one per evaluation of its augmented field. It fills in when ``backward()`` runs.
+    """
 
     solver: str
     space: str
@@ -35,13 +40,6 @@ class SolveInfo:
     times: torch.Tensor
     nfe_forward: int = 0
     nfe_backward: int = 0
-    phase: str = field(default="forward", repr=False)
-
-    def count(self):
-        if self.phase == "forward":
-            self.nfe_forward += 1
-        else:
-            self.nfe_backward += 1
 
 
 class ProbabilityFlow:
@@ -50,19 +48,21 @@ class ProbabilityFlow:
 
     def __init__(self, model, schedule: VPSchedule, cond, info: SolveInfo):
         self.model, self.schedule, self.cond, self.info = model, schedule, cond, info
+        self.calls = 0  # every model call, the backward pass's recomputations included
 
     def eps(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        self.info.count()
+        self.calls += 1
         t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         out = self.model(x, t_batch, self.cond)
         if not torch.is_tensor(out) or out.shape != x.shape:
             shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
             raise ValueError(f"model output must have the shape of x {tuple(x.shape)}, got {shape}")
+        if out.requires_grad:  # one vector-Jacobian product through the model each time a backward reaches it
+            out.register_hook(self._count_backward)
         return out
 
-
-def _f(value) -> float:
-    return float(value)
+    def _count_backward(self, grad):
+        self.info.nfe_backward += 1
 
 
 class Space:
@@ -106,8 +106,8 @@ class OriginalSpace(Space):
         sched = self.schedule
 
         def dx_dt(x, t):
-            f = _f(sched.dlog_alpha_dt(t))
-            return f * (x - flow.eps(x, t) / _f(sched.sigma(t)))
+            f = float(sched.dlog_alpha_dt(t))
+            return f * (x - flow.eps(x, t) / float(sched.sigma(t)))
         return dx_dt
 
 
@@ -117,13 +117,13 @@ class ReparamSpace(Space):
     name, exponential = "reparam", True
 
     def coordinate(self, t):
-        return _f(self.schedule.rho(t))
+        return float(self.schedule.rho(t))
 
     def time(self, rho):
-        return _f(self.schedule.time_of_rho(rho))
+        return float(self.schedule.time_of_rho(rho))
 
     def scale(self, t):
-        return _f(self.schedule.alpha(t))
+        return float(self.schedule.alpha(t))
 
     def field(self, flow):
         def dy_drho(y, rho):

@@ -55,6 +55,6 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
     t0, t1 = float(times[0]), float(times[-1])
     z0 = x_T / the_space.scale(t0)
     z_end = (gradient or NoGradient()).solve(problem, z0)
-    info.phase = "backward"  # model calls from here on are the backward pass's
+    info.nfe_forward = problem.flow.calls  # calls from here on are the backward pass's recomputations
     x_end = the_space.scale(t1) * z_end
     return (x_end, info) if return_info else x_end

@@ -229,18 +229,22 @@ def make_method(name: str, rtol: float = 1e-5, atol: float = 1e-5) -> Method:
 
 
 def _check_finite(z: State, step: int, steps: int, t: float, what: str):
-    if not all(bool(torch.isfinite(zk).all()) for zk in z):
+    if not bool(torch.stack([torch.isfinite(zk).all() for zk in z]).all()):  # one host sync per step
         raise ValueError(f"non-finite values (nan or inf) in the {what} after step {step} of {steps} "
                          f"(t = {t:.6g}); try more steps, a larger t_end or float64")
 
 
 def integrate(method: Method, f, z: State, grid, times, *, checkpoint: bool = False,
-              states: list | None = None, what: str = "sample") -> State:
+              states: list | None = None, restarts=None, what: str = "sample") -> State:
     """Step ``z`` along ``grid`` (the space's variable; ``times`` are the matching t for
     messages). ``checkpoint`` recomputes each step in backward instead of storing its
-    activations; ``states`` collects the state after every step."""
+    activations; ``states`` collects the state after every step; ``restarts[i]``, if given,
+    replaces the state's first component at grid point ``i`` (an adjoint that reuses the
+    stored forward states)."""
     hist, steps = (), len(grid) - 1
     for i in range(steps):
+        if restarts is not None:
+            z = (restarts[i],) + tuple(z[1:])
         args = (f, z, float(grid[i]), float(grid[i + 1]), hist)
         if checkpoint:
             z, hist = torch.utils.checkpoint.checkpoint(method.step, *args, use_reentrant=False)

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from adjointdpm import files
+
 from .ddpmpp import DDPMpp
 
 
@@ -49,10 +51,7 @@ def load_score_sde(path, config: str = "cifar10_ddpmpp_deep_continuous", *, ema:
     if not path.is_file():
         raise ValueError(f"checkpoint path {path} is not a file: download score_sde's checkpoint "
                          f"(e.g. checkpoint_8.pth of {config}) and pass its local path")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # an unpicklable or unsafe file: say so without running it
-        raise ValueError(f"checkpoint {path} cannot be read safely (weights_only=True): {err}") from None
+    ckpt = files.load(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt["model"], dict):
         raise ValueError(f"checkpoint {path} is not a score_sde checkpoint: expected a dict with a 'model' "
                          f"state_dict, got {type(ckpt).__name__}"

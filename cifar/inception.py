@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from adjointdpm import files
+
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 
 
@@ -26,12 +28,7 @@ def load_inception(path, device="cpu"):
     if not path.is_file():
         raise ValueError(f"Inception weights {path} is not a file: download torch-fidelity's {WEIGHTS_NAME} "
                          "(github.com/toshas/torch-fidelity/releases) and pass its local path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"Inception weights {path} cannot be read safely (weights_only=True): {err}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"Inception weights {path} is not a state_dict of tensors")
+    state = files.load_state_dict(path, "Inception weights")
     with tempfile.TemporaryDirectory() as tmp:  # a file we wrote from tensors only
         torch.save(state, Path(tmp) / WEIGHTS_NAME)
         try:

@@ -34,8 +34,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the committed 
 import matplotlib.pyplot as plt
 import torch
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample, steps_for_nfe
-from toy import GaussianMixture, eight_modes, flow_map, flow_map_vjp
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, GaussianMixture, VPSchedule, sample, steps_for_nfe
+from toy import eight_modes, flow_map, flow_map_vjp
 from toy import apps
 
 torch.manual_seed(0)

@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from adjointdpm.memory import peak, reset_peak
+from adjointdpm.memory import peak, reset_peak, run_in_fresh_process
 
 from .apps import GRADIENTS, Sampler, noise
 from .components import check_model_dir, open_model
@@ -97,12 +95,8 @@ def main(argv=None):
             raise SystemExit(str(err)) from None
     rows = []
     for gradient, steps in tqdm([(g, s) for g in args.gradients for s in args.steps], desc="bench"):
-        proc = subprocess.run([sys.executable, "-m", "stable_diffusion.bench", "--model", args.model, "--worker",
-                               gradient, str(steps), "--device", args.device, "--dtype", args.dtype,
-                               "--repeats", str(args.repeats)], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"bench case {gradient} x {steps} failed:\n{proc.stderr[-2000:]}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(run_in_fresh_process("stable_diffusion.bench", "--model", args.model, "--worker", gradient, steps,
+                                         "--device", args.device, "--dtype", args.dtype, "--repeats", args.repeats))
     meta = {"model": args.model, "device": args.device, "dtype": args.dtype, "repeats": args.repeats,
             "threads": torch.get_num_threads()}
     print(write(rows, args.out, meta))

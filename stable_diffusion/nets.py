@@ -2,28 +2,13 @@
 VGG-19 features, both from local weights files read with ``weights_only=True``."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adjointdpm import files
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _read_state_dict(path, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} weights {path} is not a file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{what} weights {path} cannot be read safely (weights_only=True): {err}") from None
-    if isinstance(state, dict) and "state_dict" in state:  # a training checkpoint around the weights
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{what} weights {path} is not a state_dict of tensors")
-    return state
 
 
 class Classifier(nn.Module):
@@ -48,7 +33,7 @@ def load_classifier(arch: str, weights, num_classes: int = 1000, size: int = 224
         net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     except ValueError as err:
         raise ValueError(f"unknown torchvision architecture {arch!r}: {err}") from None
-    state = _read_state_dict(weights, "classifier")
+    state = files.load_state_dict(weights, "classifier weights")
     expected = net.state_dict()
     shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
               for k, v in state.items() if k in expected and v.shape != expected[k].shape]
@@ -99,7 +84,7 @@ def load_vgg19(weights) -> VGGFeatures:
     """torchvision's VGG-19 convolutional features with a local weights file (``vgg19-dcbb9e9d.pth``)."""
     import torchvision
     features = torchvision.models.vgg19(weights=None).features
-    state = _read_state_dict(weights, "VGG-19")
+    state = files.load_state_dict(weights, "VGG-19 weights")
     # only the convolutional part is used: a full file or one holding just features.* both work
     state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     try:

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from adjointdpm import VPSchedule
-from toy import GaussianMixture, flow_map, flow_map_vjp
+from adjointdpm import GaussianMixture, VPSchedule
+from toy import flow_map, flow_map_vjp
 
 T, T_END = 1.0, 1e-3
 MEAN, SCALE = [0.5, -1.0], [0.3, 1.5]

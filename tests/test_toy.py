@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from adjointdpm import VPSchedule
-from toy import GaussianMixture, three_modes, train_eps_mlp
+from adjointdpm import GaussianMixture, VPSchedule
+from toy import three_modes, train_eps_mlp
 
 
 @pytest.mark.parametrize("times", ["per-sample", "shared"])  # the two code paths of the variances

@@ -1,7 +1,7 @@
 """Toy scale: Gaussian mixtures with exact scores, where every gradient has a reference."""
 from .gaussian import flow_map, flow_map_vjp
-from .mixture import GaussianMixture, eight_modes, three_modes
+from .mixture import eight_modes, three_modes
 from .mlp import EpsMLP, train_eps_mlp
 
-__all__ = ["GaussianMixture", "eight_modes", "three_modes", "flow_map", "flow_map_vjp",
+__all__ = ["eight_modes", "three_modes", "flow_map", "flow_map_vjp",
            "EpsMLP", "train_eps_mlp"]

@@ -17,8 +17,8 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from adjointdpm import Adjoint, Gradient, VPSchedule, sample
-from toy.mixture import GaussianMixture, eight_modes, three_modes
+from adjointdpm import Adjoint, GaussianMixture, Gradient, VPSchedule, sample
+from toy.mixture import eight_modes, three_modes
 from toy.mlp import train_eps_mlp
 
 SCHEDULE = VPSchedule.linear()

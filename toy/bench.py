@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from adjointdpm import Checkpoint, VPSchedule, sample
-from adjointdpm.memory import peak as peak_bytes, reset_peak
+from adjointdpm.memory import peak as peak_bytes, reset_peak, run_in_fresh_process
 from toy.mixture import eight_modes
 from toy.mlp import EpsMLP, train_eps_mlp
 from toy.reproduce import STRATEGIES
@@ -138,12 +136,8 @@ def main(argv=None):
         prepare(Path(tmp), batch, 200 if args.quick else 1500, meta["ref_steps"], args.device)
         cases = [(n, s) for n in names for s in steps_list]
         for name, steps in tqdm(cases, desc="bench"):
-            proc = subprocess.run([sys.executable, "-m", "toy.bench", "--worker", tmp, name, str(steps),
-                                   "--device", args.device, "--repeats", str(repeats)],
-                                  capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"bench case {name} x {steps} failed:\n{proc.stderr[-2000:]}")
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rows.append(run_in_fresh_process("toy.bench", "--worker", tmp, name, steps, "--device", args.device,
+                                             "--repeats", repeats))
     print(write(rows, args.out, meta))
     print(f"wrote bench.md, bench.json, bench.png to {args.out}/")
 

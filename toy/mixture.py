@@ -1,5 +1,5 @@
-"""The toy scale's mixtures. The exact-epsilon model itself lives in the library
-(:class:`adjointdpm.GaussianMixture`), where the CIFAR stand-in uses it too."""
+"""The toy scale's two mixtures, as :class:`adjointdpm.GaussianMixture` (the exact-epsilon
+model lives in the library, where the CIFAR stand-in uses it too)."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,6 @@ import math
 import torch
 
 from adjointdpm import GaussianMixture, VPSchedule
-
-__all__ = ["GaussianMixture", "eight_modes", "three_modes"]
 
 
 def eight_modes(schedule: VPSchedule, radius: float = 2.0, scale: float = 0.3) -> GaussianMixture:

@@ -18,10 +18,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample, steps_for_nfe
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, GaussianMixture, VPSchedule, sample, steps_for_nfe
 from adjointdpm.memory import saved_bytes_during
 from toy.gaussian import flow_map, flow_map_vjp
-from toy.mixture import GaussianMixture, eight_modes
+from toy.mixture import eight_modes
 
 F64 = dict(dtype=torch.float64)
 MEAN, SCALE, TARGET = [0.5, -1.0], [0.3, 1.5], [1.0, 2.0]

@@ -46,8 +46,8 @@ import math
 
 import torch
 
-from adjointdpm import Adjoint, VPSchedule, sample
-from toy import GaussianMixture, flow_map, flow_map_vjp
+from adjointdpm import Adjoint, GaussianMixture, VPSchedule, sample
+from toy import flow_map, flow_map_vjp
 
 torch.set_default_dtype(torch.float64)  # gradients are compared to closed forms at 1e-8
 schedule = VPSchedule.linear()

@@ -40,8 +40,8 @@ import math
 
 import torch
 
-from adjointdpm import VPSchedule, sample
-from toy import GaussianMixture, flow_map
+from adjointdpm import GaussianMixture, VPSchedule, sample
+from toy import flow_map
 
 torch.set_default_dtype(torch.float64)
 schedule = VPSchedule.linear()

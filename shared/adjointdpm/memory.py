@@ -4,10 +4,13 @@
   and deterministic, for tests and tables.
 * Peak memory for benchmarks: ``torch.cuda.max_memory_allocated`` on CUDA, the resident
   high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) on Linux CPU. Measure
-  one case per process so a high-water mark is that case's own.
+  one case per process (:func:`run_in_fresh_process`) so a high-water mark is that case's own.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -47,3 +50,14 @@ def peak(device) -> int:
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return _status_kib("VmHWM") * 1024
+
+
+def run_in_fresh_process(module: str, *args) -> dict:
+    """Run ``python -m module *args`` in a new process and return the JSON object it prints on
+    its last line (one benchmark case, measured alone); an error carries the case's stderr."""
+    argv = [sys.executable, "-m", module, *map(str, args)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark case `python -m {module} {' '.join(map(str, args))}` failed:\n"
+                           f"{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

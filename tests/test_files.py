@@ -1,0 +1,65 @@
+"""Reading user files safely (nothing in them runs, every failure is one line naming the file)
+and writing atomically."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from adjointdpm import files
+
+
+class Payload:
+    """Unpickling it would run os.system: weights_only must refuse it before it runs."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_file_is_refused_without_running_and_without_torch_s_advice(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"weights": torch.zeros(2), "payload": Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError) as err:
+        files.load(tmp_path / "evil.pt", "checkpoint")
+    message = str(err.value)
+    assert "checkpoint" in message and str(tmp_path / "evil.pt") in message and "refused" in message
+    assert "weights_only" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", "truncated"])
+def test_unreadable_files_are_named(tmp_path, content):
+    path = tmp_path / "broken.pt"
+    if content == "truncated":
+        torch.save({"w": torch.randn(100)}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"shard {path} cannot be read: truncated, corrupt or not a torch file"):
+        files.load(path, "shard")
+
+
+def test_state_dict_files(tmp_path):
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "wrapped.pt")
+    assert torch.equal(files.load_state_dict(tmp_path / "wrapped.pt", "weights")["w"], torch.ones(2))
+    torch.save([torch.ones(2)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="is not a state_dict of tensors"):
+        files.load_state_dict(tmp_path / "list.pt", "weights")
+    with pytest.raises(ValueError, match="weights .*missing.pt is not a file"):
+        files.load_state_dict(tmp_path / "missing.pt", "weights")
+
+
+def test_save_atomic_leaves_only_the_target(tmp_path):
+    files.save_atomic({"x": torch.arange(3)}, tmp_path / "a.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+    assert torch.equal(files.load(tmp_path / "a.pt", "file")["x"], torch.arange(3))
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+    with pytest.raises(RuntimeError):
+        files.save_atomic(Unpicklable(), tmp_path / "b.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # no temporary left behind

@@ -63,3 +63,40 @@ def test_save_atomic_leaves_only_the_target(tmp_path):
     with pytest.raises(RuntimeError):
         files.save_atomic(Unpicklable(), tmp_path / "b.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # no temporary left behind
+
+
+def test_claim_keys_a_folder_by_its_settings(tmp_path):
+    folder = tmp_path / "run"
+    files.claim(folder, {"seed": 3, "sampler": {"steps": 10}})
+    files.claim(folder, {"seed": 3, "sampler": {"steps": 10}})  # the same settings resume
+    with pytest.raises(ValueError, match=r"holds work made with other settings: lr='\(unset\)' \(now 0.1\), "
+                                         r"seed=3 \(now 4\); give another output folder, or delete"):
+        files.claim(folder, {"seed": 4, "sampler": {"steps": 10}, "lr": 0.1})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        files.claim(tmp_path / "file", {})
+
+
+def test_exclusive_refuses_a_second_process_and_takes_over_a_dead_one_s_lock(tmp_path):
+    import subprocess
+    import sys
+    with files.exclusive(tmp_path):
+        other = subprocess.run([sys.executable, "-c", f"from adjointdpm import files\n"
+                                f"with files.exclusive({str(tmp_path)!r}): pass"], capture_output=True, text=True)
+        assert other.returncode != 0 and f"another run (process {os.getpid()}) is writing to" in other.stderr
+    assert not (tmp_path / ".lock").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(dead.stdout.strip())  # left by a process that is gone
+    with files.exclusive(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+
+
+def test_fingerprint_sees_every_value():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert files.fingerprint(a) == files.fingerprint(a) != files.fingerprint(b)
+    with torch.no_grad():
+        b.load_state_dict(a.state_dict())
+        assert files.fingerprint(a) == files.fingerprint(b)
+        b.bias[0] += 1e-7
+    assert files.fingerprint(a) != files.fingerprint(b)
+    assert files.fingerprint(torch.zeros(2)) != files.fingerprint(torch.zeros(2, dtype=torch.float64))

@@ -8,9 +8,7 @@ Writes Markdown tables, JSON and PNG plots to ``--out`` and prints where.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -18,7 +16,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, GaussianMixture, VPSchedule, sample, steps_for_nfe
+from adjointdpm import (Adjoint, AdjointDEIS, Backprop, Checkpoint, GaussianMixture, VPSchedule, files, sample,
+                        steps_for_nfe)
 from adjointdpm.memory import saved_bytes_during
 from toy.gaussian import flow_map, flow_map_vjp
 from toy.mixture import eight_modes
@@ -52,12 +51,10 @@ def gradient_accuracy(steps_list, batch: int, schedule: VPSchedule, t_end: float
         model = GaussianMixture(torch.ones(1, **F64), mean[None], torch.tensor([SCALE], **F64), schedule)
         x_T = x_T0.clone().requires_grad_()
         cond = torch.zeros(2, **F64, requires_grad=True)
-        start = time.perf_counter()
         (x, info), saved = saved_bytes_during(lambda: sample(
             model, x_T, schedule, cond, steps=steps, solver="rk4", t_end=t_end, gradient=STRATEGIES[name](),
             return_info=True))
         (((x - target) ** 2).sum() / batch).backward()
-        seconds = time.perf_counter() - start
         theta = torch.cat([model.means.grad[0], model.log_scales.grad[0]])
         return {
             "strategy": name, "steps": steps,
@@ -65,12 +62,11 @@ def gradient_accuracy(steps_list, batch: int, schedule: VPSchedule, t_end: float
             "err_cond": relative_error(cond.grad, exact["mean"]),
             "err_theta": relative_error(theta, torch.cat([exact["mean"], exact["log_scale"]])),
             "nfe_forward": info.nfe_forward, "nfe_backward": info.nfe_backward,
-            "seconds": seconds, "saved_bytes": saved,
+            "saved_bytes": saved,
         }
 
     rows = []
     for name in tqdm(STRATEGIES, desc="gradient accuracy", leave=False):
-        run(name, steps_list[0])  # warm-up (first-call costs), not kept
         rows += [run(name, steps) for steps in steps_list]
     return rows
 
@@ -155,16 +151,17 @@ def _md_table(header, lines):
 
 def write_gradients(rows, out: Path):
     lines = [(r["strategy"], r["steps"], f"{r['err_x_T']:.2e}", f"{r['err_cond']:.2e}", f"{r['err_theta']:.2e}",
-              r["nfe_forward"], r["nfe_backward"], f"{r['seconds'] * 1e3:.0f}", f"{r['saved_bytes'] / 1024:.0f}")
+              r["nfe_forward"], r["nfe_backward"], f"{r['saved_bytes'] / 1024:.0f}")
              for r in rows]
     header = ["strategy", "steps", "rel. err dL/dx_T", "rel. err dL/dc", "rel. err dL/dtheta", "NFE fwd", "NFE bwd",
-              "ms", "saved for backward (KiB)"]
+              "saved for backward (KiB)"]
     text = ("# Gradient accuracy against the closed form (single Gaussian, forward RK4 in (y, rho))\n\n"
             "Loss: mean squared distance of x_end to a target; batch of 256; float64. `theta` = mean and "
-            "log-scales of the Gaussian; `c` shifts the mean. Memory = bytes autograd keeps for backward.\n\n"
+            "log-scales of the Gaussian; `c` shifts the mean. Memory = bytes autograd keeps for backward. "
+            "Time and peak memory are measured by `python -m toy.bench` (bench.md).\n\n"
             + _md_table(header, lines) + "\n")
     (out / "gradients.md").write_text(text)
-    (out / "gradients.json").write_text(json.dumps(rows, indent=1))
+    files.write_json(out / "gradients.json", rows, significant=6)
     return text
 
 
@@ -192,7 +189,7 @@ def write_convergence(solver_rows, grad_rows, out: Path):
     text = ("# Measured convergence orders (slope over the three finest step counts)\n\n"
             + _md_table(["space", "solver", "order"], orders) + "\n")
     (out / "convergence.md").write_text(text)
-    (out / "convergence.json").write_text(json.dumps(solver_rows, indent=1))
+    files.write_json(out / "convergence.json", solver_rows, significant=6)
     return text
 
 
@@ -218,7 +215,7 @@ def write_table1(rows, out: Path):
                      + _md_table(["NFE"] + samplers, lines) + "\n")
     text = "".join(parts)
     (out / "table1.md").write_text(text)
-    (out / "table1.json").write_text(json.dumps(rows, indent=1))
+    files.write_json(out / "table1.json", rows, significant=6)
     return text
 
 

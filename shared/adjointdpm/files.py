@@ -6,9 +6,17 @@
   tensors and plain containers). The refusal does not repeat torch's advice to lift the guard.
 * :func:`save_atomic` writes through a temporary file unique to the process and renames it
   over the target: a reader never sees half a file, and two writers never share a temporary.
+* :func:`claim` keys a folder of resumable work by the settings that made it, and
+  :func:`exclusive` keeps a second process out of a folder while one works there.
+* :func:`fingerprint` hashes tensors and modules for such settings; :func:`write_json` writes
+  results as strict JSON.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import math
 import os
 import re
 import tempfile
@@ -55,3 +63,117 @@ def save_atomic(obj, path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _finite(obj, significant: int | None = None):
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            return None
+        return float(f"{obj:.{significant}g}") if significant else obj
+    if isinstance(obj, dict):
+        return {str(k): _finite(v, significant) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v, significant) for v in obj]
+    return obj
+
+
+def write_json(path, obj, significant: int | None = None) -> Path:
+    """Results as strict JSON: a non-finite number becomes ``null`` (JSON has no NaN), keys become
+    strings; ``significant`` rounds floats (committed results then stay byte-identical across
+    machines whose last bits differ)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(obj, significant), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def claim(folder, settings: dict, what: str = "this folder") -> Path:
+    """Key the work in ``folder`` by the ``settings`` that determine it (``settings.json``).
+
+    A new folder records them; a folder made with the same settings is resumed; one made with
+    other settings is refused with one line that names each difference and the way out, so a
+    rerun never mixes old work into new results.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {folder} is a file, not a folder")
+    record = folder / "settings.json"
+    settings = json.loads(json.dumps(_finite(settings)))  # as it reads back: tuples are lists, keys strings
+    if record.is_file():
+        try:
+            old = json.loads(record.read_text())
+        except ValueError:
+            old = None
+        if not isinstance(old, dict):
+            raise ValueError(f"{record} is not a settings record: delete {folder} to start over")
+        if old != settings:
+            diffs = [f"{k}={old.get(k, '(unset)')!r} (now {settings.get(k, '(unset)')!r})"
+                     for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+            raise ValueError(f"{what} {folder} holds work made with other settings: {', '.join(diffs)}; give "
+                             f"another output folder, or delete {folder} to start over")
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".settings.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, record)
+    return folder
+
+
+@contextlib.contextmanager
+def exclusive(folder, name: str = ".lock"):
+    """Hold ``folder/name`` while working there; a second process that tries is refused with one
+    line (a lock left by a process that died is taken over)."""
+    path = Path(folder) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise ValueError(f"another run (process {pid}) is writing to {folder}: wait for it, or give "
+                                 "another output folder") from None
+            path.unlink(missing_ok=True)  # its process is gone
+    else:
+        raise ValueError(f"cannot lock {path}")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fingerprint(*objects) -> str:
+    """A short sha256 of tensors, modules (their state_dict, in order) and JSON-able values: what a
+    settings record keys by when the settings include weights or images."""
+    digest = hashlib.sha256()
+
+    def add(obj):
+        if isinstance(obj, torch.nn.Module):
+            for name, tensor in obj.state_dict().items():
+                digest.update(name.encode())
+                add(tensor)
+        elif torch.is_tensor(obj):
+            tensor = obj.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        else:
+            digest.update(json.dumps(obj, sort_keys=True, default=str).encode())
+    for obj in objects:
+        add(obj)
+    return digest.hexdigest()[:16]

@@ -172,12 +172,27 @@ class Adjoint(Gradient):
             raise ValueError(f"backend='torchdiffeq' supports solvers {tuple(self._TORCHDIFFEQ)}, got {name!r}")
         method, options = self._TORCHDIFFEQ[name]
         grid = torch.tensor(problem.grid(problem.times), dtype=z0.dtype, device=z0.device)
+        # Ask for the end state only (odeint_adjoint keeps every requested output for its backward), and
+        # put the steps on the forward grid both ways: fixed-grid methods build it, dopri5 must land on it.
+        if method == "dopri5":
+            options = dict(options, step_t=grid)
+        else:
+            options = dict(options, grid_constructor=functools.partial(_grid_between, grid))
         field = problem.dz_ds
         path = torchdiffeq.odeint_adjoint(
-            lambda s, z: field(z, float(s.detach())), z0, grid, method=method, options=dict(options),
+            lambda s, z: field(z, float(s.detach())), z0, grid[[0, -1]], method=method, options=options,
             rtol=problem.rtol, atol=problem.atol, adjoint_params=tuple(problem.wrt()),
             adjoint_method=method, adjoint_options=dict(options))
         return path[-1]
+
+
+def _grid_between(grid, func, y0, t):
+    """The forward grid between ``t[0]`` and ``t[-1]`` as torchdiffeq asks for it: run either way,
+    and negated where it integrates a reversed time internally."""
+    for candidate in (grid, grid.flip(0), -grid, -grid.flip(0)):
+        if candidate[0] == t[0] and candidate[-1] == t[-1]:
+            return candidate
+    raise ValueError(f"torchdiffeq asked for a grid from {float(t[0])} to {float(t[-1])}, not the forward's ends")
 
 
 class AdjointDEIS(Adjoint):

@@ -1,0 +1,16 @@
+"""The paper's applications on Stable Diffusion (Sec. 4, App. A-D), one module each; each is
+a subcommand of ``python -m stable_diffusion`` (see ``--help``).
+
+Every one optimises through ``adjointdpm.sample(..., gradient=...)``: the guided sampler
+runs forward without a graph, and the gradient strategy (``Adjoint`` by default) gives
+``dL/dx_T``, ``dL/d(embedding)`` or ``dL/d(cross-attention weights)`` with memory that does
+not grow with the number of steps.
+"""
+from .audit import audit
+from .common import GRADIENTS, Sampler, generate, noise, save_images
+from .guided import guided_sampling
+from .invert import invert_embedding
+from .stylize import cross_attention_parameters, stylize
+
+__all__ = ["Sampler", "GRADIENTS", "noise", "generate", "save_images", "guided_sampling", "audit", "stylize",
+           "cross_attention_parameters", "invert_embedding"]

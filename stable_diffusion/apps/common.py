@@ -1,0 +1,84 @@
+"""What every application shares: how it samples (:class:`Sampler`), its initial noise, and
+how it writes results (image grids, strict JSON)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, files, sample
+
+from ..components import SDComponents
+from ..model import check_latents, decode, encode_prompt, eps_model
+
+# By name, for the command line. The adjoint's backward solver is RK4 on eq. 11 in (y, rho): on the tiny SD
+# components the exponential multistep rule (dpm2m, AdjointDEIS-2's) gave attention-weight gradients 30-90 % off
+# Checkpoint's at 2-8 steps, RK4 0.05-0.7 % (tests/test_stable_diffusion.py checks RK4).
+GRADIENTS = {
+    "adjoint": lambda steps: Adjoint(steps=steps, solver="rk4"),
+    "adjointdeis": lambda steps: AdjointDEIS(order=1, steps=steps),
+    "checkpoint": lambda steps: Checkpoint(),
+    "backprop": lambda steps: Backprop(),
+}
+
+
+@dataclass
+class Sampler:
+    """How every application samples: ``steps`` of ``solver`` on eq. 10 (logSNR grid, from
+    t = 1 down to the first training step), guidance scale, and the gradient strategy by name
+    (:data:`GRADIENTS`: ``adjoint`` solves the adjoint ODE backwards with ``steps`` RK4 steps)."""
+    steps: int = 20
+    solver: str = "dpm2m"
+    guidance_scale: float = 7.5
+    gradient: str = "adjoint"
+
+    def __post_init__(self):
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {tuple(GRADIENTS)}, got {self.gradient!r}")
+
+    def run(self, comps: SDComponents, model, x_T, cond, grad: bool = True):
+        check_latents(comps, x_T)
+        return sample(model, x_T, comps.schedule, cond, steps=self.steps, solver=self.solver,
+                      t_end=comps.schedule.t_min, gradient=GRADIENTS[self.gradient](self.steps) if grad else None)
+
+
+def noise(comps: SDComponents, seeds, dtype=torch.float32) -> torch.Tensor:
+    """One latent ``x_T`` per seed, the same on every device."""
+    return torch.stack([torch.randn(comps.latent_shape, generator=torch.Generator().manual_seed(int(s)),
+                                    dtype=dtype) for s in seeds]).to(comps.device)
+
+
+@torch.no_grad()
+def generate(comps: SDComponents, prompts: list[str], seeds, sampler: Sampler = Sampler(), model=None,
+             embedding_row=None, token_id=None) -> torch.Tensor:
+    """Images in [0, 1] for ``prompts[i]`` from seed ``seeds[i]``, no graph."""
+    model = model or eps_model(comps, sampler.guidance_scale)
+    cond = encode_prompt(comps, list(prompts), embedding_row, token_id)
+    return decode(comps, sampler.run(comps, model, noise(comps, seeds), cond, grad=False))
+
+
+def save_images(path: Path, rows: dict[str, torch.Tensor]) -> None:
+    """A grid: one row per entry of ``rows`` (images in [0, 1])."""
+    from matplotlib.figure import Figure
+    n = max(len(v) for v in rows.values())
+    fig = Figure(figsize=(2 * n, 2 * len(rows)), layout="tight")
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for r, (title, images) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(images[c].detach().float().permute(1, 2, 0).cpu().clamp(0, 1).numpy())
+        axes[r][0].set_title(title, fontsize=8, loc="left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def write_result(out: Path, name: str, result: dict) -> dict:
+    files.write_json(out / f"{name}.json", result)
+    return result
+
+
+def percent(rate) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f}%"

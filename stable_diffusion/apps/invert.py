@@ -1,0 +1,57 @@
+"""Text-embedding inversion (paper App. A): a new token whose embedding row makes
+``template.format(token)`` generate target images from fixed noises."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..components import SDComponents
+from ..model import add_token, decode, encode_prompt, eps_model
+from .common import Sampler, generate, noise, save_images, write_result
+
+
+def invert_embedding(comps: SDComponents, targets: torch.Tensor, seeds, *, token: str = "<effect>",
+                     init_token: str | None = None, template: str = "a photo of {}", iters: int = 100,
+                     lr: float = 5e-3, sampler: Sampler = Sampler(), reuse_prompts=(), out: Path | None = None,
+                     progress: bool = True) -> dict:
+    """Optimise a new token's embedding row so that ``template.format(token)`` generated from
+    the fixed noises ``seeds`` matches ``targets`` (images in [0, 1], MSE). Saves
+    ``learned_embeds.safetensors`` (``{token: row}``, loadable by diffusers'
+    ``load_textual_inversion``) and images of the token reused in ``reuse_prompts``."""
+    if "{}" not in template:
+        raise ValueError(f"template must contain '{{}}' where the token goes, got {template!r}")
+    if len(targets) != len(seeds):
+        raise ValueError(f"{len(targets)} target images for {len(seeds)} seeds: give one seed per target")
+    token_id = add_token(comps, token, init_token)
+    row = comps.text_encoder.get_input_embeddings().weight[token_id].detach().clone().requires_grad_()
+    model = eps_model(comps, sampler.guidance_scale)
+    x_T, targets = noise(comps, seeds), targets.to(comps.device).float()
+    prompts = [template.format(token)] * len(seeds)
+    opt = torch.optim.AdamW([row], lr=lr, weight_decay=0.0)
+    losses = []
+    for _ in tqdm(range(iters), desc="invert embedding", disable=not progress):
+        opt.zero_grad()
+        cond = encode_prompt(comps, prompts, row, token_id)
+        images = decode(comps, sampler.run(comps, model, x_T, cond))
+        loss = F.mse_loss(F.interpolate(images, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+                          if images.shape[-2:] != targets.shape[-2:] else images, targets)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        comps.text_encoder.get_input_embeddings().weight[token_id] = row.detach()
+    result = {"token": token, "template": template, "losses": losses, **asdict(sampler)}
+    if out is not None:
+        from safetensors.torch import save_file
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({token: row.detach().float().cpu().contiguous()}, out / "learned_embeds.safetensors")
+        rows = {"targets": targets, "learned": generate(comps, prompts, seeds, sampler, model)}
+        for prompt in reuse_prompts:
+            rows[prompt.format(token)] = generate(comps, [prompt.format(token)] * len(seeds), seeds, sampler, model)
+        save_images(out / "invert.png", rows)
+        write_result(out, "invert", result)
+    return result

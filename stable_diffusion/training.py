@@ -1,0 +1,98 @@
+"""A resumable optimisation loop, shared by stylization and the digits model's training.
+
+The loop's state (the trained tensors, optimizer, learning-rate schedule, step, losses and an
+optional exponential moving average of the tensors) is written atomically to ``checkpoint``
+every ``save_every`` steps and read back when the loop starts again, so a killed run loses at
+most ``save_every`` steps and then continues as if it had never stopped: each step's randomness
+must come from the step index (``loss_fn(step)``), not from a global generator. Under several
+processes (``accelerate launch``) gradients are averaged before each step and only the first
+process writes. What the state was made with is the caller's to key (``files.claim``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from adjointdpm import files
+
+
+class Training:
+    """AdamW-style optimisation of ``params`` (a dict name -> tensor) that survives interruption."""
+
+    def __init__(self, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, checkpoint: Path, *,
+                 save_every: int = 10, scheduler=None, ema_decay: float | None = None, accelerator=None,
+                 desc: str = "train"):
+        if save_every < 1:
+            raise ValueError(f"save_every must be >= 1, got {save_every}")
+        self.params, self.optimizer, self.scheduler = params, optimizer, scheduler
+        self.checkpoint, self.save_every, self.accelerator, self.desc = Path(checkpoint), save_every, accelerator, desc
+        self.ema_decay = ema_decay
+        self.ema = {n: p.detach().clone() for n, p in params.items()} if ema_decay else None
+        self.step, self.losses = 0, []
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def _state(self) -> dict:
+        return {"step": self.step, "losses": self.losses, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "params": {n: p.detach() for n, p in self.params.items()}, "ema": self.ema}
+
+    def resume(self) -> int:
+        """Load the checkpoint if there is one; returns the step it had reached. A checkpoint that
+        cannot be read (truncated, corrupt, not ours) is named and the training starts over."""
+        if not self.checkpoint.exists():
+            return 0
+        device = next(iter(self.params.values())).device
+        try:
+            state = files.load(self.checkpoint, "training checkpoint", map_location=device)
+            if set(state.get("params", {})) != set(self.params):
+                raise ValueError(f"training checkpoint {self.checkpoint} holds other tensors than this training's")
+        except (ValueError, AttributeError) as err:
+            print(f"{err}: starting the training over")
+            return 0
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(state["params"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema = state["ema"]
+        self.step, self.losses = state["step"], list(state["losses"])
+        return self.step
+
+    def run(self, total: int, loss_fn: Callable[[int], torch.Tensor], progress: bool = True) -> list[float]:
+        """Steps ``self.step .. total - 1``: ``loss_fn(step).backward()``, then one optimizer step."""
+        self.resume()
+        for p in self.params.values():
+            p.requires_grad_(True)
+        bar = tqdm(total=total, initial=min(self.step, total), desc=self.desc, disable=not (progress and self.main))
+        while self.step < total:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(self.step)
+            loss.backward()
+            if self.accelerator is not None and self.accelerator.num_processes > 1:
+                for p in self.params.values():
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+            self.optimizer.step()
+            if self.scheduler:
+                self.scheduler.step()
+            if self.ema is not None:
+                with torch.no_grad():
+                    for name, p in self.params.items():
+                        self.ema[name].lerp_(p.detach(), 1 - self.ema_decay)
+            self.step += 1
+            self.losses.append(loss.item())
+            bar.update()
+            bar.set_postfix(loss=f"{self.losses[-1]:.4g}", refresh=False)
+            if self.main and (self.step % self.save_every == 0 or self.step == total):
+                files.save_atomic(self._state(), self.checkpoint)
+        bar.close()
+        for p in self.params.values():
+            p.requires_grad_(False)
+        return self.losses

@@ -86,6 +86,7 @@ def prepare(setup: Path, batch: int, train_iters: int, ref_steps: int, device: s
 
 def write(rows, out: Path, meta: dict):
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
     base = {(r["steps"]): r for r in rows if r["strategy"] == "Backprop"}
     unit = "CUDA max allocated" if meta["device"] == "cuda" else "resident memory above set-up"
     lines = ["| strategy | steps | rel. err dL/dx_T | rel. err dL/dtheta | off Checkpoint dL/dx_T | off Checkpoint "
@@ -114,6 +115,7 @@ def write(rows, out: Path, meta: dict):
             axes[1].loglog([r["seconds"] for r in rs], [r["err_x_T"] for r in rs], marker="o", label=name)
     axes[0].set(xlabel="steps", ylabel=f"peak MiB ({unit})", title="Memory vs steps")
     axes[1].set(xlabel="seconds per gradient", ylabel="relative error of dL/dx_T", title="Error vs time")
+    axes[1].xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
     axes[0].legend(fontsize=7)
     fig.savefig(out / "bench.png", dpi=120)
     return text

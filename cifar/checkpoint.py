@@ -36,11 +36,11 @@ def _check_state_dict(net: nn.Module, state: dict, path) -> None:
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
               for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or shapes:
-        lines = [f"checkpoint {path} does not match {type(net).__name__}:"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape differences", shapes)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:10]) + (" ..." if len(items) > 10 else ""))
-        raise ValueError("\n".join(lines))
+        parts = [f"{title} ({len(items)}): " + ", ".join(items[:3]) + (" ..." if len(items) > 3 else "")
+                 for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                      ("shape differences", shapes)) if items]
+        raise ValueError(f"checkpoint {path} does not match {type(net).__name__} (another --config?): "
+                         + "; ".join(parts))
 
 
 def load_score_sde(path, config: str = "cifar10_ddpmpp_deep_continuous", *, ema: bool = True,

@@ -1,48 +1,43 @@
-"""Frechet distance and training-set statistics (Heusel et al. 2017; score_sde and pytorch-fid formats).
-
-``d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))``, in float64.
-"""
+"""Training-set statistics files for FID (score_sde's and pytorch-fid's formats); the distance
+itself is :mod:`adjointdpm.frechet`."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
-from scipy import linalg
 
-
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """Frechet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``."""
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
-        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
-                         f"{sigma2.shape}")
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():  # singular product: regularise both, as pytorch-fid does
-        offset = np.eye(mu1.size) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = covmean.real
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
-
-
-def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (float64) of ``(n, d)`` features."""
-    features = np.asarray(features, np.float64)
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"features must have shape (n >= 2, d), got {features.shape}")
-    return features.mean(0), np.cov(features, rowvar=False)
+from adjointdpm.frechet import feature_statistics
 
 
 def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
     """Read an ``.npz`` holding ``mu`` and ``sigma`` (pytorch-fid) or raw ``pool_3``
-    activations (score_sde's ``cifar10_stats.npz``), without unpickling anything."""
+    activations (score_sde's ``cifar10_stats.npz``), without unpickling anything; a file that
+    is not such statistics (garbage, empty, NaN, shapes that do not fit) is refused naming it."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"statistics file {path} is not a file (e.g. score_sde's cifar10_stats.npz)")
-    with np.load(path, allow_pickle=False) as data:
-        if "mu" in data and "sigma" in data:
-            return np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
-        if "pool_3" in data:
-            return feature_statistics(data["pool_3"])
-        raise ValueError(f"statistics file {path} has neither 'mu'/'sigma' nor 'pool_3' (keys: {sorted(data)})")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = sorted(data)
+            if "mu" in data and "sigma" in data:
+                mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+            elif "pool_3" in data:
+                pool = np.asarray(data["pool_3"], np.float64)
+                if pool.ndim != 2 or len(pool) < 2:
+                    raise ValueError(f"statistics file {path}: pool_3 must be (samples >= 2, features), "
+                                     f"got {pool.shape}")
+                mu, sigma = feature_statistics(pool)
+            else:
+                raise ValueError(f"statistics file {path} has neither 'mu'/'sigma' nor 'pool_3' (keys: {keys})")
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"statistics file {path} is not a readable .npz ({type(err).__name__})") from None
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"statistics file {path} is not a readable .npz of numbers ({err})") from None
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"statistics file {path}: mu must be (d,) and sigma (d, d), got {mu.shape} and {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"statistics file {path} holds non-finite values (nan or inf)")
+    return mu, sigma

@@ -25,7 +25,6 @@ another mode, which would dominate a mean. Samples are written in shards under
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ from typing import Callable
 
 import torch
 
-from adjointdpm import VPSchedule, sample, steps_for_nfe
-from cifar.fid import feature_statistics, frechet_distance, load_statistics
+from adjointdpm import VPSchedule, cli, files, sample, steps_for_nfe
+from adjointdpm.frechet import feature_statistics, frechet_distance
+from cifar.fid import load_statistics
 from cifar.generate import generate, read_shards, shard_noise, to_uint8
 
 PAPER = {  # AdjointDPM Table 1, FID over 50k samples
@@ -83,6 +83,7 @@ def checkpoint_setup(checkpoint, inception, fid_stats, config: str, device, **ne
     from cifar.inception import load_inception
     reference = load_statistics(fid_stats)  # validate the cheap files before the big one
     features = load_inception(inception, device)
+    check_reference(reference, features, (3, 32, 32), device)
     model = load_score_sde(checkpoint, config, **net_kwargs).to(device)
     return Setup(model, VPSchedule.linear(), features, reference, (3, 32, 32), f"{config} ({checkpoint})",
                  standin=False)
@@ -96,25 +97,41 @@ def _statistics(features, images: torch.Tensor, batch: int):
     return feature_statistics(torch.cat([features(b) for b in images.split(batch)]).numpy())
 
 
+def check_reference(reference, features, shape, device) -> None:
+    """Refuse reference statistics that cannot be compared with this feature map, before any sampling."""
+    mu, sigma = reference
+    with torch.no_grad():
+        dim = features(torch.zeros(1, *shape, dtype=torch.uint8, device=device)).shape[-1]
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        raise ValueError(f"reference statistics have mu {mu.shape} and sigma {sigma.shape}, but the features have "
+                         f"{dim} dimensions: statistics of another feature layer (FID uses Inception pool_3, 2048)")
+
+
 def run(setup: Setup, nfes, samples: int, batch: int, out: Path, seed: int = 0, progress: bool = True,
         device=None) -> dict | None:
     """Generate every cell's samples (this rank's shards), then on rank 0 measure them.
     Returns the result dict on rank 0 and ``None`` on the other ranks."""
+    if samples < 2:
+        raise ValueError(f"a Frechet distance needs at least 2 samples per cell, got {samples}")
+    if len(set(nfes)) != len(nfes):
+        raise ValueError(f"each NFE budget once, got {' '.join(map(str, nfes))}")
     device = device or next(setup.model.parameters(), torch.empty(0)).device
+    check_reference(setup.reference, setup.features, setup.shape, device)
     cells = [(nfe, name, sampler(name, nfe)) for nfe in nfes for name in SAMPLERS]
+    model_key = files.fingerprint(setup.model)  # the samples folders are keyed by the weights that made them
     for nfe, name, cfg in cells:
         generate(setup.model, setup.schedule, out / "samples" / _folder(name, nfe), n=samples, batch=batch,
-                 sampler=cfg, seed=seed, shape=setup.shape, device=device, progress=progress)
+                 sampler=cfg, seed=seed, shape=setup.shape, device=device, model_key=model_key, progress=progress)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         if torch.distributed.get_rank() != 0:
             return None
-    x_T = shard_noise(seed, 0, min(batch, samples, 64), setup.shape).to(device)
+    x_T = shard_noise(seed, 0, batch, setup.shape)[:min(batch, samples, 64)].to(device)
     fine = sample(setup.model, x_T, setup.schedule, **FINE)
     rows = []
     for nfe, name, cfg in cells:
         folder = out / "samples" / _folder(name, nfe)
-        images, seconds = read_shards(folder, samples, batch)
+        images, seconds = read_shards(folder, samples, batch, setup.shape)
         stats = _statistics(setup.features, images, batch)
         x = sample(setup.model, x_T, setup.schedule, **cfg)
         per_image = (x - fine).flatten(1).square().mean(1).sqrt()
@@ -147,54 +164,59 @@ def write(result: dict, out: Path) -> str:
             + ", ".join(f"{n} {s:.1f} s" for n, s in times.items()) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "table1.md").write_text(text)
-    (out / "table1.json").write_text(json.dumps(result, indent=1))
+    files.write_json(out / "table1.json", result)
     return text
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m cifar.table1", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(prog="python -m cifar.table1", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     real = parser.add_argument_group("full run (give all three, or none for the CPU stand-in)")
-    real.add_argument("--checkpoint", type=Path, help="score_sde checkpoint, e.g. checkpoint_8.pth")
-    real.add_argument("--inception", type=Path, help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
-    real.add_argument("--fid-stats", type=Path, help="training-set statistics: score_sde's cifar10_stats.npz "
-                      "(pool_3) or an npz with mu and sigma")
+    real.add_argument("--checkpoint", type=cli.existing_file, help="score_sde checkpoint, e.g. checkpoint_8.pth")
+    real.add_argument("--inception", type=cli.existing_file,
+                      help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
+    real.add_argument("--fid-stats", type=cli.existing_file, help="training-set statistics: score_sde's "
+                      "cifar10_stats.npz (pool_3) or an npz with mu and sigma")
     real.add_argument("--config", default="cifar10_ddpmpp_deep_continuous",
                       choices=["cifar10_ddpmpp_continuous", "cifar10_ddpmpp_deep_continuous"])
-    parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50],
+    parser.add_argument("--nfe", type=cli.positive_int, nargs="+", default=[10, 20, 50],
                         help="NFE budgets, each one that all three samplers can spend exactly (even, >= 8)")
-    parser.add_argument("--samples", type=int, help="samples per cell (default 50000 full, 2000 stand-in)")
-    parser.add_argument("--batch", type=int, default=500, help="samples per shard (default 500)")
-    parser.add_argument("--out", type=Path, default=Path("results/cifar"), help="output folder")
-    parser.add_argument("--device", help="default: cuda if available (cuda:LOCAL_RANK under torchrun), else cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=cli.positive_int,
+                        help="samples per cell, >= 2 (default 50000 full, 2000 stand-in)")
+    parser.add_argument("--batch", type=cli.positive_int, default=500, help="samples per shard (default 500)")
+    parser.add_argument("--out", type=cli.folder, default=Path("results/cifar"), help="output folder")
+    parser.add_argument("--device", type=cli.device,
+                        help="default: cuda if available (cuda:LOCAL_RANK under torchrun), else cpu")
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=0)
     args = parser.parse_args(argv)
+    given = [f for f in ("checkpoint", "inception", "fid_stats") if getattr(args, f) is not None]
+    if given and len(given) < 3:
+        parser.error("a full run needs --checkpoint, --inception and --fid-stats together; missing: "
+                     + ", ".join("--" + f.replace("_", "-") for f in ("checkpoint", "inception", "fid_stats")
+                                 if f not in given))
+    samples = (50000 if given else 2000) if args.samples is None else args.samples
+    if samples < 2:
+        parser.error(f"argument --samples: a Frechet distance needs at least 2 samples, got {samples}")
+    if len(set(args.nfe)) != len(args.nfe):
+        parser.error(f"argument --nfe: give each budget once, got {' '.join(map(str, args.nfe))}")
     for nfe in args.nfe:
         for cfg in SAMPLERS.values():
             try:
                 steps_for_nfe(cfg["solver"], nfe)
             except ValueError as err:
-                raise SystemExit(f"--nfe {nfe}: {err}") from None
-    given = [f for f in ("checkpoint", "inception", "fid_stats") if getattr(args, f) is not None]
-    if given and len(given) < 3:
-        raise SystemExit("a full run needs --checkpoint, --inception and --fid-stats together; missing: "
-                         + ", ".join("--" + f.replace("_", "-") for f in ("checkpoint", "inception", "fid_stats")
-                                     if f not in given))
+                parser.error(f"argument --nfe: {nfe}: {err}")
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     cuda = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device or cuda)
-    samples = args.samples or (50000 if given else 2000)
-    if given:
-        try:
+    device = args.device or torch.device(cuda)
+    with cli.one_line_errors(parser):
+        if given:
             setup = checkpoint_setup(args.checkpoint, args.inception, args.fid_stats, args.config, device)
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
-    else:
-        setup = standin_setup(samples, args.batch, args.seed)
-        setup.model.to(device)
-    result = run(setup, args.nfe, samples, args.batch, args.out, args.seed, device=device)
+        else:
+            setup = standin_setup(samples, args.batch, args.seed)
+            setup.model.to(device)
+        result = run(setup, args.nfe, samples, args.batch, args.out, args.seed, device=device)
     if result is not None:
         print(write(result, args.out))
         print(f"wrote table1.md and table1.json to {args.out}/")

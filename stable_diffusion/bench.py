@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from adjointdpm import cli, files
 from adjointdpm.memory import peak, reset_peak, run_in_fresh_process
 
 from .apps import GRADIENTS, Sampler, noise
-from .components import check_model_dir, open_model
+from .components import model_argument, open_model
 from .model import decode, encode_prompt, eps_model
 
 PROMPT = "a photo of a dog"
@@ -67,32 +68,31 @@ def write(rows, out: Path, meta: dict) -> str:
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.md").write_text(text)
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    files.write_json(out / "bench.json", {"meta": meta, "rows": rows})
     return text
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m stable_diffusion.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="local diffusers directory, cached model id, or 'tiny'")
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50])
+    parser = cli.Parser(prog="python -m stable_diffusion.bench", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, type=model_argument, help="local diffusers directory, cached model id, or 'tiny'")
+    parser.add_argument("--steps", type=cli.positive_int, nargs="+", default=[10, 20, 50])
     parser.add_argument("--gradients", nargs="+", default=list(GRADIENTS), choices=list(GRADIENTS))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=cli.device, default=cli.default_device(), help="default: cuda if available")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="UNet/VAE dtype (the paper's anchor is float32)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed gradients per case after the measured one")
-    parser.add_argument("--out", type=Path, default=Path("results/stable_diffusion"))
+    parser.add_argument("--repeats", type=cli.nonnegative_int, default=2,
+                        help="timed gradients per case after the measured one")
+    parser.add_argument("--out", type=cli.folder, default=Path("results/stable_diffusion"))
     parser.add_argument("--worker", nargs=2, metavar=("GRADIENT", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.device = str(args.device)
+    if len(set(args.steps)) != len(args.steps) or len(set(args.gradients)) != len(args.gradients):
+        parser.error("give each --steps and --gradients value once")
     if args.worker:
         print(json.dumps(worker(args.model, args.worker[0], int(args.worker[1]), args.repeats, args.device,
                                 args.dtype)))
         return
-    if args.model != "tiny":
-        try:  # a wrong directory fails here, once; a missing cached id fails in the first case
-            check_model_dir(args.model)
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
     rows = []
     for gradient, steps in tqdm([(g, s) for g in args.gradients for s in args.steps], desc="bench"):
         rows.append(run_in_fresh_process("stable_diffusion.bench", "--model", args.model, "--worker", gradient, steps,

@@ -7,6 +7,7 @@ model directory has diffusers' layout (``unet/``, ``vae/``, ``text_encoder/``,
 """
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class SDComponents:
 
 def _offline_error(model, err) -> ValueError:
     return ValueError(
-        f"cannot load Stable Diffusion from {model!r} offline ({type(err).__name__}: {str(err).splitlines()[0]}).\n"
+        f"cannot load Stable Diffusion from {model!r} offline ({type(err).__name__}: {str(err).splitlines()[0]}). "
         "Give a local directory in diffusers' layout with subfolders " + ", ".join(f"{s}/" for s in SUBFOLDERS)
         + " (e.g. a snapshot of stable-diffusion-v1-5 placed there by `huggingface-cli download` on a machine "
         "with internet, or StableDiffusionPipeline.save_pretrained), or a model id already in the Hugging Face "
@@ -78,15 +79,30 @@ def check_model_dir(model) -> None:
                              f"({', '.join(s + '/' for s in SUBFOLDERS)})")
 
 
+def model_argument(text: str) -> str:
+    """``--model``'s type: ``tiny``, ``digits``, a folder with diffusers' layout, or a Hugging Face cache id
+    (checked when it loads)."""
+    if text not in ("tiny", "digits") and Path(text).exists():
+        try:
+            check_model_dir(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _default_device(device) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def open_model(model: str | Path, device=None, dtype: torch.dtype | None = None) -> SDComponents:
-    """What the commands' ``--model`` names: ``"tiny"`` (:func:`tiny_components`, float32)
-    or anything :func:`load_components` reads; on ``device``."""
+    """What the commands' ``--model`` names: ``"tiny"`` (:func:`tiny_components`, float32),
+    ``"digits"`` (the committed digits model, float32) or anything :func:`load_components`
+    reads; on ``device``."""
     if str(model) == "tiny":
         return freeze(tiny_components(), _default_device(device))
+    if str(model) == "digits":
+        from .digits import PIPELINE
+        return load_components(PIPELINE, device, dtype or torch.float32)
     return load_components(model, device, dtype)
 
 
@@ -146,23 +162,27 @@ def scaled_linear_betas(n: int = 1000, beta_start: float = 0.00085, beta_end: fl
     return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float64) ** 2
 
 
-def _tiny_tokenizer(folder: Path):
-    """A CLIP BPE tokenizer over lowercase letters and a few words, written to ``folder``."""
+TINY_WORDS = ("a", "photo", "of", "painting", "dog", "cat", "bird", "flower", "house", "tree", "in", "the", "style")
+
+
+def small_tokenizer(folder: Path, words, model_max_length: int = 77):
+    """A CLIP BPE tokenizer, written to ``folder``, over lowercase letters, digits, a little
+    punctuation and whole ``words`` (each one token; any other word is spelled in letters)."""
     from transformers import CLIPTokenizer
-    words = ["a", "photo", "of", "painting", "dog", "cat", "bird", "flower", "house", "tree", "in", "the", "style"]
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789,.!")
     tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars] + [w + "</w>" for w in words]
-    merges = set()
+    merges = {}  # insertion-ordered: a merge must come after those that build its parts
     for word in words:  # merge letters left to right until the word is one token
         parts = list(word[:-1]) + [word[-1] + "</w>"]
         while len(parts) > 1:
-            merges.add((parts[0], parts[1]))
+            merges.setdefault((parts[0], parts[1]), None)
             parts = [parts[0] + parts[1]] + parts[2:]
             if parts[0] not in tokens:
                 tokens.append(parts[0])
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in sorted(merges)) + "\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=model_max_length)
 
 
 def tiny_components(seed: int = 0, sample_size: int = 16) -> SDComponents:
@@ -180,7 +200,7 @@ def tiny_components(seed: int = 0, sample_size: int = 16) -> SDComponents:
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=4, sample_size=2 * sample_size)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = _tiny_tokenizer(Path(tmp))
+        tokenizer = small_tokenizer(Path(tmp), TINY_WORDS)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
         max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))

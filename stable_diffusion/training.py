@@ -6,10 +6,13 @@ every ``save_every`` steps and read back when the loop starts again, so a killed
 most ``save_every`` steps and then continues as if it had never stopped: each step's randomness
 must come from the step index (``loss_fn(step)``), not from a global generator. Under several
 processes (``accelerate launch``) gradients are averaged before each step and only the first
-process writes. What the state was made with is the caller's to key (``files.claim``).
+process writes. ``seconds`` sums the steps' wall time over every run that contributed.
+What the state was made with is the caller's to key (``files.claim``).
 """
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -31,15 +34,15 @@ class Training:
         self.checkpoint, self.save_every, self.accelerator, self.desc = Path(checkpoint), save_every, accelerator, desc
         self.ema_decay = ema_decay
         self.ema = {n: p.detach().clone() for n, p in params.items()} if ema_decay else None
-        self.step, self.losses = 0, []
+        self.step, self.losses, self.seconds = 0, [], 0.0
 
     @property
     def main(self) -> bool:
         return self.accelerator is None or self.accelerator.is_main_process
 
     def _state(self) -> dict:
-        return {"step": self.step, "losses": self.losses, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+        return {"step": self.step, "losses": self.losses, "seconds": self.seconds,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "params": {n: p.detach() for n, p in self.params.items()}, "ema": self.ema}
 
     def resume(self) -> int:
@@ -53,7 +56,7 @@ class Training:
             if set(state.get("params", {})) != set(self.params):
                 raise ValueError(f"training checkpoint {self.checkpoint} holds other tensors than this training's")
         except (ValueError, AttributeError) as err:
-            print(f"{err}: starting the training over")
+            print(f"{err}: starting the training over", file=sys.stderr)
             return 0
         with torch.no_grad():
             for name, p in self.params.items():
@@ -63,7 +66,7 @@ class Training:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema = state["ema"]
-        self.step, self.losses = state["step"], list(state["losses"])
+        self.step, self.losses, self.seconds = state["step"], list(state["losses"]), state.get("seconds", 0.0)
         return self.step
 
     def run(self, total: int, loss_fn: Callable[[int], torch.Tensor], progress: bool = True) -> list[float]:
@@ -73,6 +76,7 @@ class Training:
             p.requires_grad_(True)
         bar = tqdm(total=total, initial=min(self.step, total), desc=self.desc, disable=not (progress and self.main))
         while self.step < total:
+            start = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(self.step)
             loss.backward()
@@ -88,6 +92,7 @@ class Training:
                         self.ema[name].lerp_(p.detach(), 1 - self.ema_decay)
             self.step += 1
             self.losses.append(loss.item())
+            self.seconds += time.perf_counter() - start
             bar.update()
             bar.set_postfix(loss=f"{self.losses[-1]:.4g}", refresh=False)
             if self.main and (self.step % self.save_every == 0 or self.step == total):

@@ -40,3 +40,12 @@ def exact(x_T, schedule=None, t_end=T_END):
 
 def rel(a, b):
     return float((a - b).norm() / b.norm())
+
+
+def one_line_error(main, argv, capsys, message: str) -> str:
+    """``main(argv)`` stops with exit status 2 and one line on stderr that contains ``message``."""
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert err.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    return lines[0]

@@ -81,3 +81,29 @@ def test_cfg_needs_a_condition_of_matching_shape():
         CFG(net, 2.0, torch.zeros(2))(noise(2), torch.ones(2), None)
     with pytest.raises(ValueError, match="does not broadcast"):
         CFG(net, 2.0, torch.zeros(3))(noise(2), torch.ones(2), torch.zeros(2, 2))
+
+
+def test_integer_like_steps_are_accepted():
+    import numpy as np
+    x_T = noise(2)
+    expected = sample(gaussian(), x_T, SCHED, steps=4)
+    for steps in (np.int64(4), torch.tensor(4)):
+        assert torch.equal(sample(gaussian(), x_T, SCHED, steps=steps), expected)
+    assert Adjoint(steps=np.int32(3)).steps == 3
+
+
+def test_non_finite_x_T_is_named_before_solving():
+    x_T = noise(2)
+    x_T[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"x_T has non-finite values"):
+        sample(gaussian(), x_T, SCHED, steps=4)
+
+
+@pytest.mark.parametrize("strategy", [Adjoint(), AdjointDEIS(order=1), AdjointDEIS(order=2)])
+def test_backward_twice_through_an_adjoint_is_torchs_usual_error(strategy):
+    x_T = noise(2).requires_grad_()
+    x = sample(gaussian(), x_T, SCHED, steps=4, solver="dpm1", gradient=strategy)
+    loss = x.square().sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from cifar.fid import feature_statistics, frechet_distance, load_statistics
+from adjointdpm.frechet import feature_statistics, frechet_distance
+from cifar.fid import load_statistics
 
 
 def test_frechet_distance_of_gaussians_matches_the_closed_form():
@@ -32,3 +33,18 @@ def test_statistics_files(tmp_path):
         load_statistics(tmp_path / "absent.npz")
     with pytest.raises(ValueError, match="statistics do not match"):
         frechet_distance(mu, sigma, mu[:3], sigma[:3, :3])
+
+
+@pytest.mark.parametrize("write,message", [
+    (lambda p: p.write_bytes(b"not a zip at all"), "is not a readable .npz"),
+    (lambda p: np.savez(p), r"has neither 'mu'/'sigma' nor 'pool_3' \(keys: \[\]\)"),  # an empty npz
+    (lambda p: np.savez(p, mu=np.full(3, np.nan), sigma=np.eye(3)), "non-finite values"),
+    (lambda p: np.savez(p, mu=np.zeros(3), sigma=np.eye(4)), r"mu must be \(d,\) and sigma \(d, d\)"),
+    (lambda p: np.savez(p, pool_3=np.zeros(5)), r"pool_3 must be \(samples >= 2, features\)"),
+])
+def test_files_that_are_not_statistics_are_refused_naming_them(tmp_path, write, message):
+    path = tmp_path / "stats.npz"
+    write(path)
+    with pytest.raises(ValueError, match=message) as err:
+        load_statistics(path)
+    assert str(path) in str(err.value)

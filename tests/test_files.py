@@ -100,3 +100,5 @@ def test_fingerprint_sees_every_value():
         b.bias[0] += 1e-7
     assert files.fingerprint(a) != files.fingerprint(b)
     assert files.fingerprint(torch.zeros(2)) != files.fingerprint(torch.zeros(2, dtype=torch.float64))
+    assert files.fingerprint(torch.tensor(0.5)) != files.fingerprint(torch.tensor(0.7))  # 0-d, as a scalar parameter
+    assert files.fingerprint(torch.zeros(1)) != files.fingerprint(torch.tensor(0.0))

@@ -43,7 +43,7 @@ def test_resume_after_interruption_and_ranks(tmp_path):
     broken.forward = failing
     with pytest.raises(KeyboardInterrupt):
         gen.generate(broken, sched, run, n=10, batch=4, sampler=SAMPLER, shape=(3, 4, 4), progress=False)
-    assert sorted(p.name for p in run.iterdir()) == ["shard_00000.pt"]  # no partial file left
+    assert sorted(p.name for p in run.iterdir()) == ["settings.json", "shard_00000.pt"]  # no partial file, no lock
     with pytest.raises(ValueError, match="2 shards missing"):
         gen.load_samples(run, 10, 4)
     first = (run / "shard_00000.pt").stat().st_mtime_ns
@@ -56,3 +56,54 @@ def test_resume_after_interruption_and_ranks(tmp_path):
     assert counter.calls == 2 * calls_per_shard
     assert (run / "shard_00000.pt").stat().st_mtime_ns == first
     assert torch.equal(gen.load_samples(run, 10, 4), full)
+
+
+def _make(path, **kw):
+    args = dict(n=10, batch=4, sampler=SAMPLER, shape=(3, 4, 4), progress=False) | kw
+    model = Shrink()
+    gen.generate(model, VPSchedule.linear(), path, **args)
+    return model.calls
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path):
+    _make(tmp_path, seed=3)
+    with pytest.raises(ValueError, match=r"other settings: seed=3 \(now 4\)"):
+        _make(tmp_path, seed=4)
+    with pytest.raises(ValueError, match=r"batch=4 \(now 5\)"):
+        _make(tmp_path, seed=3, batch=5)
+    other = Shrink()
+    with torch.no_grad():
+        other.scale.fill_(0.7)
+    with pytest.raises(ValueError, match="model="):
+        gen.generate(other, VPSchedule.linear(), tmp_path, n=10, batch=4, sampler=SAMPLER, shape=(3, 4, 4),
+                     seed=3, progress=False)
+
+
+def test_more_samples_remake_the_partial_shard_and_sample_j_keeps_its_noise(tmp_path):
+    _make(tmp_path, n=6)  # shard 1 holds 2 of its 4 samples
+    six = gen.load_samples(tmp_path, 6, 4)
+    assert _make(tmp_path, n=10) == 2 * 2 * SAMPLER["steps"]  # shard 1 made again, shard 2 new
+    ten = gen.load_samples(tmp_path, 10, 4)
+    assert ten.shape[0] == 10 and torch.equal(ten[:6], six)
+    _make(tmp_path / "fresh", n=10)
+    assert torch.equal(ten, gen.load_samples(tmp_path / "fresh", 10, 4))
+
+
+def test_a_truncated_shard_is_named_and_made_again(tmp_path, capsys):
+    _make(tmp_path)
+    good = gen.load_samples(tmp_path, 10, 4)
+    shard = tmp_path / "shard_00001.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"sample shard {shard} cannot be read"):
+        gen.load_samples(tmp_path, 10, 4)
+    assert _make(tmp_path) == 2 * SAMPLER["steps"]  # that shard only
+    assert "shard_00001.pt cannot be read" in capsys.readouterr().err
+    assert torch.equal(gen.load_samples(tmp_path, 10, 4), good)
+
+
+def test_a_second_run_of_the_same_rank_is_refused(tmp_path):
+    from adjointdpm import files
+    with files.exclusive(tmp_path, ".rank0.lock"):  # as a live run holds it
+        with pytest.raises(ValueError, match="another run .* is writing to"):
+            _make(tmp_path)
+    _make(tmp_path, rank=1, world=2)  # other ranks cooperate

@@ -9,6 +9,7 @@ import torch
 
 from cifar import DDPMpp, table1
 from cifar.inception import load_inception
+from conftest import one_line_error
 
 TINY32 = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), image_size=32)
 
@@ -55,12 +56,23 @@ def test_full_path_on_tiny_checkpoint(files, tmp_path):
     assert len(list((tmp_path / "samples").glob("*/shard_*.pt"))) == 3 * 2
 
 
-def test_cli_errors(files, tmp_path):
-    with pytest.raises(SystemExit, match="missing: --inception, --fid-stats"):
-        table1.main(["--checkpoint", str(files / "checkpoint.pth")])
-    with pytest.raises(SystemExit, match="Inception weights .* is not a file"):
-        table1.main(["--checkpoint", str(files / "checkpoint.pth"), "--inception", str(tmp_path / "none.pth"),
-                     "--fid-stats", str(files / "cifar10_stats.npz")])
+def test_cli_errors(files, tmp_path, capsys):
+    one_line_error(table1.main, ["--checkpoint", str(files / "checkpoint.pth")], capsys,
+                   "missing: --inception, --fid-stats")
+    full = ["--checkpoint", str(files / "checkpoint.pth"), "--inception", str(files / "inception.pth"),
+            "--samples", "4", "--batch", "2", "--nfe", "8", "--out", str(tmp_path / "out")]
+    one_line_error(table1.main, full + ["--fid-stats", str(tmp_path / "none.npz")], capsys,
+                   "argument --fid-stats: " + str(tmp_path / "none.npz") + " does not exist")
+    # statistics of the wrong dimension, or NaN, are refused before any sampling
+    np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
+    one_line_error(table1.main, full + ["--fid-stats", str(tmp_path / "small.npz")], capsys,
+                   "reference statistics have mu (64,) and sigma (64, 64), but the features have 2048 dimensions")
+    np.savez(tmp_path / "nan.npz", mu=np.full(2048, np.nan), sigma=np.eye(2048))
+    one_line_error(table1.main, full + ["--fid-stats", str(tmp_path / "nan.npz")], capsys, "non-finite values")
+    assert not (tmp_path / "out").exists()  # nothing was sampled
+    (tmp_path / "empty.npz").write_bytes(b"")
+    one_line_error(table1.main, full + ["--fid-stats", str(tmp_path / "empty.npz")], capsys,
+                   f"statistics file {tmp_path / 'empty.npz'} is not a readable .npz")
     torch.save({"layer": torch.zeros(2), "code": mock.sentinel}, tmp_path / "unsafe.pth")
     with pytest.raises(ValueError, match="holds Python objects, not only tensors .*refused, nothing in it ran"):
         load_inception(tmp_path / "unsafe.pth")

@@ -17,7 +17,7 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from adjointdpm import Adjoint, GaussianMixture, Gradient, VPSchedule, sample
+from adjointdpm import Adjoint, GaussianMixture, Gradient, VPSchedule, cli, files, sample
 from toy.mixture import eight_modes, three_modes
 from toy.mlp import train_eps_mlp
 
@@ -187,14 +187,14 @@ def _scatter_pair(path: Path, title: str, before, after, labels=("before", "afte
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Run one toy application (guided sampling, bounded-noise audit, weight fine-tuning, "
+    parser = cli.Parser(
+        prog="python -m toy.apps", description="Run one toy application (guided sampling, bounded-noise audit, weight fine-tuning, "
                     "embedding inversion) through adjointdpm.sample(..., gradient=Adjoint()); write "
                     "app_<name>.json and app_<name>.png to --out.")
     parser.add_argument("name", choices=["guided", "audit", "finetune", "invert", "all"])
-    parser.add_argument("--out", type=Path, default=Path("results/toy"), help="output folder (default results/toy)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--iters", type=int, default=None, help="optimisation steps (default: the function's)")
+    parser.add_argument("--out", type=cli.folder, default=Path("results/toy"), help="output folder (default results/toy)")
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=0)
+    parser.add_argument("--iters", type=cli.positive_int, default=None, help="optimisation steps (default: the function's)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     extra = {} if args.iters is None else {"iters": args.iters}
@@ -231,7 +231,7 @@ def main(argv=None):
                           f"{r['embedding_error']:.3f}", r["targets"], r["x_after"],
                           labels=("targets (hidden c*)", "samples with the found c"))
             summary = {k: v for k, v in r.items() if not torch.is_tensor(v)}
-        (args.out / f"app_{name}.json").write_text(json.dumps(summary, indent=1, default=str))
+        files.write_json(args.out / f"app_{name}.json", summary)
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, default=str))
         print(f"wrote {args.out / f'app_{name}.json'} and {args.out / f'app_{name}.png'}")
 

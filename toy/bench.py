@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adjointdpm import Checkpoint, VPSchedule, sample
+from adjointdpm import Checkpoint, VPSchedule, cli, sample
 from adjointdpm.memory import peak as peak_bytes, reset_peak, run_in_fresh_process
 from toy.mixture import eight_modes
 from toy.mlp import EpsMLP, train_eps_mlp
@@ -122,14 +122,17 @@ def write(rows, out: Path, meta: dict):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("results/toy"), help="output folder (default results/toy)")
+    parser = cli.Parser(prog="python -m toy.bench", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=cli.folder, default=Path("results/toy"), help="output folder (default results/toy)")
     parser.add_argument("--quick", action="store_true", help="small sizes, two strategies (for tests)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 3; quick 1)")
+    parser.add_argument("--device", type=cli.device, default=cli.default_device(), help="default: cuda if available")
+    parser.add_argument("--repeats", type=cli.positive_int, default=None,
+                        help="timed repeats per case (default 3; quick 1)")
     parser.add_argument("--worker", nargs=3, metavar=("SETUP", "STRATEGY", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = (1 if args.quick else 3) if args.repeats is None else args.repeats
+    args.device = str(args.device)
     if args.worker:
         setup, name, steps = args.worker
         print(json.dumps(worker(Path(setup), name, int(steps), repeats, args.device)))

@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from adjointdpm import (Adjoint, AdjointDEIS, Backprop, Checkpoint, GaussianMixture, VPSchedule, files, sample,
+from adjointdpm import (Adjoint, AdjointDEIS, Backprop, Checkpoint, GaussianMixture, VPSchedule, cli, files, sample,
                         steps_for_nfe)
 from adjointdpm.memory import saved_bytes_during
 from toy.gaussian import flow_map, flow_map_vjp
@@ -220,8 +220,9 @@ def write_table1(rows, out: Path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("results/toy"), help="output folder (default results/toy)")
+    parser = cli.Parser(prog="python -m toy.reproduce", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=cli.folder, default=Path("results/toy"), help="output folder (default results/toy)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for tests (seconds)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
   turns every failure into one ``ValueError`` that names the file: not a file, unreadable
   (truncated, corrupt, not a torch file), or refused (it holds Python objects other than
   tensors and plain containers). The refusal does not repeat torch's advice to lift the guard.
+* :func:`cached` reads a saved result, or makes (and saves) it if absent or unreadable.
 * :func:`save_atomic` writes through a temporary file unique to the process and renames it
   over the target: a reader never sees half a file, and two writers never share a temporary.
 * :func:`claim` keys a folder of resumable work by the settings that made it, and
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,7 +44,11 @@ def load(path, what: str, map_location="cpu"):
 
 
 def load_state_dict(path, what: str) -> dict:
-    """A file holding a ``state_dict`` of tensors (or ``{"state_dict": ...}`` around one)."""
+    """A file holding a ``state_dict`` of tensors (or ``{"state_dict": ...}`` around one): a torch
+    file, or a ``.safetensors`` file (a format that holds nothing but tensors)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, what)
     state = load(path, what)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -51,18 +57,46 @@ def load_state_dict(path, what: str) -> dict:
     return state
 
 
+def _load_safetensors(path: Path, what: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    if not path.is_file():
+        raise ValueError(f"{what} {path} is not a file")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{what} {path} cannot be read: truncated, corrupt or not a safetensors file "
+                         f"({str(err).splitlines()[0]})") from None
+
+
 def save_atomic(obj, path) -> Path:
     """``torch.save(obj, path)`` through a temporary file in the same folder, then a rename."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the target is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def cached(path, what: str, make):
+    """The tensor at ``path``, made by ``make()`` and saved atomically if absent; one that does not load
+    (truncated, corrupt) is named on stderr and made again."""
+    path = Path(path)
+    if path.exists():
+        try:
+            return load(path, what)
+        except ValueError as err:
+            print(f"{err}: making it again", file=sys.stderr)
+    value = make()
+    save_atomic(value, path)
+    return value
 
 
 def _finite(obj, significant: int | None = None):
@@ -127,7 +161,7 @@ def exclusive(folder, name: str = ".lock"):
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             break
         except FileExistsError:
             try:
@@ -169,8 +203,8 @@ def fingerprint(*objects) -> str:
                 digest.update(name.encode())
                 add(tensor)
         elif torch.is_tensor(obj):
-            tensor = obj.detach().cpu().contiguous()
-            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            tensor = obj.detach().cpu().contiguous().reshape(-1)  # a 0-d tensor cannot be viewed as bytes
+            digest.update(f"{obj.dtype}{tuple(obj.shape)}".encode())
             digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         else:
             digest.update(json.dumps(obj, sort_keys=True, default=str).encode())

@@ -38,6 +38,7 @@ import torchdiffeq
 from torch.autograd.function import once_differentiable
 
 from .ode import ProbabilityFlow, SolveInfo, Space
+from .schedule import as_steps
 from .solvers import Method, integrate, make_method
 
 
@@ -149,8 +150,7 @@ class Adjoint(Gradient):
 
     def __init__(self, steps: int | None = None, solver: str | None = None, *,
                  states: str = "reintegrate", backend: str = "native"):
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"Adjoint steps must be an integer >= 1 or None, got {steps!r}")
+        steps = None if steps is None else as_steps(steps, "Adjoint steps")
         if solver is not None:
             make_method(solver)  # validates the name
         if states not in ("reintegrate", "reuse"):

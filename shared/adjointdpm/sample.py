@@ -7,7 +7,7 @@ import torch
 
 from .grad import Gradient, NoGradient, Problem
 from .ode import SPACES, ProbabilityFlow, SolveInfo
-from .schedule import VPSchedule
+from .schedule import VPSchedule, as_steps
 from .solvers import make_method
 
 
@@ -38,6 +38,8 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
     """
     if not torch.is_tensor(x_T) or x_T.dim() < 1 or not x_T.is_floating_point():
         raise ValueError("x_T must be a floating-point tensor of shape (batch, ...)")
+    if not bool(torch.isfinite(x_T.detach()).all()):  # detached: isfinite through abs() would save x_T for backward
+        raise ValueError("x_T has non-finite values (nan or inf)")
     if space not in SPACES:
         raise ValueError(f"space must be one of {tuple(SPACES)}, got {space!r}")
     if gradient is not None and not isinstance(gradient, Gradient):
@@ -47,6 +49,7 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
     if method.exponential and not the_space.exponential:
         raise ValueError(f"solver {solver!r} is an exponential integrator in lambda: it needs space='reparam'")
     make_times = functools.partial(schedule.grid, spacing=spacing, t_start=t_start, t_end=t_end)
+    steps = as_steps(steps)
     times = make_times(steps)
 
     info = SolveInfo(solver=solver, space=space, steps=steps, times=times)

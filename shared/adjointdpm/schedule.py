@@ -10,10 +10,22 @@ result is a 0-d float64 tensor, a tensor keeps its dtype and device.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
 SPACINGS = ("uniform", "logSNR", "quadratic")
+
+
+def as_steps(steps, what: str = "steps") -> int:
+    """A number of steps: any integer-like value (``int``, ``numpy.int64``, a 0-d integer tensor) >= 1."""
+    try:
+        n = operator.index(steps)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer >= 1, got {steps!r}") from None
+    if n < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {steps!r}")
+    return n
 
 
 def _as_tensor(t) -> torch.Tensor:
@@ -78,8 +90,7 @@ class VPSchedule:
         """
         t_start = self.T if t_start is None else float(t_start)
         self.check_times(t_start, t_end)
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        steps = as_steps(steps)
         if spacing == "uniform":
             ts = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
         elif spacing == "quadratic":

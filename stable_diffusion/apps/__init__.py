@@ -7,10 +7,10 @@ runs forward without a graph, and the gradient strategy (``Adjoint`` by default)
 not grow with the number of steps.
 """
 from .audit import audit
-from .common import GRADIENTS, Sampler, generate, noise, save_images
+from .common import GRADIENTS, Sampler, generate, noise, read_image, save_images
 from .guided import guided_sampling
 from .invert import invert_embedding
 from .stylize import cross_attention_parameters, stylize
 
-__all__ = ["Sampler", "GRADIENTS", "noise", "generate", "save_images", "guided_sampling", "audit", "stylize",
+__all__ = ["Sampler", "GRADIENTS", "noise", "generate", "read_image", "save_images", "guided_sampling", "audit", "stylize",
            "cross_attention_parameters", "invert_embedding"]

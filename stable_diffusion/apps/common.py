@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, files, sample
@@ -76,9 +77,31 @@ def save_images(path: Path, rows: dict[str, torch.Tensor]) -> None:
 
 
 def write_result(out: Path, name: str, result: dict) -> dict:
-    files.write_json(out / f"{name}.json", result)
+    """``out/name.json``: the result without its tensors (images stay in the returned dict)."""
+    files.write_json(out / f"{name}.json", {k: v for k, v in result.items() if k != "images" and not torch.is_tensor(v)})
     return result
 
 
 def percent(rate) -> str:
     return "-" if rate is None else f"{100 * rate:.1f}%"
+
+
+def read_image(source: str, size: int) -> torch.Tensor:
+    """A png/jpeg file, or ``sklearn:NAME`` for a photograph bundled with scikit-learn (``china.jpg``,
+    ``flower.jpg``), as (1, 3, size, size) in [0, 1], centre-cropped to a square."""
+    if source.startswith("sklearn:"):
+        from sklearn.datasets import load_sample_image
+        pixels = load_sample_image(source.removeprefix("sklearn:"))
+    else:
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(source) as file:
+                pixels = np.asarray(file.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"image {source} cannot be decoded (png or jpeg expected): "
+                             f"{str(err).splitlines()[0]}") from None
+    image = torch.tensor(pixels).permute(2, 0, 1)[None].float().div(255)
+    side = min(image.shape[-2:])  # centre square, as the applications' images are square
+    top, left = (image.shape[-2] - side) // 2, (image.shape[-1] - side) // 2
+    image = image[..., top:top + side, left:left + side]
+    return torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", antialias=True)

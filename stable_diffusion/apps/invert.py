@@ -14,6 +14,17 @@ from ..model import add_token, decode, encode_prompt, eps_model
 from .common import Sampler, generate, noise, save_images, write_result
 
 
+def check_template(text: str, what: str = "template") -> str:
+    """A prompt with one ``{}`` where the new token goes (checked before any optimisation)."""
+    try:
+        filled = text.format("<token>")
+    except (IndexError, KeyError, ValueError):
+        filled = None
+    if filled is None or text.count("{}") != 1:
+        raise ValueError(f"{what} must contain '{{}}' once, where the token goes, and no other braces: got {text!r}")
+    return text
+
+
 def invert_embedding(comps: SDComponents, targets: torch.Tensor, seeds, *, token: str = "<effect>",
                      init_token: str | None = None, template: str = "a photo of {}", iters: int = 100,
                      lr: float = 5e-3, sampler: Sampler = Sampler(), reuse_prompts=(), out: Path | None = None,
@@ -22,8 +33,8 @@ def invert_embedding(comps: SDComponents, targets: torch.Tensor, seeds, *, token
     the fixed noises ``seeds`` matches ``targets`` (images in [0, 1], MSE). Saves
     ``learned_embeds.safetensors`` (``{token: row}``, loadable by diffusers'
     ``load_textual_inversion``) and images of the token reused in ``reuse_prompts``."""
-    if "{}" not in template:
-        raise ValueError(f"template must contain '{{}}' where the token goes, got {template!r}")
+    for what, text in [("template", template)] + [("reuse prompt", t) for t in reuse_prompts]:
+        check_template(text, what)
     if len(targets) != len(seeds):
         raise ValueError(f"{len(targets)} target images for {len(seeds)} seeds: give one seed per target")
     token_id = add_token(comps, token, init_token)

@@ -61,11 +61,10 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
         (out / "content").mkdir(exist_ok=True)
         content = {}
         for i in mine:  # content targets from the original weights, before any update
-            path = out / "content" / f"pair_{i:05d}.pt"
-            if not path.exists():
-                files.save_atomic(generate(comps, [pairs[i][0]], [pairs[i][1]], sampler, model).cpu(), path)
+            image = files.cached(out / "content" / f"pair_{i:05d}.pt", "content target",
+                                 lambda: generate(comps, [pairs[i][0]], [pairs[i][1]], sampler, model).cpu())
             with torch.no_grad():
-                content[i] = features(files.load(path, "content target").to(comps.device))[1]
+                content[i] = features(image.to(comps.device))[1]
         if accelerator:
             accelerator.wait_for_everyone()
         with torch.no_grad():

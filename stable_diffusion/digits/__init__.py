@@ -1,0 +1,37 @@
+"""The digits model: a small text-to-image latent diffusion model of the real diffusers
+classes, trained here on scikit-learn's bundled handwritten digits so that every Stable
+Diffusion application shows its real effect on a CPU. Nines are held out of its training.
+
+    python -m stable_diffusion.digits train --out DIR     # retrain (about 17 minutes, 2 CPU cores)
+    python -m stable_diffusion.digits quality             # does it draw the prompted digits?
+    python -m stable_diffusion.digits results             # the four applications, Tables 2 and 3
+
+The trained pipeline is committed at ``stable_diffusion/weights/digits/`` (what
+``StableDiffusionPipeline.save_pretrained`` writes) with its classifier beside it; every
+``python -m stable_diffusion`` command takes it as ``--model digits``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .classifier import ConvFeatures, DigitClassifier
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+PIPELINE = WEIGHTS / "digits"
+CLASSIFIER = WEIGHTS / "digit_classifier.safetensors"
+
+
+def load_classifier(path=CLASSIFIER) -> DigitClassifier:
+    """The committed digit classifier (or one at ``path``), eval mode, frozen."""
+    from adjointdpm import files
+    net = DigitClassifier()
+    state = files.load_state_dict(path, "digit classifier weights")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"digit classifier weights {path} do not fit DigitClassifier: "
+                         f"{str(err).splitlines()[0]}") from None
+    return net.eval().requires_grad_(False)
+
+
+__all__ = ["PIPELINE", "CLASSIFIER", "DigitClassifier", "ConvFeatures", "load_classifier"]

@@ -1,0 +1,218 @@
+"""Train the digits model in three resumable stages: the digit classifier, the VAE, then the
+UNet together with the text encoder. ``python -m stable_diffusion.digits train --out DIR``.
+
+Every stage is a :class:`~stable_diffusion.training.Training` whose steps draw their batch
+and noise from generators seeded by ``(seed, stage, step)``, so a run killed at any point
+and started again ends with the same weights as one that never stopped. ``DIR`` is keyed by
+the recipe (``files.claim``). The result is a ``StableDiffusionPipeline`` folder (what
+``save_pretrained`` writes, safetensors), the classifier beside it, and ``recipe.json``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from adjointdpm import files
+
+from ..components import SDComponents
+from ..training import Training
+from . import data
+from .classifier import DigitClassifier
+from .model import build
+
+STAGES = ("classifier", "vae", "unet")
+CLASSIFIER_FILE = "digit_classifier.safetensors"  # written beside the pipeline folder
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the trained weights."""
+    seed: int = 0
+    classifier_steps: int = 600
+    classifier_batch: int = 64
+    classifier_lr: float = 2e-3
+    vae_steps: int = 800
+    vae_batch: int = 64
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-4
+    unet_steps: int = 1500
+    unet_batch: int = 128
+    unet_lr: float = 1e-3
+    unet_warmup: int = 100
+    unet_ema: float = 0.998
+    drop_prompt: float = 0.1  # share of examples trained with the empty prompt (classifier-free guidance)
+
+
+def _generator(recipe: Recipe, stage: str, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(recipe.seed * 1_000_003 + STAGES.index(stage) * 100_003 + step)
+
+
+def _cosine(optimizer, total: int, warmup: int = 0, floor: float = 0.1):
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Small random rotations, scalings and shifts, brightness and noise (images in [0, 1]):
+    what lets the classifier read generated digits as well as the scanned ones."""
+    n = images.shape[0]
+    angle = (torch.rand(n, generator=gen) - 0.5) * math.radians(24)
+    scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
+    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.25
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+    out = out * (0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=gen))
+    return (out + 0.05 * torch.randn(out.shape, generator=gen)).clamp(0, 1)
+
+
+def train_classifier(out: Path, recipe: Recipe, progress: bool = True, save_every: int = 100
+                     ) -> tuple[DigitClassifier, dict]:
+    torch.manual_seed(recipe.seed)
+    net = DigitClassifier()
+    images, labels = data.load("train")
+    images = data.to_unit(images)
+    params = dict(net.named_parameters())
+    opt = torch.optim.AdamW(params.values(), lr=recipe.classifier_lr, weight_decay=1e-4)
+
+    def loss_fn(step):
+        gen = _generator(recipe, "classifier", step)
+        idx = torch.randint(len(images), (recipe.classifier_batch,), generator=gen)
+        return F.cross_entropy(net(augment(images[idx], gen)), labels[idx])
+
+    training = Training(params, opt, out / "checkpoints" / "classifier.pt", save_every=save_every,
+                        scheduler=_cosine(opt, recipe.classifier_steps), desc="classifier")
+    losses = training.run(recipe.classifier_steps, loss_fn, progress)
+    net.eval()
+    held, held_labels = data.load("heldout")
+    with torch.no_grad():
+        accuracy = float((net(data.to_unit(held)).argmax(1) == held_labels).float().mean())
+    return net, {"steps": recipe.classifier_steps, "final_loss": _tail(losses), "heldout_accuracy": accuracy,
+                 "heldout_images": len(held), "seconds": training.seconds}
+
+
+def _kl_per_element(posterior) -> torch.Tensor:
+    return posterior.kl().mean() / posterior.mean[0].numel()
+
+
+def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = True, save_every: int = 100) -> dict:
+    vae = comps.vae.train()
+    images, _ = data.diffusion_training_set()
+    params = dict(vae.named_parameters())
+    opt = torch.optim.AdamW(params.values(), lr=recipe.vae_lr, weight_decay=0.0)
+
+    def loss_fn(step):
+        gen = _generator(recipe, "vae", step)
+        x = images[torch.randint(len(images), (recipe.vae_batch,), generator=gen)]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        return (vae.decode(z).sample - x).abs().mean() + recipe.vae_kl_weight * _kl_per_element(posterior)
+
+    training = Training(params, opt, out / "checkpoints" / "vae.pt", save_every=save_every,
+                        scheduler=_cosine(opt, recipe.vae_steps), desc="VAE")
+    losses = training.run(recipe.vae_steps, loss_fn, progress)
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(x).latent_dist.mean for x in images.split(256)])
+        scaling = 1.0 / float(latents.std())
+        vae.register_to_config(scaling_factor=scaling)
+        errors = {}
+        for name, classes in (("seen digits", range(9)), ("nines (never trained on)", [data.UNSEEN])):
+            held, _ = data.load("heldout", classes)
+            rec = torch.cat([vae.decode(vae.encode(x).latent_dist.mean).sample for x in held.split(256)])
+            errors[name] = float((data.to_unit(rec) - data.to_unit(held)).abs().mean())
+    return {"steps": recipe.vae_steps, "final_loss": _tail(losses), "scaling_factor": scaling,
+            "heldout_reconstruction_mae": errors, "seconds": training.seconds}
+
+
+def train_unet(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = True, save_every: int = 100) -> dict:
+    images, labels = data.diffusion_training_set()
+    with torch.no_grad():  # the VAE is fixed now: its posterior for every training image, once
+        posteriors = [comps.vae.encode(x).latent_dist for x in images.split(256)]
+    mean = torch.cat([p.mean for p in posteriors]) * comps.vae.config.scaling_factor
+    std = torch.cat([p.std for p in posteriors]) * comps.vae.config.scaling_factor
+    ids = comps.tokenizer([data.prompt(k) for k in range(10)] + [""], padding="max_length",
+                          max_length=comps.tokenizer.model_max_length, return_tensors="pt").input_ids
+    alpha_bar = torch.cumprod(1 - comps.betas, 0).float()
+    unet, encoder = comps.unet.train(), comps.text_encoder.train()
+    params = {f"unet.{n}": p for n, p in unet.named_parameters()}
+    params.update({f"text_encoder.{n}": p for n, p in encoder.named_parameters()})
+    opt = torch.optim.AdamW(params.values(), lr=recipe.unet_lr, weight_decay=0.0)
+
+    def loss_fn(step):
+        gen = _generator(recipe, "unet", step)
+        idx = torch.randint(len(mean), (recipe.unet_batch,), generator=gen)
+        z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
+        t = torch.randint(len(alpha_bar), (recipe.unet_batch,), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        a = alpha_bar[t].view(-1, 1, 1, 1)
+        prompt = torch.where(torch.rand(recipe.unet_batch, generator=gen) < recipe.drop_prompt, 10, labels[idx])
+        cond = encoder(ids[prompt])[0]
+        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=cond).sample
+        return F.mse_loss(pred, noise)
+
+    training = Training(params, opt, out / "checkpoints" / "unet.pt", save_every=save_every, ema_decay=recipe.unet_ema,
+                        scheduler=_cosine(opt, recipe.unet_steps, recipe.unet_warmup), desc="UNet")
+    losses = training.run(recipe.unet_steps, loss_fn, progress)
+    with torch.no_grad():  # sample with the moving average of the weights
+        for name, p in params.items():
+            p.copy_(training.ema[name])
+    unet.eval(), encoder.eval()
+    return {"steps": recipe.unet_steps, "final_loss": _tail(losses), "seconds": training.seconds}
+
+
+def _tail(losses, n: int = 50) -> float:
+    """The mean of the last ``n`` losses: one batch's loss is noisy."""
+    return sum(losses[-n:]) / len(losses[-n:])
+
+
+def save_pipeline(comps: SDComponents, folder: Path) -> Path:
+    """The components as ``StableDiffusionPipeline.save_pretrained`` writes them (safetensors), with a
+    DPM-Solver++ multistep scheduler on Stable Diffusion's betas."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=len(comps.betas), beta_start=0.00085, beta_end=0.012,
+                                            beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer,
+                                   unet=comps.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def train(out: Path, recipe: Recipe = Recipe(), export: Path | None = None, progress: bool = True,
+          command: str = "stable_diffusion.digits.train.train()", checkpoint_every: int = 100) -> dict:
+    """Train all three stages in ``out`` (resuming whatever is there) and write the pipeline
+    to ``export`` (default ``out/pipeline``), the classifier beside it, and ``recipe.json``:
+    the command, the recipe, each stage's final loss and seconds (``seconds``: the training
+    steps' time summed over every run that contributed; ``wall_seconds_of_last_run``: this
+    call's, set-up and export included)."""
+    from safetensors.torch import save_file
+    start = time.perf_counter()
+    out = Path(out)
+    files.claim(out, asdict(recipe), "training folder")
+    with files.exclusive(out):
+        classifier, record_classifier = train_classifier(out, recipe, progress, checkpoint_every)
+        comps = build(recipe.seed)
+        record_vae = train_vae(out, comps, recipe, progress, checkpoint_every)
+        record_unet = train_unet(out, comps, recipe, progress, checkpoint_every)
+    export = Path(export or out / "pipeline")
+    save_pipeline(comps, export)
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, export.parent / CLASSIFIER_FILE)
+    record = {"command": command, "recipe": asdict(recipe),
+        "classifier": record_classifier, "vae": record_vae, "unet": record_unet,
+        "seconds": record_classifier["seconds"] + record_vae["seconds"] + record_unet["seconds"],
+        "wall_seconds_of_last_run": time.perf_counter() - start,
+        "threads": torch.get_num_threads(), "torch": torch.__version__}
+    files.write_json(export / "recipe.json", record, significant=6)
+    return record
+

@@ -1,0 +1,156 @@
+"""The digits model: its data convention, its training (loss falls, an interrupted run resumes
+to the same weights), the committed pipeline (diffusers loads it, so does load_components),
+the classifier, and each application on it at small sizes with its outcome."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from stable_diffusion import apps, open_model
+from stable_diffusion.digits import CLASSIFIER, PIPELINE, data, experiments, load_classifier
+from stable_diffusion.digits import train as digits_train
+from stable_diffusion.digits.__main__ import main
+from stable_diffusion.model import encode_prompt, eps_model
+
+FAST = apps.Sampler(steps=5, solver="dpm2m", guidance_scale=4.0)  # plumbing tests
+SAMPLER = experiments.SAMPLER  # outcome tests: the results' sampler (10 steps), fewer seeds and steps of descent
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_classifier()
+
+
+def test_image_convention_and_split():
+    x, y = data.load("train")
+    held, held_y = data.load("heldout")
+    assert x.shape[1:] == (3, 32, 32) and x.min() == -1 and x.max() == 1
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])  # gray: the same in R, G and B
+    assert len(x) + len(held) == 1797 and all(abs(int(c) - 0.3 * 180) < 6 for c in torch.bincount(held_y))
+    seen, seen_y = data.diffusion_training_set()
+    assert data.UNSEEN not in seen_y and len(seen) == int((y != data.UNSEEN).sum())
+    # intensity / 16, bilinear 8 -> 32 with align_corners=False (sample at (o + 1/2) / 4 - 1/2, clamped), to [-1, 1]
+    from sklearn.datasets import load_digits
+    raw = torch.as_tensor(load_digits().images[0], dtype=torch.float64)
+    weights = torch.zeros(32, 8, dtype=torch.float64)
+    for o in range(32):
+        pos = max((o + 0.5) / 4 - 0.5, 0.0)
+        i0 = int(pos)
+        weights[o, i0] += 1 - (pos - i0)
+        weights[o, min(i0 + 1, 7)] += pos - i0
+    expected = 2 * (weights @ (raw / 16) @ weights.T) - 1
+    assert torch.allclose(data.to_images(raw[None].float())[0, 0].double(), expected, atol=1e-6)
+    assert data.prompt(7) == "a handwritten digit seven"
+
+
+def test_training_loss_falls_and_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    recipe = digits_train.Recipe(classifier_steps=8, classifier_batch=16, vae_steps=6, vae_batch=8, unet_steps=8,
+                                 unet_batch=16, unet_warmup=2)
+    full = digits_train.train(tmp_path / "full", recipe, progress=False, checkpoint_every=2)
+    assert full["classifier"]["final_loss"] < 2.5  # starts at ln 10 = 2.3 and falls
+    losses = json.loads((tmp_path / "full" / "pipeline" / "recipe.json").read_text())
+    assert losses["recipe"]["unet_steps"] == 8
+
+    calls = {"n": 0}
+    original = digits_train.F.mse_loss
+
+    def dies_at_the_fifth_unet_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+    monkeypatch.setattr(digits_train.F, "mse_loss", dies_at_the_fifth_unet_step)
+    with pytest.raises(KeyboardInterrupt):
+        digits_train.train(tmp_path / "cut", recipe, progress=False, checkpoint_every=2)
+    monkeypatch.setattr(digits_train.F, "mse_loss", original)
+    digits_train.train(tmp_path / "cut", recipe, progress=False, checkpoint_every=2)
+    for part in ("unet", "vae", "text_encoder"):
+        a = getattr(open_model(tmp_path / "full" / "pipeline", "cpu"), part).state_dict()
+        b = getattr(open_model(tmp_path / "cut" / "pipeline", "cpu"), part).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    with pytest.raises(ValueError, match="holds work made with other settings: seed=0 \\(now 1\\); give another"):
+        digits_train.train(tmp_path / "full", dataclasses.replace(recipe, seed=1), progress=False)
+
+
+def test_committed_pipeline_loads_with_diffusers_and_ours():
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(PIPELINE, safety_checker=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+    comps = open_model("digits", "cpu")
+    assert comps.latent_shape == (4, 8, 8) and comps.image_size == 32
+    size = sum(p.stat().st_size for p in PIPELINE.rglob("*") if p.is_file()) + CLASSIFIER.stat().st_size
+    assert size < 25 * 2**20
+    ids = pipe.tokenizer(["a handwritten digit three"], padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = encode_prompt(comps, ["a handwritten digit three"])
+        assert torch.equal(pipe.text_encoder(ids)[0], ours)
+        x, t = torch.randn(1, 4, 8, 8), torch.tensor([0.5])
+        theirs = pipe.unet(x, comps.schedule.model_time(t), encoder_hidden_states=ours).sample
+        assert torch.allclose(eps_model(comps, 1.0)(x, t, ours), theirs, atol=1e-6)
+    recipe = json.loads((PIPELINE / "recipe.json").read_text())
+    assert recipe["classifier"]["heldout_accuracy"] >= 0.97 and recipe["seconds"] < 20 * 60
+
+
+def test_classifier_reads_real_held_out_digits(classifier):
+    held, labels = data.load("heldout")
+    with torch.no_grad():
+        accuracy = float((classifier(data.to_unit(held)).argmax(1) == labels).float().mean())
+    assert accuracy >= 0.97
+
+
+def test_guided_sampling_raises_p_nine(classifier, tmp_path):
+    sizes = experiments.Sizes(guided_seeds=4, guided_iters=6)
+    r = experiments.vocabulary_expansion(open_model("digits", "cpu"), classifier, sizes, SAMPLER, tmp_path, False)
+    assert r["p_nine_after"] > r["p_nine_before"]
+    assert "paper, Stanford Dogs" in (tmp_path / "table2.md").read_text()
+
+
+def test_audit_flips_some_decision_within_the_box(classifier, tmp_path):
+    classes = {3: data.prompt(3), 5: data.prompt(5)}
+    r = apps.audit(open_model("digits", "cpu"), classifier, classes, list(range(4)), tau=0.8, iters=3, per_class=2,
+                   sampler=FAST, progress=False)
+    assert sum(row["audited"] for row in r["rows"]) >= 3 and r["max_abs_delta"] <= 0.8 + 1e-6  # float32 tau
+    assert r["rate"] > 0 and sum(h["flipped"] for h in r["history"]) == sum(row["changed"] for row in r["rows"])
+
+
+def test_stylization_lowers_the_style_loss_on_unseen_pairs(classifier, tmp_path):
+    sizes = experiments.Sizes(style_seeds=1, style_epochs=2, style_unseen=1)
+    r = experiments.stylization(open_model("digits", "cpu"), classifier, sizes, SAMPLER, tmp_path, False)
+    assert r["style_loss_unseen_after"] < r["style_loss_unseen_before"]
+
+
+def test_inversion_raises_the_nine_rate(classifier, tmp_path):
+    sizes = experiments.Sizes(invert_targets=8, invert_iters=10, invert_eval=16)
+    r = experiments.inversion(open_model("digits", "cpu"), classifier, sizes, SAMPLER, tmp_path, False)
+    assert r["losses"][-1] < 0.8 * r["losses"][0]
+    assert r["p_nine_token"][data.TEMPLATE.format("<nine>")] > r["p_nine_word"]  # the mean p(nine) rises
+
+
+def test_bad_inputs():
+    with pytest.raises(SystemExit) as err:
+        main(["quality", "--model", "no/such/folder"])
+    assert err.value.code == 2
+    with pytest.raises(ValueError, match="target class 12 is not a class of this classifier, which has 10"):
+        apps.guided_sampling(open_model("digits", "cpu"), load_classifier(), "a handwritten digit one", 12, [0],
+                             iters=1, sampler=FAST, progress=False)
+    with pytest.raises(ValueError, match="template must contain"):
+        apps.invert_embedding(open_model("digits", "cpu"), torch.rand(1, 3, 32, 32), [0], template="a digit",
+                              iters=1, sampler=FAST, progress=False)
+
+
+def test_every_application_command_takes_the_digits_model(tmp_path, capsys):
+    from stable_diffusion.__main__ import main as sd
+    common = ["--model", "digits", "--steps", "3", "--seeds", "0", "--no-progress"]
+    sd(["guided", *common, "--prompt", data.prompt(9), "--target", "9", "--iters", "1", "--out", str(tmp_path / "g")])
+    sd(["audit", *common, "--classes", f"1={data.prompt(1)}", "--iters", "1", "--out", str(tmp_path / "a")])
+    sd(["stylize", *common, "--style-image", "sklearn:flower.jpg", "--prompts", data.prompt(2), "--epochs", "1",
+        "--out", str(tmp_path / "s")])
+    sd(["invert", *common, "--target-digit", "9", "--token", "<nine>", "--template", "a handwritten digit {}",
+        "--iters", "1", "--out", str(tmp_path / "i")])
+    for name in ("g/guided.json", "a/audit.json", "s/stylize.json", "i/invert.json"):
+        assert json.loads((tmp_path / name).read_text())
+    with pytest.raises(SystemExit):
+        sd(["invert", *common, "--target-digit", "9", "--reuse-prompts", "a {x}", "--out", str(tmp_path / "j")])
+    assert "reuse-prompts: it must contain '{}' once" in capsys.readouterr().err

@@ -37,6 +37,7 @@ import torch
 import torchdiffeq
 from torch.autograd.function import once_differentiable
 
+from .brownian import BrownianPath
 from .ode import ProbabilityFlow, SolveInfo, Space
 from .schedule import as_steps
 from .solvers import Method, integrate, make_method
@@ -53,6 +54,7 @@ class Problem:
     make_times: Callable[[int], torch.Tensor]  # the same spacing and ends with other steps
     rtol: float
     atol: float
+    noise: BrownianPath | None = None          # the diffusion SDE's path; None: the probability-flow ODE
 
     @property
     def info(self) -> SolveInfo:
@@ -63,8 +65,23 @@ class Problem:
 
     @functools.cached_property
     def dz_ds(self):
-        """The space's field ``dz/ds`` for this problem's model, schedule and condition."""
-        return self.space.field(self.flow)
+        """The space's field ``dz/ds`` for this problem's model, schedule and condition; for the
+        diffusion SDE its drift, ``2 eps`` in ``(y, rho)`` (poster eq. 1 against eq. 2's ``eps``)."""
+        field = self.space.field(self.flow)
+        if self.noise is None:
+            return field
+        return lambda z, s: 2 * field(z, s)
+
+    def add_noise(self, i: int, z: tuple) -> tuple:
+        """After forward step ``i``: its Brownian increment."""
+        return (z[0] + self.noise.increment(i),) + tuple(z[1:])
+
+    def solve(self, **kwargs) -> torch.Tensor:
+        """The forward solve from ``z0`` (``kwargs`` go to :func:`integrate`), with the SDE's noise."""
+        z0 = kwargs.pop("z0")
+        after = None if self.noise is None else self.add_noise
+        return integrate(self.method, self.field, (z0,), self.grid(self.times), self.times, after=after,
+                         **kwargs)[0]
 
     def field(self, z: tuple, s: float) -> tuple:
         return (self.dz_ds(z[0], s),)
@@ -90,7 +107,7 @@ class NoGradient(Gradient):
 
     def solve(self, problem, z0):
         with torch.no_grad():
-            return integrate(problem.method, problem.field, (z0,), problem.grid(problem.times), problem.times)[0]
+            return problem.solve(z0=z0)
 
 
 class Backprop(Gradient):
@@ -98,7 +115,7 @@ class Backprop(Gradient):
     with steps. Backward traverses each model evaluation's graph once, ``nfe_backward = nfe_forward``."""
 
     def solve(self, problem, z0):
-        return integrate(problem.method, problem.field, (z0,), problem.grid(problem.times), problem.times)[0]
+        return problem.solve(z0=z0)
 
     def __repr__(self):
         return "Backprop()"
@@ -109,8 +126,7 @@ class Checkpoint(Gradient):
     recomputes one step's activations at a time in backward."""
 
     def solve(self, problem, z0):
-        return integrate(problem.method, problem.field, (z0,), problem.grid(problem.times), problem.times,
-                         checkpoint=True)[0]
+        return problem.solve(z0=z0, checkpoint=True)
 
     def __repr__(self):
         return "Checkpoint()"
@@ -131,6 +147,12 @@ class Adjoint(Gradient):
     ``states="reintegrate"`` the re-solved ``y`` drifts from the forward path where the ODE
     is sensitive (high noise, few steps); ``states="reuse"`` removes that error for one stored
     state per step.
+
+    Behind an SDE solver (``sde-dpm1``) the adjoint is still an ODE (AdjointDEIS poster Theorem 2,
+    Proposition 2, eqs. 13-16): eq. 11 with the SDE's drift ``2 eps`` in place of ``eps``,
+    evaluated along the sampled path. ``states="reuse"`` takes that path from the stored states;
+    ``"reintegrate"`` re-solves the SDE backwards, subtracting each step's regenerated Brownian
+    increment where the forward added it (so ``steps`` must be a multiple of the forward's).
 
     Args:
         steps: steps of the backward solve (default: the forward's). The grid has the
@@ -176,12 +198,17 @@ class Adjoint(Gradient):
 
     def solve(self, problem, z0):
         if self.backend == "torchdiffeq":
+            if problem.noise is not None:
+                raise ValueError("backend='torchdiffeq' solves ODEs: use backend='native' for the SDE solvers")
             return self._solve_torchdiffeq(problem, z0)
-        times = problem.times
-        if self.steps is not None and self.steps != len(times) - 1:
+        times, forward_steps = problem.times, len(problem.times) - 1
+        if self.steps is not None and self.steps != forward_steps:
             if self.states == "reuse":
                 raise ValueError("Adjoint(states='reuse') integrates on the forward grid: leave steps=None "
-                                 f"or set it to the forward steps ({len(times) - 1})")
+                                 f"or set it to the forward steps ({forward_steps})")
+            if problem.noise is not None and self.steps % forward_steps:
+                raise ValueError(f"an SDE's adjoint steps must be a multiple of the forward's {forward_steps} (got "
+                                 f"{self.steps}): its Brownian increments are undone at the forward's grid points")
             times = problem.make_times(self.steps)
         run = _AdjointRun(problem, self._method(problem), times, self.states == "reuse")
         return _AdjointSolve.apply(run, z0, *run.wrt)
@@ -257,11 +284,27 @@ class _AdjointRun:
         self.wrt = problem.wrt()
 
     def forward(self, z0):
-        p = self.problem
         states = [] if self.reuse else None
-        z_end = integrate(p.method, p.field, (z0,), p.grid(p.times), p.times, states=states)[0]
-        stored = [z0] + [s[0] for s in states] if self.reuse else []
+        z_end = self.problem.solve(z0=z0, states=states)
+        stored = [z0] + [s[0] for s in states] if self.reuse else []  # an SDE's: before each step's noise
         return z_end, stored
+
+    def _restart(self, stored):
+        """What the backward does to ``y`` before its step ``j``: restart from the stored state, or
+        (an SDE re-solved backwards) subtract the Brownian increment of the forward step it enters."""
+        noise = self.problem.noise
+        if self.reuse:
+            stored = stored[::-1]
+            return lambda j, state: (stored[j],) + tuple(state[1:])
+        if noise is None:
+            return None
+        per = (len(self.times) - 1) // noise.steps  # adjoint steps per forward step
+
+        def undo(j, state):
+            if j % per:
+                return state
+            return (state[0] - noise.increment(noise.steps - 1 - j // per),) + tuple(state[1:])
+        return undo
 
     def backward(self, z_end, stored, a_end):
         wrt, field = self.wrt, self.problem.dz_ds
@@ -282,7 +325,7 @@ class _AdjointRun:
 
         state = (z_end, a_end) + tuple(torch.zeros_like(w) for w in wrt)
         state = integrate(self.method, augmented, state, self.problem.grid(self.times)[::-1], self.times.flip(0),
-                          restarts=stored[::-1] if self.reuse else None, what="adjoint state")
+                          before=self._restart(stored), what="adjoint state")
         return state[1], state[2:]
 
 

@@ -5,6 +5,7 @@ import functools
 
 import torch
 
+from .brownian import BrownianPath
 from .grad import Gradient, NoGradient, Problem
 from .ode import SPACES, ProbabilityFlow, SolveInfo
 from .schedule import VPSchedule, as_steps
@@ -14,8 +15,9 @@ from .solvers import make_method
 def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: int,
            solver: str = "rk4", space: str = "reparam", spacing: str = "logSNR",
            t_start: float | None = None, t_end: float = 1e-3, gradient: Gradient | None = None,
-           rtol: float = 1e-5, atol: float = 1e-5, return_info: bool = False):
-    """Solve the probability-flow ODE from ``x_T`` at ``t_start`` to ``t_end``; return ``x_{t_end}``.
+           noise_seed: int | None = None, rtol: float = 1e-5, atol: float = 1e-5, return_info: bool = False):
+    """Solve the probability-flow ODE (or, with an SDE solver, the diffusion SDE) from ``x_T`` at
+    ``t_start`` to ``t_end``; return ``x_{t_end}``.
 
     Args:
         model: ``nn.Module`` called as ``model(x, t, cond)`` with ``t`` of shape ``(batch,)``,
@@ -27,13 +29,17 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
         steps: intervals of the time grid, for every solver.
         solver: ``euler``, ``heun``, ``rk4``, ``adams4`` (4th-order Adams-Bashforth),
             ``dpm1`` (= DDIM), ``dpm2``, ``dpm3``, ``dpm2m`` (DPM-Solver exponential integrators,
-            ``space="reparam"`` only) or ``dopri5`` (adaptive, torchdiffeq; ``rtol``/``atol``).
+            ``space="reparam"`` only), ``dopri5`` (adaptive, torchdiffeq; ``rtol``/``atol``), or
+            ``sde-dpm1`` (SDE-DPM-Solver-1 on the diffusion SDE, AdjointDEIS poster eq. 1).
         space: ``"original"`` solves eq. 4 in ``(x, t)``; ``"reparam"`` solves eq. 10 in
             ``(y, rho)``, ``y = x / alpha_t``, ``rho = sigma_t / alpha_t``.
         spacing: time grid, ``"logSNR"`` (uniform in lambda), ``"uniform"`` or ``"quadratic"``.
         t_start: defaults to the schedule's ``T`` (1, or 0.9946 for cosine).
         gradient: ``None`` (no graph), :class:`Backprop`, :class:`Checkpoint`,
             :class:`Adjoint` or :class:`AdjointDEIS`.
+        noise_seed: the SDE solvers' Brownian path (required by them, refused by the ODE solvers): step
+            ``i``'s noise depends only on ``(noise_seed, i)`` and the state's shape, dtype and
+            device, so every gradient strategy samples the same path.
         return_info: also return a :class:`SolveInfo` with the NFE counts.
     """
     if not torch.is_tensor(x_T) or x_T.dim() < 1 or not x_T.is_floating_point():
@@ -48,15 +54,20 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
     the_space = SPACES[space](schedule)
     if method.exponential and not the_space.exponential:
         raise ValueError(f"solver {solver!r} is an exponential integrator in lambda: it needs space='reparam'")
+    if method.stochastic and noise_seed is None:
+        raise ValueError(f"solver {solver!r} samples an SDE: give noise_seed (an int that fixes its Brownian path)")
+    if not method.stochastic and noise_seed is not None:
+        raise ValueError(f"noise_seed is for the SDE solvers (sde-dpm1); solver {solver!r} solves the ODE")
     make_times = functools.partial(schedule.grid, spacing=spacing, t_start=t_start, t_end=t_end)
     steps = as_steps(steps)
     times = make_times(steps)
 
     info = SolveInfo(solver=solver, space=space, steps=steps, times=times)
-    problem = Problem(ProbabilityFlow(model, schedule, cond, info), the_space, method, times,
-                      make_times, rtol, atol)
     t0, t1 = float(times[0]), float(times[-1])
     z0 = x_T / the_space.scale(t0)
+    problem = Problem(ProbabilityFlow(model, schedule, cond, info), the_space, method, times, make_times, rtol, atol)
+    if method.stochastic:
+        problem.noise = BrownianPath(noise_seed, problem.grid(times), z0)
     z_end = (gradient or NoGradient()).solve(problem, z0)
     info.nfe_forward = problem.flow.calls  # calls from here on are the backward pass's recomputations
     x_end = the_space.scale(t1) * z_end

@@ -48,6 +48,7 @@ class Method:
     name: str
     order: int
     exponential = False   # True: needs s = rho (the reparameterized space)
+    stochastic = False    # True: samples the diffusion SDE (needs a noise_seed)
     stages: int | None = 1  # model evaluations per step; None if adaptive
 
     def step(self, f, z, s0, s1, hist):
@@ -174,6 +175,26 @@ class DPMSolver(Method):
         return _comb(z, (s1 - s0 - c, d0), (c, db)), ()
 
 
+class SDEDPMSolver1(DPMSolver):
+    """SDE-DPM-Solver-1 in noise-prediction form: the diffusion SDE (AdjointDEIS poster eq. 1)
+    integrated exactly in its linear part and in its noise, with eps frozen over the step::
+
+        x_t = (alpha_t/alpha_s) x_s - 2 sigma_t (e^h - 1) eps(x_s, s) + sigma_t sqrt(e^{2h} - 1) z
+
+    divided by ``alpha_t``: ``y_t = y_s + (rho_t - rho_s) 2 eps + sqrt(rho_s^2 - rho_t^2) z``, the
+    DPM-Solver-1 step on the SDE's drift ``2 eps`` (:class:`adjointdpm.grad.Problem` doubles the
+    field) followed by the Brownian increment (:mod:`adjointdpm.brownian`, added by
+    :func:`integrate`). No second-order SDE solver is offered: the multistep SDE-DPM-Solver++(2M)
+    is written for data prediction, and its noise-prediction analogue has no published form
+    whose gradients we could check against one."""
+
+    stochastic = True
+
+    def __init__(self):
+        super().__init__(1)
+        self.name = "sde-dpm1"
+
+
 class DPMSolver2M(Method):
     """Second-order multistep exponential integrator (DPM-Solver-2M, Taylor form).
 
@@ -210,7 +231,7 @@ class Dopri5(Method):
         return tuple(p[-1] for p in path), ()
 
 
-SOLVERS = ("euler", "heun", "rk4", "adams4", "dpm1", "dpm2", "dpm3", "dpm2m", "dopri5")
+SOLVERS = ("euler", "heun", "rk4", "adams4", "dpm1", "dpm2", "dpm3", "dpm2m", "dopri5", "sde-dpm1")
 
 
 def steps_for_nfe(solver: str, nfe: int) -> int:
@@ -222,7 +243,7 @@ def steps_for_nfe(solver: str, nfe: int) -> int:
 def make_method(name: str, rtol: float = 1e-5, atol: float = 1e-5) -> Method:
     table = {"euler": Euler, "heun": Heun, "rk4": RK4, "adams4": AdamsBashforth4,
              "dpm1": lambda: DPMSolver(1), "dpm2": lambda: DPMSolver(2), "dpm3": lambda: DPMSolver(3),
-             "dpm2m": DPMSolver2M, "dopri5": lambda: Dopri5(rtol, atol)}
+             "dpm2m": DPMSolver2M, "dopri5": lambda: Dopri5(rtol, atol), "sde-dpm1": SDEDPMSolver1}
     if name not in table:
         raise ValueError(f"solver must be one of {SOLVERS}, got {name!r}")
     return table[name]()
@@ -235,16 +256,17 @@ def _check_finite(z: State, step: int, steps: int, t: float, what: str):
 
 
 def integrate(method: Method, f, z: State, grid, times, *, checkpoint: bool = False,
-              states: list | None = None, restarts=None, what: str = "sample") -> State:
+              states: list | None = None, before=None, after=None, what: str = "sample") -> State:
     """Step ``z`` along ``grid`` (the space's variable; ``times`` are the matching t for
     messages). ``checkpoint`` recomputes each step in backward instead of storing its
-    activations; ``states`` collects the state after every step; ``restarts[i]``, if given,
-    replaces the state's first component at grid point ``i`` (an adjoint that reuses the
-    stored forward states)."""
+    activations; ``states`` collects the state after every step's rule. ``before(i, z)`` and
+    ``after(i, z)``, if given, return the state to use before and after step ``i``'s rule: an
+    adjoint restarting from stored states, an SDE's Brownian increments (added after the state
+    is collected, so ``states`` holds the drift's end points)."""
     hist, steps = (), len(grid) - 1
     for i in range(steps):
-        if restarts is not None:
-            z = (restarts[i],) + tuple(z[1:])
+        if before is not None:
+            z = before(i, z)
         args = (f, z, float(grid[i]), float(grid[i + 1]), hist)
         if checkpoint:
             z, hist = torch.utils.checkpoint.checkpoint(method.step, *args, use_reentrant=False)
@@ -253,4 +275,6 @@ def integrate(method: Method, f, z: State, grid, times, *, checkpoint: bool = Fa
         _check_finite(z, i + 1, steps, float(times[i + 1]), what)
         if states is not None:
             states.append(z)
+        if after is not None:
+            z = after(i, z)
     return z

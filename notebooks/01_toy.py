@@ -286,3 +286,121 @@ assert gap[50, "Adjoint RK4 (3n)"] < gap[20, "Adjoint RK4 (3n)"] < gap[10, "Adjo
 # - **AdjointDEIS** is the cheapest per step but only of order 1 or 2: give it many steps and
 #   check it against Checkpoint once.
 # - **Backprop** only when steps are few and memory is plentiful.
+
+# %% [markdown]
+# ## 9. The diffusion SDE, and why its adjoint is an ODE
+#
+# Diffusion models also sample with the reverse **SDE** (AdjointDEIS poster eq. 1), which has
+# twice the ODE's score term plus fresh noise. In `(y, rho)` it reads
+# `dy = 2 eps(alpha y, t) drho + dW` with `Var(dW) = |d(rho^2)|`, and SDE-DPM-Solver-1 integrates
+# it exactly except for freezing `eps` over the step:
+# `y_t = y_s + (rho_t - rho_s) 2 eps + sqrt(rho_s^2 - rho_t^2) z`.
+#
+# The noise is *additive*: it does not depend on `x`. So the gradient of the end state with
+# respect to an earlier state only sees the drift, and the adjoint `a_x = dL/dx_t` obeys an
+# **ODE** (poster Theorem 2): `da_x = -a_x^T (d drift/dx) dt`, evaluated along the path that was
+# sampled. In `(y, rho)` that is eq. 11 with `2 eps` in place of `eps` (poster Proposition 2).
+# The library samples with `solver="sde-dpm1", noise_seed=...`. The seed fixes the Brownian
+# path, step by step, so every gradient strategy differentiates the same sample, and the
+# backward pass can regenerate any step's noise instead of storing it.
+
+# %%
+x_T8 = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5), **f64)
+with torch.no_grad():
+    ode_samples = sample(mixture, x_T8, schedule, steps=50, solver="dpm2m")
+    sde_samples = sample(mixture, x_T8, schedule, steps=50, solver="sde-dpm1", noise_seed=0)
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharex=True, sharey=True)
+for ax, x, title in zip(axes, (ode_samples, sde_samples), ("ODE (dpm2m, 50 steps)", "SDE (sde-dpm1, 50 steps)")):
+    ax.scatter(*x.T, s=2, alpha=0.4)
+    ax.set(title=title, aspect="equal")
+fig.suptitle("The same x_T, two samplers: both reach the eight modes")
+plt.show()
+
+x_small = x_T8[:8].clone()
+same = [sample(mixture, x_small.clone().requires_grad_(), schedule, steps=10, solver="sde-dpm1", noise_seed=0,
+               gradient=g) for g in (Backprop(), Checkpoint(), Adjoint(), Adjoint(states="reuse"))]
+assert all(torch.equal(s, same[0]) for s in same)  # one seed, one sample, whatever the strategy
+
+# %% [markdown]
+# For one Gaussian `N(mu, diag(s^2))` the reverse SDE is linear with additive noise. Its end
+# point is affine in `x_T`, with a slope that does not depend on the noise: the slope of the
+# posterior mean, `k = (alpha_T / alpha_end) v_end / v_T` with `v_t = alpha_t^2 s^2 + sigma_t^2`
+# (`toy.gaussian`). The ODE's slope is `sqrt(v_end / v_T)`. Below, the x_T gradient of the
+# discrete sampler (Backprop, exact for what was sampled) against these closed forms, as the
+# steps grow.
+
+# %%
+from toy import sde_map_vjp
+
+mu, s = torch.tensor([0.5, -1.0], **f64), torch.tensor([0.3, 1.5], **f64)
+gaussian1 = GaussianMixture(torch.ones(1, **f64), mu[None], s[None], schedule)
+x_Tg = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), **f64)
+target = torch.tensor([1.0, 2.0], **f64)
+
+def x_T_error(steps, sde, strategy=None):
+    x = x_Tg.clone().requires_grad_()
+    kwargs = dict(solver="sde-dpm1", noise_seed=0) if sde else dict(solver="dpm1")
+    x0 = sample(gaussian1, x, schedule, steps=steps, gradient=strategy or Backprop(), **kwargs)
+    ((x0 - target) ** 2).sum().backward()
+    G = 2 * (x0.detach() - target)
+    exact = (sde_map_vjp(mu, s.log(), G, schedule, 1.0, 1e-3)["x_T"] if sde
+             else flow_map_vjp(x_Tg, mu, s.log(), G, schedule, 1.0, 1e-3)["x_T"])
+    return float((x.grad - exact).norm() / exact.norm())
+
+steps_list = [10, 20, 40, 80, 160, 320]
+ode_err = [x_T_error(n, sde=False) for n in steps_list]
+sde_err = [x_T_error(n, sde=True) for n in steps_list]
+adjoint_err = [x_T_error(10, sde=True, strategy=Adjoint(10 * m, "rk4")) for m in (2, 4, 8, 16)]
+fig, ax = plt.subplots(figsize=(6.5, 4))
+ax.loglog(steps_list, ode_err, "o-", label="ODE sampler (dpm1): Backprop")
+ax.loglog(steps_list, sde_err, "s-", label="SDE sampler (sde-dpm1): Backprop")
+ax.loglog([20, 40, 80, 160], adjoint_err, "^--", label="behind 10 SDE steps: Adjoint RK4, its own steps")
+ax.set(xlabel="steps", ylabel="relative error of dL/dx_T vs closed form", title="The SDE's x_T gradient converges slowly")
+ax.legend(fontsize=8)
+plt.show()
+print("ODE  ", " ".join(f"{e:.1e}" for e in ode_err))
+print("SDE  ", " ".join(f"{e:.1e}" for e in sde_err))
+print("Adj. ", " ".join(f"{e:.1e}" for e in adjoint_err))
+assert sde_err[-1] < sde_err[0] and adjoint_err[-1] < 1e-3
+
+# %% [markdown]
+# Two things to read there. The SDE sampler's own gradient converges at first order and
+# slowly: the SDE forgets `x_T` (the slope is about `6e-4` here), and SDE-DPM-Solver-1's
+# per-step factor on `y - mu` is about `2 e^{-h} - 1`, which even changes sign when a logSNR
+# step `h` exceeds `ln 2` (10 steps here have `h = 0.96`). The adjoint, instead, solves the
+# *continuous* SDE's adjoint: for a Gaussian its Jacobians do not depend on the path, so
+# behind only 10 sampler steps it reaches the closed form at RK4's order as its own steps grow.
+#
+# On a nonlinear model the adjoint needs the sampled path `x_t`. There are two ways to get it.
+# `Adjoint(states="reuse")` keeps the states between steps: one state per step.
+# `Adjoint()` re-solves the SDE backwards from the end, subtracting each regenerated
+# increment where the forward added it: memory flat in steps. On the eight-mode mixture, off the
+# sampler's exact gradient (`Checkpoint`):
+
+# %%
+def sde_gradient(strategy, steps):
+    mixture.zero_grad()
+    x = x_T[:64].clone().requires_grad_()
+    x0 = sample(mixture, x, schedule, steps=steps, solver="sde-dpm1", noise_seed=0, gradient=strategy)
+    (x0 ** 2).sum().backward()
+    return torch.cat([x.grad.flatten(), mixture.means.grad.flatten()])
+
+print("sampler steps | stored states (RK4) | re-solved (RK4, 1x) | re-solved (RK4, 8x)   (off Checkpoint)")
+for n in (10, 20, 50):
+    exact_grad = sde_gradient(Checkpoint(), n)
+    off = [float((sde_gradient(g, n) - exact_grad).norm() / exact_grad.norm())
+           for g in (Adjoint(solver="rk4", states="reuse"), Adjoint(solver="rk4"), Adjoint(8 * n, "rk4"))]
+    print(f"{n:13d} | " + " | ".join(f"{e:19.1e}" for e in off))
+
+# %% [markdown]
+# At 10 steps every adjoint is about 100 % off, and eight times the adjoint steps make it
+# worse. That is not the adjoint's own error: it converges to the *continuous* SDE's gradient,
+# and a 10-step SDE sampler's gradient is far from that (the first plot). From 20 steps on both
+# ways of getting the path are within 5-16 % and close to each other here. On the MLP of
+# `python -m toy.bench` (the `SDE` rows), re-solving costs more: the weight gradient of the
+# re-solved adjoint is about ten times further off than the stored-state one (0.24 against
+# 0.024 at 100 steps), at the same flat memory.
+#
+# So for an SDE sampler: **Checkpoint** (exact, one state per step) remains the default; an
+# adjoint should use the stored states unless memory forbids it, and only behind a fine
+# sampler, where the sampler's gradient is the SDE's.

@@ -118,6 +118,11 @@ def parser() -> argparse.ArgumentParser:
                    "drawn after training")
     p.add_argument("--iters", type=cli.positive_int, default=100, help="AdamW steps (default 100)")
     p.add_argument("--lr", type=cli.positive_float, default=5e-3, help="learning rate (default 5e-3)")
+    p = sub.add_parser("morph", parents=[common], help="the AdjointDEIS poster's morphing, ODE and SDE (its Table 1); "
+                       "--model digits: pairs of held-out digits, the digit classifier's features as F")
+    p.add_argument("--pairs", type=cli.positive_int, default=16, help="morph pairs (default 16)")
+    p.add_argument("--iters", type=cli.positive_int, default=60, help="AdamW steps on (x_T, c) (default 60)")
+    p.add_argument("--lr", type=cli.positive_float, default=0.1, help="learning rate (default 0.1)")
     return top
 
 
@@ -138,6 +143,9 @@ def _check(args, parser_):
                           "(give one seed per image)")
         if args.target_digit is not None and not digits:
             parser_.error("argument --target-digit: only with --model digits")
+    if args.app == "morph" and not digits:
+        parser_.error("argument --model: the morph command runs on --model digits (references: held-out digits, F: "
+                      "the digit classifier); for your own images and identity model call stable_diffusion.apps.morph")
     if args.guidance_scale is None:
         args.guidance_scale = 4.0 if digits else 7.5
 
@@ -181,6 +189,12 @@ def main(argv=None):
                                   sampler=sampler, out=out, save_every=args.save_every, accelerator=accelerator,
                                   progress=progress)
             summary = f"loss {result['losses'][0]:.4g} -> {result['losses'][-1]:.4g}; UNet saved to {out / 'unet'}"
+        elif args.app == "morph":
+            from .digits import load_classifier as load_digit_classifier
+            from .digits.experiments import morph_table
+            result = morph_table(comps, load_digit_classifier().to(args.device), out, pairs=args.pairs,
+                                 iters=args.iters, lr=args.lr, steps=args.steps, seed=args.seeds[0], progress=progress)
+            summary = (out / "morph.md").read_text()
         else:
             if args.target_prompt:
                 targets = apps.generate(comps, [args.target_prompt] * len(args.seeds), args.seeds, sampler)

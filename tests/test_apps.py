@@ -39,3 +39,12 @@ def test_bad_arguments():
 def test_command_writes_json_and_figure(tmp_path):
     apps.main(["guided", "--out", str(tmp_path), "--iters", "3"])
     assert (tmp_path / "app_guided.json").exists() and (tmp_path / "app_guided.png").stat().st_size > 0
+
+
+def test_morph_matches_both_identities_more_often_after_optimisation():
+    r = apps.morph(n=32, iters=40)
+    rows = {row["attack"]: row for row in r["rows"]}
+    dim, ode = rows["DiM (no optimisation)"], rows["DiM + AdjointDEIS-1 (ODE)"]
+    assert 0 < r["threshold"] < 1
+    assert ode["mmpmr"] > dim["mmpmr"] and ode["nfe"] == 3 * 20 + 40 * (20 + 20)
+    assert rows["DiM + AdjointDEIS-1 (SDE)"]["mmpmr"] > dim["mmpmr"]

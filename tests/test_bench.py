@@ -16,3 +16,8 @@ def test_quick_bench(tmp_path):
     assert abs(adjoint_growth) < backprop_growth / 4
     nfe = {(r["strategy"], r["steps"]): (r["nfe_forward"], r["nfe_backward"]) for r in data["rows"]}
     assert nfe[("Adjoint", 20)] == (80, 80) and nfe[("Backprop", 10)] == (40, 40)
+    # the SDE sampler: the adjoint that re-solves the SDE backwards keeps no state per step either
+    sde_growth = peak[("SDE Backprop", 20)] - peak[("SDE Backprop", 10)]
+    assert abs(peak[("SDE Adjoint (re-solved)", 20)] - peak[("SDE Adjoint (re-solved)", 10)]) < sde_growth / 4
+    sde = {r["steps"]: r for r in data["rows"] if r["strategy"] == "SDE Adjoint (re-solved)"}
+    assert sde[10]["err_x_T"] is None and sde[10]["nfe_forward"] == 10  # no fine reference on an SDE path

@@ -154,3 +154,14 @@ def test_every_application_command_takes_the_digits_model(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sd(["invert", *common, "--target-digit", "9", "--reuse-prompts", "a {x}", "--out", str(tmp_path / "j")])
     assert "reuse-prompts: it must contain '{}' once" in capsys.readouterr().err
+
+
+def test_morph_raises_the_similarity_to_both_references(tmp_path):
+    from stable_diffusion.digits.experiments import morph_table
+    r = morph_table(open_model("digits", "cpu"), load_classifier(), tmp_path, pairs=4, iters=4, lr=0.1, steps=4,
+                    progress=False)
+    rows = {row["attack"]: row for row in r["rows"]}
+    both = lambda row: row["mean_similarity_a"] + row["mean_similarity_b"]  # noqa: E731
+    assert both(rows["DiM + AdjointDEIS-1 (ODE)"]) > both(rows["DiM (no optimisation)"])
+    assert rows["DiM + AdjointDEIS-1 (ODE)"]["nfe"] == 3 * 4 + 4 * (4 + 4)
+    assert 0 < r["threshold"] < 1 and (tmp_path / "morph.png").exists() and (tmp_path / "morph.md").exists()

@@ -12,7 +12,8 @@ SCHED = VPSchedule.linear()
 @pytest.mark.parametrize("kwargs,match", [
     (dict(t_end=0.0), "t_end must be > 0"),
     (dict(t_end=-1e-3), "t_end must be > 0"),
-    (dict(t_start=0.5, t_end=0.5), "t_end must be < t_start"),
+    (dict(t_start=0.5, t_end=0.5), "t_end must differ from t_start"),
+    (dict(t_start=0.0, t_end=0.5), "t_start must be > 0"),
     (dict(t_start=1.5), "t_start must be <="),
     (dict(steps=0), "steps must be an integer >= 1"),
     (dict(steps=2.5), "steps must be an integer >= 1"),

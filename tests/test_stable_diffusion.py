@@ -205,6 +205,8 @@ def test_command_line(tmp_path, classifier_file, capsys):
     (["stylize", "--style-image", __file__, "--prompts", "a"],
      f"argument --style-image: image {__file__} cannot be decoded (png or jpeg expected)"),
     (["invert", "--target-prompt", "a", "--reuse-prompts", "a {x}"], "argument --reuse-prompts:"),
+    (["morph"], "argument --model: the morph command runs on --model digits"),
+    (["morph", "--pairs", "0"], "argument --pairs: must be an integer >= 1, got '0'"),
 ])
 def test_command_mistakes_stop_at_the_door(argv, message, capsys, tmp_path):
     _fails(capsys, argv + ["--model", "tiny", "--out", str(tmp_path / "out")], message)

@@ -7,6 +7,11 @@ against the exact gradient of the same sampler (Checkpoint at the same steps), w
 case in a fresh process: the resident high-water mark VmHWM on Linux CPU, ``torch.cuda.max_memory_allocated``
 on CUDA) and NFE forward/backward. Writes ``bench.json``, ``bench.md`` (ratios against
 Backprop) and ``bench.png`` (memory vs steps, error vs time).
+
+The "SDE" rows sample the diffusion SDE (``sde-dpm1``, one fixed ``noise_seed``) and compare its
+adjoint on stored states with the one that re-solves the SDE backwards. They have no fine-step
+reference: another grid draws another Brownian path, so only the distance from the same
+sampler's exact gradient is defined.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adjointdpm import Checkpoint, VPSchedule, cli, sample
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, cli, sample
 from adjointdpm.memory import peak as peak_bytes, reset_peak, run_in_fresh_process
 from toy.mixture import eight_modes
 from toy.mlp import EpsMLP, train_eps_mlp
@@ -28,6 +33,21 @@ from toy.reproduce import STRATEGIES
 
 SOLVER = "rk4"
 HIDDEN, DEPTH = 256, 3
+SDE = dict(solver="sde-dpm1", noise_seed=0)
+SDE_STRATEGIES = {  # the adjoints solve with RK4 at the forward's steps
+    "SDE Backprop": Backprop,
+    "SDE Checkpoint": Checkpoint,
+    "SDE Adjoint (stored states)": lambda: Adjoint(solver="rk4", states="reuse"),
+    "SDE Adjoint (re-solved)": lambda: Adjoint(solver="rk4"),
+    "SDE AdjointDEIS-1": lambda: AdjointDEIS(1),
+}
+
+
+def case(name: str):
+    """The strategy of ``name`` and the sampler it differentiates (``sample``'s keyword arguments)."""
+    if name in SDE_STRATEGIES:
+        return SDE_STRATEGIES[name], SDE
+    return STRATEGIES[name], {"solver": SOLVER}
 
 
 def _problem(setup: Path, device: str):
@@ -37,12 +57,12 @@ def _problem(setup: Path, device: str):
     return model, x_T
 
 
-def gradient(model, x_T, strategy, steps):
+def gradient(model, x_T, strategy, steps, sampler=None):
     """One gradient of ``mean |x0|^2`` w.r.t. ``x_T`` and the weights; returns (grads, info)."""
     model.zero_grad()
     x = x_T.clone().requires_grad_()
-    x0, info = sample(model, x, VPSchedule.linear(), steps=steps, solver=SOLVER, gradient=strategy,
-                      return_info=True)
+    x0, info = sample(model, x, VPSchedule.linear(), steps=steps, gradient=strategy, return_info=True,
+                      **(sampler or {"solver": SOLVER}))
     (x0 ** 2).sum(1).mean().backward()
     return (x.grad.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])), info
 
@@ -50,22 +70,25 @@ def gradient(model, x_T, strategy, steps):
 def worker(setup: Path, name: str, steps: int, repeats: int, device: str) -> dict:
     """One case, in its own process so the memory high-water mark is its own."""
     model, x_T = _problem(setup, device)
+    make, sampler = case(name)
     base = reset_peak(device)
-    (g_x, g_theta), info = gradient(model, x_T, STRATEGIES[name](), steps)
+    (g_x, g_theta), info = gradient(model, x_T, make(), steps, sampler)
     peak = peak_bytes(device) - base
     times = []
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        gradient(model, x_T, STRATEGIES[name](), steps)
+        gradient(model, x_T, make(), steps, sampler)
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     ref_x, ref_theta = torch.load(setup / "reference.pt", weights_only=True)
-    (ck_x, ck_theta), _ = gradient(model, x_T, Checkpoint(), steps)  # the exact gradient of this sampler
+    (ck_x, ck_theta), _ = gradient(model, x_T, Checkpoint(), steps, sampler)  # the exact gradient of this sampler
     rel = lambda a, b: float((a.cpu() - b.cpu()).norm() / b.norm())
-    return {"strategy": name, "steps": steps, "err_x_T": rel(g_x, ref_x), "err_theta": rel(g_theta, ref_theta),
+    ode = name not in SDE_STRATEGIES  # an SDE has no fine-step reference on its Brownian path
+    return {"strategy": name, "steps": steps, "err_x_T": rel(g_x, ref_x) if ode else None,
+            "err_theta": rel(g_theta, ref_theta) if ode else None,
             "vs_checkpoint_x_T": rel(g_x, ck_x), "vs_checkpoint_theta": rel(g_theta, ck_theta),
             "seconds": statistics.median(times), "peak_bytes": peak, "nfe_forward": info.nfe_forward,
             "nfe_backward": info.nfe_backward, "device": device}
@@ -87,14 +110,16 @@ def prepare(setup: Path, batch: int, train_iters: int, ref_steps: int, device: s
 def write(rows, out: Path, meta: dict):
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
-    base = {(r["steps"]): r for r in rows if r["strategy"] == "Backprop"}
+    family = lambda name: "SDE" if name in SDE_STRATEGIES else "ODE"
+    base = {(family(r["strategy"]), r["steps"]): r for r in rows if r["strategy"] in ("Backprop", "SDE Backprop")}
+    err = lambda v: "-" if v is None else f"{v:.2e}"
     unit = "CUDA max allocated" if meta["device"] == "cuda" else "resident memory above set-up"
     lines = ["| strategy | steps | rel. err dL/dx_T | rel. err dL/dtheta | off Checkpoint dL/dx_T | off Checkpoint "
              f"dL/dtheta | ms (median) | time / Backprop | peak MiB ({unit}) | memory / Backprop | NFE fwd | NFE bwd |",
              "|" + "---|" * 12]
     for r in rows:
-        b = base.get(r["steps"])
-        lines.append(f"| {r['strategy']} | {r['steps']} | {r['err_x_T']:.2e} | {r['err_theta']:.2e} | "
+        b = base[(family(r["strategy"]), r["steps"])]
+        lines.append(f"| {r['strategy']} | {r['steps']} | {err(r['err_x_T'])} | {err(r['err_theta'])} | "
                      f"{r['vs_checkpoint_x_T']:.1e} | {r['vs_checkpoint_theta']:.1e} | "
                      f"{r['seconds'] * 1e3:.0f} | {r['seconds'] / b['seconds']:.2f} | {r['peak_bytes'] / 2**20:.1f} | "
                      f"{r['peak_bytes'] / max(b['peak_bytes'], 1):.2f} | {r['nfe_forward']} | {r['nfe_backward']} |")
@@ -102,19 +127,23 @@ def write(rows, out: Path, meta: dict):
             f"{meta['device']}, {meta['threads']} threads)\n\nErrors against Checkpoint() with {meta['ref_steps']} "
             "steps (the sampler's own error included), and how far each strategy is off the exact gradient of the "
             "same sampler (Checkpoint() at the same steps: the backward solver's own error). "
-            f"Time: median of {meta['repeats']} repeats. Memory: each case in a fresh process.\n\n"
+            f"Time: median of {meta['repeats']} repeats. Memory: each case in a fresh process. Ratios against "
+            "Backprop of the same sampler. SDE rows: `sde-dpm1` with one noise_seed; no fine-step reference exists "
+            "for them (another grid is another Brownian path).\n\n"
             + "\n".join(lines) + "\n")
     (out / "bench.md").write_text(text)
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     fig = Figure(figsize=(12, 4.5), layout="tight")
     axes = fig.subplots(1, 2)
-    for name in STRATEGIES:
+    for name in [*STRATEGIES, *SDE_STRATEGIES]:
         rs = [r for r in rows if r["strategy"] == name]
         if rs:
-            axes[0].plot([r["steps"] for r in rs], [r["peak_bytes"] / 2**20 for r in rs], marker="o", label=name)
-            axes[1].loglog([r["seconds"] for r in rs], [r["err_x_T"] for r in rs], marker="o", label=name)
-    axes[0].set(xlabel="steps", ylabel=f"peak MiB ({unit})", title="Memory vs steps")
-    axes[1].set(xlabel="seconds per gradient", ylabel="relative error of dL/dx_T", title="Error vs time")
+            style = dict(marker="o", label=name, linestyle="--" if name in SDE_STRATEGIES else "-")
+            axes[0].plot([r["steps"] for r in rs], [r["peak_bytes"] / 2**20 for r in rs], **style)
+            if name not in SDE_STRATEGIES:
+                axes[1].loglog([r["seconds"] for r in rs], [r["err_x_T"] for r in rs], **style)
+    axes[0].set(xlabel="steps", ylabel=f"peak MiB ({unit})", title="Memory vs steps (dashed: SDE sampler)")
+    axes[1].set(xlabel="seconds per gradient", ylabel="relative error of dL/dx_T", title="Error vs time (ODE)")
     axes[1].xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
     axes[0].legend(fontsize=7)
     fig.savefig(out / "bench.png", dpi=120)
@@ -139,7 +168,8 @@ def main(argv=None):
         return
     args.out.mkdir(parents=True, exist_ok=True)
     batch, steps_list = (256, (10, 20)) if args.quick else (1024, (10, 20, 50, 100))
-    names = ["Backprop", "Adjoint"] if args.quick else list(STRATEGIES)
+    names = (["Backprop", "Adjoint", "SDE Backprop", "SDE Adjoint (re-solved)"] if args.quick
+             else [*STRATEGIES, *SDE_STRATEGIES])
     meta = {"batch": batch, "repeats": repeats, "device": args.device, "threads": torch.get_num_threads(),
             "ref_steps": 100 if args.quick else 400}
     rows = []

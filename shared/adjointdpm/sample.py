@@ -34,7 +34,9 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
         space: ``"original"`` solves eq. 4 in ``(x, t)``; ``"reparam"`` solves eq. 10 in
             ``(y, rho)``, ``y = x / alpha_t``, ``rho = sigma_t / alpha_t``.
         spacing: time grid, ``"logSNR"`` (uniform in lambda), ``"uniform"`` or ``"quadratic"``.
-        t_start: defaults to the schedule's ``T`` (1, or 0.9946 for cosine).
+        t_start: defaults to the schedule's ``T`` (1, or 0.9946 for cosine). ``t_start < t_end``
+            runs the ODE the other way, encoding data ``x_{t_start}`` into its noise ``x_{t_end}``
+            (DDIM inversion with ``dpm1``); every gradient strategy works both ways.
         gradient: ``None`` (no graph), :class:`Backprop`, :class:`Checkpoint`,
             :class:`Adjoint` or :class:`AdjointDEIS`.
         noise_seed: the SDE solvers' Brownian path (required by them, refused by the ODE solvers): step
@@ -56,6 +58,8 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
         raise ValueError(f"solver {solver!r} is an exponential integrator in lambda: it needs space='reparam'")
     if method.stochastic and noise_seed is None:
         raise ValueError(f"solver {solver!r} samples an SDE: give noise_seed (an int that fixes its Brownian path)")
+    if method.stochastic and t_start is not None and t_start < t_end:
+        raise ValueError("the SDE solvers sample, from noise to data: encode with an ODE solver (t_start < t_end)")
     if not method.stochastic and noise_seed is not None:
         raise ValueError(f"noise_seed is for the SDE solvers (sde-dpm1); solver {solver!r} solves the ODE")
     make_times = functools.partial(schedule.grid, spacing=spacing, t_start=t_start, t_end=t_end)

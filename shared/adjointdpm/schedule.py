@@ -2,7 +2,8 @@
 
 Every schedule is variance preserving: ``alpha_t**2 + sigma_t**2 = 1`` and the
 half log-SNR is ``lambda_t = log(alpha_t) - log(sigma_t)``. Time runs from
-``t_start`` (noise, ``T``) down to ``t_end`` (data, close to 0).
+``t_start`` (noise, ``T``) down to ``t_end`` (data, close to 0); a grid may also run up, from
+data to noise, which encodes data into its noise by the ODE (DDIM inversion).
 
 Methods accept a Python float or a tensor; a float is evaluated in float64 and the
 result is a 0-d float64 tensor, a tensor keeps its dtype and device.
@@ -83,7 +84,8 @@ class VPSchedule:
 
     def grid(self, steps: int, spacing: str = "logSNR", t_start: float | None = None,
              t_end: float = 1e-3) -> torch.Tensor:
-        """``steps + 1`` decreasing times from ``t_start`` to ``t_end`` (float64).
+        """``steps + 1`` times from ``t_start`` to ``t_end`` (float64): decreasing to sample,
+        increasing to encode.
 
         ``uniform`` is uniform in t, ``logSNR`` uniform in lambda, ``quadratic`` uniform in
         sqrt(t) (DPM-Solver's three choices).
@@ -105,15 +107,16 @@ class VPSchedule:
         return ts
 
     def check_times(self, t_start: float, t_end: float) -> None:
-        if not t_end > 0:
-            raise ValueError(f"t_end must be > 0 (the ODE is singular at t = 0), got t_end={t_end}")
-        if not t_end < t_start:
-            raise ValueError(f"t_end must be < t_start (time runs from t_start down to t_end), "
-                             f"got t_start={t_start}, t_end={t_end}")
-        if t_start > self.T + 1e-12:
-            raise ValueError(f"t_start must be <= {self.T} for {self!r}, got t_start={t_start}")
-        if t_end < self.t_min - 1e-12:
-            raise ValueError(f"t_end must be >= {self.t_min} for {self!r}, got t_end={t_end}")
+        for name, t in (("t_end", t_end), ("t_start", t_start)):
+            if not t > 0:
+                raise ValueError(f"{name} must be > 0 (the ODE is singular at t = 0), got {name}={t}")
+            if t > self.T + 1e-12:
+                raise ValueError(f"{name} must be <= {self.T} for {self!r}, got {name}={t}")
+            if t < self.t_min - 1e-12:
+                raise ValueError(f"{name} must be >= {self.t_min} for {self!r}, got {name}={t}")
+        if t_end == t_start:
+            raise ValueError(f"t_end must differ from t_start (t_start > t_end samples, t_start < t_end "
+                             f"encodes), got t_start={t_start}, t_end={t_end}")
 
 
 class LinearVP(VPSchedule):

@@ -1,5 +1,5 @@
-"""The paper's applications on Stable Diffusion (Sec. 4, App. A-D), one module each; each is
-a subcommand of ``python -m stable_diffusion`` (see ``--help``).
+"""The paper's applications on Stable Diffusion (Sec. 4, App. A-D), and the AdjointDEIS poster's
+morphing, one module each; each is a subcommand of ``python -m stable_diffusion`` (see ``--help``).
 
 Every one optimises through ``adjointdpm.sample(..., gradient=...)``: the guided sampler
 runs forward without a graph, and the gradient strategy (``Adjoint`` by default) gives
@@ -10,7 +10,8 @@ from .audit import audit
 from .common import GRADIENTS, Sampler, generate, noise, read_image, save_images
 from .guided import guided_sampling
 from .invert import invert_embedding
+from .morph import morph
 from .stylize import cross_attention_parameters, stylize
 
 __all__ = ["Sampler", "GRADIENTS", "noise", "generate", "read_image", "save_images", "guided_sampling", "audit", "stylize",
-           "cross_attention_parameters", "invert_embedding"]
+           "cross_attention_parameters", "invert_embedding", "morph"]

@@ -142,3 +142,25 @@ def test_adjoints_on_the_mlp_approach_backprop_as_the_sampler_refines(states):
     errors = [rel(_mlp_grads(Adjoint(steps=per * n, solver="rk4", states=states), n), _mlp_grads(Backprop(), n))
               for n in (20, 40, 80)]
     assert all(s > 0.8 for s in slopes(errors)), errors
+
+
+def test_torchsde_route_samples_the_same_path_and_converges_to_the_closed_form():
+    """``Adjoint(backend="torchsde")``: torchsde's Euler on the step-indexed SDE is SDE-DPM-Solver-1
+    on the same noise, and its adjoint (re-solving the path, first order) reaches the closed form."""
+    x_T = noise(4)
+    ours = sample(gaussian(), x_T, SCHED, steps=10, **SDE)
+    with torch.no_grad():
+        theirs = sample(gaussian(), x_T.clone().requires_grad_(), SCHED, steps=10, gradient=Adjoint(backend="torchsde"),
+                        **SDE)
+    assert torch.allclose(theirs, ours, rtol=1e-13, atol=1e-13)
+    errors = {k: [] for k in ("x_T", "cond", "mean")}
+    for steps in (40, 160, 640):
+        g, ref, _ = grads(Adjoint(backend="torchsde"), steps)
+        for k in errors:
+            errors[k].append(rel(g[k], ref[k]))
+    for k in errors:  # first order: a factor 4 in steps gains more than 4^0.8
+        assert all(errors[k][i] / errors[k][i + 1] > 4 ** 0.8 for i in range(2)), (k, errors[k])
+    with pytest.raises(ValueError, match="backend='torchsde' solves the SDE solvers' problems"):
+        sample(gaussian(), x_T.clone().requires_grad_(), SCHED, steps=4, gradient=Adjoint(backend="torchsde"))
+    with pytest.raises(ValueError, match="leave steps=None, solver=None"):
+        Adjoint(steps=8, backend="torchsde")

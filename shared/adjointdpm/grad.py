@@ -162,9 +162,10 @@ class Adjoint(Gradient):
             from the final state only, so memory is independent of steps;
             ``"reuse"`` restarts ``y`` from the stored forward state at every grid point
             (more accurate, stores one state per step; needs the forward grid).
-        backend: ``"native"`` or ``"torchdiffeq"`` (``torchdiffeq.odeint_adjoint``, the
+        backend: ``"native"``, ``"torchdiffeq"`` (``torchdiffeq.odeint_adjoint``, the
             paper's own route; fixed grid = the forward's; solvers euler, heun, rk4,
-            adams4, dopri5).
+            adams4, dopri5) or, behind ``sde-dpm1``, ``"torchsde"`` (``torchsde.sdeint_adjoint``
+            on the same SDE and Brownian path: :mod:`adjointdpm.sde_reference`).
     """
 
     _TORCHDIFFEQ = {"euler": ("euler", {}), "heun": ("heun2", {}), "rk4": ("rk4", {}),
@@ -177,11 +178,11 @@ class Adjoint(Gradient):
             make_method(solver)  # validates the name
         if states not in ("reintegrate", "reuse"):
             raise ValueError(f"Adjoint states must be 'reintegrate' or 'reuse', got {states!r}")
-        if backend not in ("native", "torchdiffeq"):
-            raise ValueError(f"Adjoint backend must be 'native' or 'torchdiffeq', got {backend!r}")
-        if backend == "torchdiffeq" and (steps is not None or states != "reintegrate"):
-            raise ValueError("backend='torchdiffeq' solves the adjoint on the forward grid from the final state: "
-                             "leave steps=None and states='reintegrate'")
+        if backend not in ("native", "torchdiffeq", "torchsde"):
+            raise ValueError(f"Adjoint backend must be 'native', 'torchdiffeq' or 'torchsde', got {backend!r}")
+        if backend != "native" and (steps is not None or states != "reintegrate" or solver is not None):
+            raise ValueError(f"backend={backend!r} solves the adjoint on the forward grid from the final state: "
+                             "leave steps=None, solver=None and states='reintegrate'")
         self.steps, self.solver, self.states, self.backend = steps, solver, states, backend
 
     def __repr__(self):
@@ -199,8 +200,14 @@ class Adjoint(Gradient):
     def solve(self, problem, z0):
         if self.backend == "torchdiffeq":
             if problem.noise is not None:
-                raise ValueError("backend='torchdiffeq' solves ODEs: use backend='native' for the SDE solvers")
+                raise ValueError("backend='torchdiffeq' solves ODEs: use 'native' or 'torchsde' for the SDE solvers")
             return self._solve_torchdiffeq(problem, z0)
+        if self.backend == "torchsde":
+            if problem.noise is None:
+                raise ValueError("backend='torchsde' solves the SDE solvers' problems: use 'native' or 'torchdiffeq' "
+                                 "for the ODE")
+            from . import sde_reference
+            return sde_reference.solve(problem, z0)
         times, forward_steps = problem.times, len(problem.times) - 1
         if self.steps is not None and self.steps != forward_steps:
             if self.states == "reuse":

@@ -118,9 +118,15 @@ def parser() -> argparse.ArgumentParser:
                    "drawn after training")
     p.add_argument("--iters", type=cli.positive_int, default=100, help="AdamW steps (default 100)")
     p.add_argument("--lr", type=cli.positive_float, default=5e-3, help="learning rate (default 5e-3)")
-    p = sub.add_parser("morph", parents=[common], help="the AdjointDEIS poster's morphing, ODE and SDE (its Table 1); "
-                       "--model digits: pairs of held-out digits, the digit classifier's features as F")
-    p.add_argument("--pairs", type=cli.positive_int, default=16, help="morph pairs (default 16)")
+    p = sub.add_parser("morph", parents=[common, clf], help="the AdjointDEIS poster's morphing, ODE and SDE (its "
+                       "Table 1); --model digits: pairs of held-out digits, the digit classifier's features as F")
+    p.add_argument("--pairs", type=cli.positive_int, default=16, help="with --model digits: morph pairs (default 16)")
+    p.add_argument("--image-a", type=cli.existing_file, nargs="+", help="other models: the first reference of each pair")
+    p.add_argument("--image-b", type=cli.existing_file, nargs="+", help="other models: the second reference of each pair")
+    p.add_argument("--prompt-a", default="", help="other models: the prompt of the a references (default empty)")
+    p.add_argument("--prompt-b", default="", help="other models: the prompt of the b references (default empty)")
+    p.add_argument("--threshold", type=cli.finite_float, help="other models: F's cosine at 0.1 %% false matches, "
+                   "measured on your impostor pairs (without it, no MMPMR: the similarities only)")
     p.add_argument("--iters", type=cli.positive_int, default=60, help="AdamW steps on (x_T, c) (default 60)")
     p.add_argument("--lr", type=cli.positive_float, default=0.1, help="learning rate (default 0.1)")
     return top
@@ -143,9 +149,14 @@ def _check(args, parser_):
                           "(give one seed per image)")
         if args.target_digit is not None and not digits:
             parser_.error("argument --target-digit: only with --model digits")
-    if args.app == "morph" and not digits:
-        parser_.error("argument --model: the morph command runs on --model digits (references: held-out digits, F: "
-                      "the digit classifier); for your own images and identity model call stable_diffusion.apps.morph")
+    if args.app == "morph":
+        if digits and (args.image_a or args.image_b):
+            parser_.error("argument --image-a: with --model digits the references are held-out digits")
+        if not digits and (not args.image_a or not args.image_b or len(args.image_a) != len(args.image_b)):
+            parser_.error("argument --image-a/--image-b: give the same number of reference images for a and b")
+        args.classifier_arch = args.classifier_arch or ("digits" if digits else "resnet50")
+        if args.classifier_arch != "digits" and args.classifier_weights is None:
+            parser_.error(f"argument --classifier-weights: required for the {args.classifier_arch} identity model")
     if args.guidance_scale is None:
         args.guidance_scale = 4.0 if digits else 7.5
 
@@ -189,11 +200,24 @@ def main(argv=None):
                                   sampler=sampler, out=out, save_every=args.save_every, accelerator=accelerator,
                                   progress=progress)
             summary = f"loss {result['losses'][0]:.4g} -> {result['losses'][-1]:.4g}; UNet saved to {out / 'unet'}"
-        elif args.app == "morph":
+        elif args.app == "morph" and args.model == "digits":
             from .digits import load_classifier as load_digit_classifier
             from .digits.experiments import morph_table
-            result = morph_table(comps, load_digit_classifier().to(args.device), out, pairs=args.pairs,
-                                 iters=args.iters, lr=args.lr, steps=args.steps, seed=args.seeds[0], progress=progress)
+            morph_table(comps, load_digit_classifier().to(args.device), out, pairs=args.pairs, iters=args.iters,
+                        lr=args.lr, steps=args.steps, seed=args.seeds[0], progress=progress)
+            summary = (out / "morph.md").read_text()
+        elif args.app == "morph":
+            from .apps.morph import embedding, morph_table
+            from .model import encode_prompt
+            from .nets import load_classifier
+            F = embedding(load_classifier(args.classifier_arch, args.classifier_weights, args.num_classes,
+                                          args.classifier_size).to(args.device))
+            a, b = (torch.cat([apps.read_image(str(p), comps.image_size) for p in paths]).to(args.device)
+                    for paths in (args.image_a, args.image_b))
+            with torch.no_grad():
+                cond_a, cond_b = (encode_prompt(comps, [prompt] * len(a)) for prompt in (args.prompt_a, args.prompt_b))
+            morph_table(comps, F, a, b, cond_a, cond_b, out, threshold=args.threshold, what="of your reference images",
+                        steps=args.steps, iters=args.iters, lr=args.lr, seed=args.seeds[0], progress=progress)
             summary = (out / "morph.md").read_text()
         else:
             if args.target_prompt:

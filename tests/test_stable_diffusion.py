@@ -205,7 +205,9 @@ def test_command_line(tmp_path, classifier_file, capsys):
     (["stylize", "--style-image", __file__, "--prompts", "a"],
      f"argument --style-image: image {__file__} cannot be decoded (png or jpeg expected)"),
     (["invert", "--target-prompt", "a", "--reuse-prompts", "a {x}"], "argument --reuse-prompts:"),
-    (["morph"], "argument --model: the morph command runs on --model digits"),
+    (["morph"], "argument --image-a/--image-b: give the same number of reference images for a and b"),
+    (["morph", "--image-a", __file__, "--image-b", __file__, "--classifier-arch", "resnet18"],
+     "argument --classifier-weights: required for the resnet18 identity model"),
     (["morph", "--pairs", "0"], "argument --pairs: must be an integer >= 1, got '0'"),
 ])
 def test_command_mistakes_stop_at_the_door(argv, message, capsys, tmp_path):
@@ -239,3 +241,29 @@ def test_stylize_remakes_an_unreadable_content_target_and_checkpoint(tmp_path, c
 def _load_bytes(data: bytes):
     import io
     return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def test_morph_command_on_your_own_images_and_identity_model(tmp_path, classifier_file, capsys):
+    from PIL import Image
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"ref{i}.png"
+        Image.fromarray((torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(i)) * 255).byte().numpy()).save(path)
+        paths.append(str(path))
+    main(["morph", "--model", "tiny", "--image-a", *paths[:2], "--image-b", *paths[2:], "--prompt-a", "a cat",
+          "--prompt-b", "a dog", "--classifier-arch", "resnet18", "--classifier-weights", str(classifier_file),
+          "--num-classes", "10", "--classifier-size", "32", "--iters", "2", "--steps", "3", "--threshold", "0.5",
+          "--out", str(tmp_path / "out"), "--no-progress"])
+    result = json.loads((tmp_path / "out" / "morph.json").read_text())
+    assert [r["attack"] for r in result["rows"]] == ["DiM (no optimisation)", "DiM + AdjointDEIS-1 (ODE)",
+                                                      "DiM + AdjointDEIS-1 (SDE)"]
+    assert all(0 <= r["mmpmr"] <= 1 and -1 <= r["mean_similarity_a"] <= 1 for r in result["rows"])
+    assert (tmp_path / "out" / "morph.png").exists()
+
+
+def test_embedding_drops_the_last_linear_layer(classifier_file):
+    from stable_diffusion.apps.morph import embedding
+    clf = _classifier(classifier_file)
+    F = embedding(clf)
+    images = torch.rand(2, 3, 32, 32)
+    assert F(images).shape == (2, 512) and clf(images).shape == (2, 10)  # the classifier itself is untouched

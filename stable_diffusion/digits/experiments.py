@@ -275,20 +275,12 @@ def summary(results: dict, out: Path) -> str:
     return text
 
 
-POSTER_MORPH = {  # AdjointDEIS poster Table 1 (SYN-MAD 2022, FMR 0.1 %): MMPMR AdaFace / ArcFace / ElasticFace, NFE
-    "DiM (no optimisation)": ((92.23, 90.18, 93.05), 350),
-    "DiM + AdjointDEIS-1 (ODE)": ((99.8, 98.77, 99.39), 2250),
-    "DiM + AdjointDEIS-1 (SDE)": ((98.57, 97.96, 97.75), 2250),
-}
-
-
-def morph_table(comps: SDComponents, classifier, out: Path, pairs: int = 16, iters: int = 20, lr: float = 0.05,
+def morph_table(comps: SDComponents, classifier, out: Path, pairs: int = 16, iters: int = 60, lr: float = 0.1,
                 steps: int = 10, seed: int = 0, progress: bool = True) -> dict:
     """The poster's Table 1 on the digits model: pairs of real held-out digits of two different
     classes (the identities), F the classifier's penultimate features, the threshold at 0.1 % FMR
-    over every impostor pair of held-out digits; DiM, then ``(x_T, c)`` optimised through the ODE
-    and the SDE sampler."""
-    from ..apps.morph import cosine, match_threshold, morph
+    over every impostor pair of held-out digits."""
+    from ..apps.morph import match_threshold, morph_table as table
     images, labels = data.load("heldout")
     images = data.to_unit(images)
     threshold = match_threshold(classifier.embed, images, labels)
@@ -301,38 +293,11 @@ def morph_table(comps: SDComponents, classifier, out: Path, pairs: int = 16, ite
     with torch.no_grad():
         cond_a = encode_prompt(comps, [data.prompt(int(k)) for k in labels[first]])
         cond_b = encode_prompt(comps, [data.prompt(int(k)) for k in labels[second]])
-    rows, grid = [], {"reference a": a, "reference b": b}
-    for name, sde in (("DiM (no optimisation)", None), ("DiM + AdjointDEIS-1 (ODE)", False),
-                      ("DiM + AdjointDEIS-1 (SDE)", True)):
-        r = morph(comps, classifier.embed, a, b, cond_a, cond_b, steps=steps, iters=iters, lr=lr, sde=sde,
-                  noise_seed=seed, progress=progress)
-        both = torch.minimum(r["similarity_a"], r["similarity_b"]) >= threshold
-        rows.append({"attack": name, "nfe": r["nfe"], "mmpmr": float(both.float().mean()),
-                     "mean_similarity_a": float(r["similarity_a"].mean()),
-                     "mean_similarity_b": float(r["similarity_b"].mean()), "poster": POSTER_MORPH[name][0],
-                     "poster_nfe": POSTER_MORPH[name][1]})
-        grid[name] = r["images"]
-    with torch.no_grad():
-        real_sim = float(cosine(classifier.embed, a, b).mean())
-    result = {"pairs": pairs, "classes": [[int(labels[i]), int(labels[j])] for i, j in zip(first, second)],
-              "iters": iters, "lr": lr, "steps": steps, "threshold": threshold, "fmr": 1e-3,
-              "mean_similarity_of_the_references": real_sim, "rows": rows}
-    lines = ["| attack | NFE per morph | MMPMR (digits) | mean cos to a / b | poster MMPMR (AdaFace / ArcFace / "
-             "ElasticFace), NFE |", "|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['attack']} | {row['nfe']} | {100 * row['mmpmr']:.1f}% | {row['mean_similarity_a']:.3f} / "
-                     f"{row['mean_similarity_b']:.3f} | {' / '.join(f'{v:.2f}' for v in row['poster'])}, "
-                     f"{row['poster_nfe']} |")
-    text = (f"# Morphing on the digits model (AdjointDEIS poster, Table 1)\n\n{pairs} pairs of real held-out digits of "
-            "two different classes (the identities); F: the digit classifier's penultimate features; a morph "
-            f"succeeds when F matches it to both at cos >= {threshold:.3f}, where F falsely matches 0.1 % of the "
-            f"impostor pairs among the held-out digits (the references themselves have mean cos {real_sim:.3f}). "
-            f"DiM: DDIM-encode both with their prompts ({steps} steps, guidance 1), slerp the noises, average the "
-            f"prompt embeddings, decode. Optimised: {iters} AdamW steps (lr {lr}) on (x_T, c); ODE with "
-            "AdjointDEIS-1, SDE (sde-dpm1) with AdjointDEIS-1's rule on the stored SDE path. The poster's numbers are "
-            "on faces, beside for their ordering only.\n\n" + "\n".join(lines) + "\n")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "morph.md").write_text(text)
+    what = ("of real held-out digits of two different classes (the identities); F: the digit classifier's "
+            "penultimate features, threshold where F falsely matches 0.1 % of the impostor pairs among the held-out "
+            "digits")
+    result = table(comps, classifier.embed, a, b, cond_a, cond_b, out, threshold=threshold, what=what, steps=steps,
+                   iters=iters, lr=lr, seed=seed, progress=progress)
+    result["classes"] = [[int(labels[i]), int(labels[j])] for i, j in zip(first, second)]
     files.write_json(out / "morph.json", result, significant=6)
-    apps.save_images(out / "morph.png", grid)
     return result

@@ -76,9 +76,8 @@ class Problem:
         """After forward step ``i``: its Brownian increment."""
         return (z[0] + self.noise.increment(i),) + tuple(z[1:])
 
-    def solve(self, **kwargs) -> torch.Tensor:
+    def solve(self, z0: torch.Tensor, **kwargs) -> torch.Tensor:
         """The forward solve from ``z0`` (``kwargs`` go to :func:`integrate`), with the SDE's noise."""
-        z0 = kwargs.pop("z0")
         after = None if self.noise is None else self.add_noise
         return integrate(self.method, self.field, (z0,), self.grid(self.times), self.times, after=after,
                          **kwargs)[0]
@@ -107,7 +106,7 @@ class NoGradient(Gradient):
 
     def solve(self, problem, z0):
         with torch.no_grad():
-            return problem.solve(z0=z0)
+            return problem.solve(z0)
 
 
 class Backprop(Gradient):
@@ -115,7 +114,7 @@ class Backprop(Gradient):
     with steps. Backward traverses each model evaluation's graph once, ``nfe_backward = nfe_forward``."""
 
     def solve(self, problem, z0):
-        return problem.solve(z0=z0)
+        return problem.solve(z0)
 
     def __repr__(self):
         return "Backprop()"
@@ -126,7 +125,7 @@ class Checkpoint(Gradient):
     recomputes one step's activations at a time in backward."""
 
     def solve(self, problem, z0):
-        return problem.solve(z0=z0, checkpoint=True)
+        return problem.solve(z0, checkpoint=True)
 
     def __repr__(self):
         return "Checkpoint()"
@@ -292,7 +291,7 @@ class _AdjointRun:
 
     def forward(self, z0):
         states = [] if self.reuse else None
-        z_end = self.problem.solve(z0=z0, states=states)
+        z_end = self.problem.solve(z0, states=states)
         stored = [z0] + [s[0] for s in states] if self.reuse else []  # an SDE's: before each step's noise
         return z_end, stored
 

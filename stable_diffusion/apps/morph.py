@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from adjointdpm import Adjoint, AdjointDEIS, files, sample
+from adjointdpm.noise import slerp
 
 from ..components import SDComponents
 from ..model import decode, eps_model
@@ -34,14 +35,6 @@ def encode_images(comps: SDComponents, images: torch.Tensor) -> torch.Tensor:
     vae = comps.vae
     latents = vae.encode((images * 2 - 1).to(comps.device, vae.dtype)).latent_dist.mean
     return latents.float() * vae.config.scaling_factor
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, w: float = 0.5) -> torch.Tensor:
-    """Spherical interpolation of each row (flattened), as DiM interpolates its encoded noises."""
-    fa, fb = a.flatten(1), b.flatten(1)
-    cos = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1))
-    omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7)).view(-1, *[1] * (a.dim() - 1))
-    return (torch.sin((1 - w) * omega) * a + torch.sin(w * omega) * b) / torch.sin(omega)
 
 
 def cosine(F, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -102,10 +95,12 @@ def morph(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tensor, co
 
 def morph_table(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tensor, cond_a: torch.Tensor,
                 cond_b: torch.Tensor, out: Path, *, threshold: float | None = None, what: str = "", steps: int = 10,
-                iters: int = 60, lr: float = 0.1, seed: int = 0, progress: bool = True) -> dict:
+                iters: int = 60, lr: float = 0.1, seed: int = 0, record: dict | None = None,
+                progress: bool = True) -> dict:
     """The poster's Table 1: DiM, then ``(x_T, c)`` optimised through the ODE and the SDE sampler.
     With a ``threshold`` (F's similarity at 0.1 % false matches) each row's MMPMR; writes
-    ``morph.md``, ``morph.json`` and ``morph.png`` (references and morphs) to ``out``."""
+    ``morph.md``, ``morph.json`` (with the caller's ``record``) and ``morph.png`` (references and
+    morphs) to ``out``."""
     rows, grid = [], {"reference a": a, "reference b": b}
     for name, sde in (("DiM (no optimisation)", None), ("DiM + AdjointDEIS-1 (ODE)", False),
                       ("DiM + AdjointDEIS-1 (SDE)", True)):
@@ -121,7 +116,7 @@ def morph_table(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tens
     with torch.no_grad():
         real = float(cosine(F, a, b).mean())
     result = {"pairs": len(a), "iters": iters, "lr": lr, "steps": steps, "threshold": threshold, "fmr": 1e-3,
-              "mean_similarity_of_the_references": real, "rows": rows}
+              "mean_similarity_of_the_references": real, "rows": rows, **(record or {})}
     lines = ["| attack | NFE per morph | MMPMR (ours) | mean cos to a / b | poster MMPMR (AdaFace / ArcFace / "
              "ElasticFace), NFE |", "|---|---|---|---|---|"]
     for row in rows:

@@ -296,8 +296,6 @@ def morph_table(comps: SDComponents, classifier, out: Path, pairs: int = 16, ite
     what = ("of real held-out digits of two different classes (the identities); F: the digit classifier's "
             "penultimate features, threshold where F falsely matches 0.1 % of the impostor pairs among the held-out "
             "digits")
-    result = table(comps, classifier.embed, a, b, cond_a, cond_b, out, threshold=threshold, what=what, steps=steps,
-                   iters=iters, lr=lr, seed=seed, progress=progress)
-    result["classes"] = [[int(labels[i]), int(labels[j])] for i, j in zip(first, second)]
-    files.write_json(out / "morph.json", result, significant=6)
-    return result
+    classes = [[int(labels[i]), int(labels[j])] for i, j in zip(first, second)]
+    return table(comps, classifier.embed, a, b, cond_a, cond_b, out, threshold=threshold, what=what, steps=steps,
+                 iters=iters, lr=lr, seed=seed, record={"classes": classes}, progress=progress)

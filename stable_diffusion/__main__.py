@@ -105,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--w-style", type=cli.nonnegative_float, default=1e3, help="weight of the style term (default 1e3)")
     p.add_argument("--w-content", type=cli.nonnegative_float, default=1.0, help="weight of the content term")
     p.add_argument("--save-every", type=cli.positive_int, default=10, help="checkpoint every N steps (resume reads it)")
+    p.add_argument("--lora-rank", type=cli.positive_int, help="train rank-R LoRA adapters on the cross-attention "
+                   "projections instead of their weights; writes OUT/lora/pytorch_lora_weights.safetensors, which "
+                   "StableDiffusionPipeline.load_lora_weights(OUT/lora) loads (default: fine-tune the weights)")
     p = sub.add_parser("invert", parents=[common], help="invert images into a new token's embedding (App. A)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--target-images", type=cli.existing_file, nargs="+", help="one image file per seed")
@@ -198,8 +201,9 @@ def main(argv=None):
             result = apps.stylize(comps, features.to(args.device), style, args.prompts, args.seeds,
                                   epochs=args.epochs, lr=args.lr, w_style=args.w_style, w_content=args.w_content,
                                   sampler=sampler, out=out, save_every=args.save_every, accelerator=accelerator,
-                                  progress=progress)
-            summary = f"loss {result['losses'][0]:.4g} -> {result['losses'][-1]:.4g}; UNet saved to {out / 'unet'}"
+                                  lora_rank=args.lora_rank, progress=progress)
+            saved = f"LoRA saved to {out / 'lora'}" if args.lora_rank else f"UNet saved to {out / 'unet'}"
+            summary = f"loss {result['losses'][0]:.4g} -> {result['losses'][-1]:.4g}; {saved}"
         elif args.app == "morph" and args.model == "digits":
             from .digits import load_classifier as load_digit_classifier
             from .digits.experiments import morph_table

@@ -44,6 +44,16 @@ class SDComponents:
         size = self.unet.config.sample_size
         return (self.unet.config.in_channels, size, size)
 
+    def at_resolution(self, resolution: int) -> "SDComponents":
+        """Sample ``resolution x resolution`` images (the UNet's default ``sample_size`` becomes
+        ``resolution / 8``; the weights do not depend on it)."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        multiple = factor * 2 ** (len(self.unet.config.block_out_channels) - 1)  # the UNet halves the latents
+        if resolution <= 0 or resolution % multiple:
+            raise ValueError(f"resolution must be a positive multiple of {multiple} for this model, got {resolution}")
+        self.unet.register_to_config(sample_size=resolution // factor)
+        return self
+
     @property
     def image_size(self) -> int:
         """Side of the decoded images: the latents' times the VAE's upsampling (8 for SD)."""
@@ -79,10 +89,13 @@ def check_model_dir(model) -> None:
                              f"({', '.join(s + '/' for s in SUBFOLDERS)})")
 
 
+BUILT = ("tiny", "digits", "sd15-random")  # models --model names without a folder
+
+
 def model_argument(text: str) -> str:
-    """``--model``'s type: ``tiny``, ``digits``, a folder with diffusers' layout, or a Hugging Face cache id
+    """``--model``'s type: one of :data:`BUILT`, a folder with diffusers' layout, or a Hugging Face cache id
     (checked when it loads)."""
-    if text not in ("tiny", "digits") and Path(text).exists():
+    if text not in BUILT and Path(text).exists():
         try:
             check_model_dir(text)
         except ValueError as err:
@@ -96,10 +109,13 @@ def _default_device(device) -> torch.device:
 
 def open_model(model: str | Path, device=None, dtype: torch.dtype | None = None) -> SDComponents:
     """What the commands' ``--model`` names: ``"tiny"`` (:func:`tiny_components`, float32),
-    ``"digits"`` (the committed digits model, float32) or anything :func:`load_components`
-    reads; on ``device``."""
+    ``"digits"`` (the committed digits model, float32), ``"sd15-random"``
+    (:func:`sd15_random_components`, float32) or anything :func:`load_components` reads; on
+    ``device``."""
     if str(model) == "tiny":
         return freeze(tiny_components(), _default_device(device))
+    if str(model) == "sd15-random":
+        return freeze(sd15_random_components(), _default_device(device))
     if str(model) == "digits":
         from .digits import PIPELINE
         return load_components(PIPELINE, device, dtype or torch.float32)
@@ -157,6 +173,38 @@ def freeze(comps: SDComponents, device=None) -> SDComponents:
     return comps
 
 
+ATTENTION = ("sdpa", "classic")
+CHECKPOINTING = ("unet", "vae")
+
+
+def save_memory(comps: SDComponents, attention: str = "sdpa", checkpointing=()) -> SDComponents:
+    """The memory savings that keep gradients exact, for UNet and VAE.
+
+    ``attention="sdpa"`` is diffusers' default on torch 2 (``F.scaled_dot_product_attention``:
+    fused kernels that keep no attention matrix for backward); ``"classic"`` materialises
+    softmax(QK^T), 4096 x 4096 per head at 64 x 64 latents, as diffusers did before. Naming
+    ``"unet"`` or ``"vae"`` in ``checkpointing`` turns on diffusers' gradient checkpointing of
+    that network's blocks (the VAE's: its decoder's mid and up blocks): under autograd each
+    block keeps only its input and is recomputed during backward, exact because the networks
+    are in eval mode (no dropout). VAE slicing and tiling are left out: slicing splits the
+    batch (one image here) and tiling blends overlapping tiles, which changes the image.
+    """
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    unknown = set(checkpointing) - set(CHECKPOINTING)
+    if unknown:
+        raise ValueError(f"checkpointing names networks among {CHECKPOINTING}, got {sorted(unknown)}")
+    for name in CHECKPOINTING:
+        net = getattr(comps, name)
+        net.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+        if name in checkpointing:
+            net.enable_gradient_checkpointing()
+        else:
+            net.disable_gradient_checkpointing()
+    return comps
+
+
 def scaled_linear_betas(n: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
     """Stable Diffusion's training betas: ``linspace(sqrt(b0), sqrt(b1), n)^2``."""
     return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float64) ** 2
@@ -205,3 +253,34 @@ def tiny_components(seed: int = 0, sample_size: int = 16) -> SDComponents:
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
         max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1))
     return freeze(SDComponents(unet, vae, text_encoder, tokenizer, scaled_linear_betas()))
+
+
+def sd15_random_components(seed: int = 0) -> SDComponents:
+    """Stable Diffusion 1.5's architecture with random weights, float32, seeded: memory and
+    time at the real shapes with nothing downloaded.
+
+    The configs are those of ``stable-diffusion-v1-5`` (``unet/``, ``vae/`` and
+    ``text_encoder/config.json``; the UNet has 859.5 M parameters, the VAE 83.7 M, CLIP
+    ViT-L/14's text encoder 123.1 M). The tokenizer is the small offline one, padded to CLIP's
+    77 tokens; the embedding table keeps CLIP's 49408 rows.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+        sample_size=512, scaling_factor=0.18215)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = small_tokenizer(Path(tmp), TINY_WORDS)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1))  # the small tokenizer's ids for its start/end tokens
+    return SDComponents(unet, vae, text_encoder, tokenizer, scaled_linear_betas())

@@ -20,7 +20,8 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has 
     (toy_apps.main, ["audit", "--seed", "-2"], "argument --seed: must be an integer >= 0, got '-2'"),
     (reproduce.main, ["--out", A_FILE], "argument --out: " + A_FILE + " is a file, not a folder"),
     (sd_bench.main, ["--model", "tiny", "--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
-    (sd_bench.main, ["--model", "tiny", "--steps", "8", "8"], "give each --steps and --gradients value once"),
+    (sd_bench.main, ["--model", "tiny", "--steps", "8", "8"], "argument --steps: give each value once"),
+    (sd_bench.main, ["--model", "tiny", "--resolution", "100"], "argument --resolution: must be a multiple of 64"),
     (sd_bench.main, ["--model", "tiny", "--repeats", "-1"], "argument --repeats: must be an integer >= 0"),
     (sd_bench.main, ["--model", str(__import__("pathlib").Path(A_FILE).parent)], "lacks the subfolders"),
 ])

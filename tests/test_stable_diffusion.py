@@ -157,6 +157,47 @@ def test_stylize_resumes_and_saves_a_loadable_unet(tmp_path):
     assert all(torch.equal(p, trained[n]) for n, p in apps.cross_attention_parameters(unet).items())
 
 
+def test_stylize_lora_resumes_and_loads_through_diffusers(tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    vgg = load_vgg19(_vgg_file(tmp_path / "vgg.pth"))
+    style = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    kw = dict(prompts=["a house"], seeds=[0], lr=3e-2, sampler=FAST, progress=False, lora_rank=2)
+    full = apps.stylize(tiny_components(sample_size=8), vgg, style, epochs=3, out=tmp_path / "full", **kw)
+    assert full["losses"][-1] < full["losses"][0]
+    apps.stylize(tiny_components(sample_size=8), vgg, style, epochs=1, out=tmp_path / "part", **kw)  # interrupted
+    trained = tiny_components(sample_size=8)
+    again = apps.stylize(trained, vgg, style, epochs=3, out=tmp_path / "part", **kw)
+    assert again["losses"] == pytest.approx(full["losses"], rel=1e-5)
+    assert not (tmp_path / "part" / "unet").exists()  # adapters only, not a 3.4 GB UNet per style
+
+    base = tiny_components(sample_size=8)
+    pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                   unet=base.unet, scheduler=DDIMScheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    cond = encode_prompt(trained, ["a house"])
+    with torch.no_grad():
+        before = pipe.unet(x, 500, cond).sample
+        pipe.load_lora_weights(tmp_path / "part" / "lora")  # diffusers' own loader, from the written file
+        loaded, target = pipe.unet(x, 500, cond).sample, trained.unet(x, 500, cond).sample
+    assert (target - before).abs().max() > 1e-3  # the adapters changed eps ...
+    torch.testing.assert_close(loaded, target, rtol=1e-5, atol=1e-6)  # ... and diffusers reproduces the change
+
+
+def test_lora_needs_linear_cross_attention_projections():
+    from diffusers import UNet2DConditionModel
+    no_cross = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8,
+                                    down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                                    mid_block_type="UNetMidBlock2D", cross_attention_dim=16, norm_num_groups=4)
+    with pytest.raises(ValueError, match="needs cross-attention blocks .* it has no attn2 block"):
+        apps.add_lora(no_cross, 2)
+    unet = tiny_components(sample_size=8).unet
+    name = next(n for n, _ in unet.named_modules() if n.endswith(".attn2"))
+    unet.get_submodule(name).to_v = torch.nn.Identity()  # not the layer LoRA wraps
+    with pytest.raises(ValueError, match=f"missing: {name}.to_v"):
+        apps.add_lora(unet, 2)
+
+
 def test_invert_embedding_saves_a_textual_inversion_file(comps, tmp_path):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     targets = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # far from any output
@@ -267,3 +308,60 @@ def test_embedding_drops_the_last_linear_layer(classifier_file):
     F = embedding(clf)
     images = torch.rand(2, 3, 32, 32)
     assert F(images).shape == (2, 512) and clf(images).shape == (2, 10)  # the classifier itself is untouched
+
+
+def test_sd15_random_has_the_published_sizes():
+    from stable_diffusion.components import sd15_random_components
+    with torch.device("meta"):  # shapes only: no 4 GB of random weights
+        comps = sd15_random_components()
+    sizes = {name: sum(p.numel() for p in getattr(comps, name).parameters()) for name in ("unet", "vae", "text_encoder")}
+    # stable-diffusion-v1-5's checkpoint: UNet 859,520,964, VAE 83,653,863, CLIP ViT-L/14 text 123,060,480
+    assert sizes == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+    assert comps.image_size == 512 and comps.at_resolution(256).latent_shape == (4, 32, 32)
+    assert comps.tokenizer.model_max_length == 77
+    with pytest.raises(ValueError, match="multiple of 64"):
+        comps.at_resolution(200)
+
+
+def test_memory_savings_keep_the_gradient_and_save_memory():
+    from adjointdpm.memory import saved_bytes_during
+    from stable_diffusion.components import save_memory
+    comps = tiny_components(sample_size=8)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = encode_prompt(comps, ["a dog"])
+    weights = {p.data_ptr() for net in (comps.unet, comps.vae) for p in net.parameters()}
+
+    def grad_and_kept(attention, checkpointing):
+        save_memory(comps, attention, checkpointing)
+        z = x.clone().requires_grad_()
+        out, kept = saved_bytes_during(lambda: decode(comps, LatentEps(comps.unet, comps.schedule)(
+            z, torch.tensor([0.5]), cond)).square().mean(), exclude=weights)
+        out.backward()
+        return z.grad, kept
+
+    plain, kept_plain = grad_and_kept("sdpa", [])
+    for attention, checkpointing in (("classic", []), ("sdpa", ["unet", "vae"])):
+        grad, kept = grad_and_kept(attention, checkpointing)
+        torch.testing.assert_close(grad, plain, rtol=1e-4, atol=1e-7)
+        if checkpointing:
+            assert kept < kept_plain / 2
+    with pytest.raises(ValueError, match="checkpointing names networks among"):
+        save_memory(comps, "sdpa", ["text_encoder"])
+
+
+def test_bench_records_the_parts_and_resumes(tmp_path, monkeypatch):
+    from stable_diffusion import bench
+    bench.main(["--model", "tiny", "--steps", "1", "3", "--gradients", "adjoint", "--breakdown", "--repeats", "0",
+                "--out", str(tmp_path), "--device", "cpu"])
+    records = json.loads((tmp_path / "bench.json").read_text())
+    assert {"strategy", "steps", "resolution", "peak_gib", "seconds"} <= set(records[0])
+    parts = {(r["strategy"], r["attention"], tuple(r["checkpointing"])): r for r in records if r["steps"] is None}
+    assert parts[("vae-backward", "sdpa", ("vae",))]["saved_gib"] < parts[("vae-backward", "sdpa", ())]["saved_gib"]
+    weights = parts[("weights", "sdpa", ())]
+    assert weights["peak_gib"] == pytest.approx(sum(weights["parts_gib"].values()))
+    assert "| 32 | adjoint | 3 |" in (tmp_path / "bench.md").read_text()
+    monkeypatch.setattr(bench, "run_in_fresh_process", lambda *a: pytest.fail(f"measured again: {a}"))
+    bench.main(["--model", "tiny", "--steps", "1", "--gradients", "adjoint", "--repeats", "0", "--out", str(tmp_path),
+                "--device", "cpu"])  # measured already: kept, nothing run
+    again = json.loads((tmp_path / "bench.json").read_text())
+    assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, records))

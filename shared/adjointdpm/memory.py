@@ -16,13 +16,16 @@ from pathlib import Path
 import torch
 
 
-def saved_bytes_during(fn):
-    """Run ``fn`` and count the bytes autograd packs for backward; returns ``(fn(), bytes)``."""
+def saved_bytes_during(fn, exclude=frozenset()):
+    """Run ``fn`` and count the bytes autograd packs for backward; returns ``(fn(), bytes)``.
+    Tensors whose ``data_ptr()`` is in ``exclude`` (e.g. the weights, which autograd saves
+    for the input's gradient but which exist anyway) are not counted."""
     total = 0
 
     def pack(tensor):
         nonlocal total
-        total += tensor.numel() * tensor.element_size()
+        if tensor.data_ptr() not in exclude:
+            total += tensor.numel() * tensor.element_size()
         return tensor
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out = fn()

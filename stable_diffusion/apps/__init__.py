@@ -11,7 +11,7 @@ from .common import GRADIENTS, Sampler, generate, noise, read_image, save_images
 from .guided import guided_sampling
 from .invert import invert_embedding
 from .morph import morph
-from .stylize import cross_attention_parameters, stylize
+from .stylize import add_lora, cross_attention_parameters, save_lora, stylize
 
 __all__ = ["Sampler", "GRADIENTS", "noise", "generate", "read_image", "save_images", "guided_sampling", "audit", "stylize",
-           "cross_attention_parameters", "invert_embedding", "morph"]
+           "cross_attention_parameters", "add_lora", "save_lora", "invert_embedding", "morph"]

@@ -18,18 +18,61 @@ from ..training import Training
 from .common import Sampler, generate, noise, write_result
 
 
+# The paper's target modules (App. D): the cross-attention projections of every transformer block.
+LORA_TARGETS = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+
+
 def cross_attention_parameters(unet) -> dict[str, torch.nn.Parameter]:
     """The UNet's cross-attention projections (``attn2``: to_q, to_k, to_v, to_out)."""
-    params = {n: p for n, p in unet.named_parameters() if ".attn2." in n}
+    params = {n: p for n, p in unet.named_parameters() if ".attn2." in n and "lora_" not in n}
     if not params:
         raise ValueError("this UNet has no cross-attention (attn2) parameters")
     return params
 
 
+def add_lora(unet, rank: int) -> dict[str, torch.nn.Parameter]:
+    """peft LoRA adapters of ``rank`` on :data:`LORA_TARGETS` (``lora_alpha = rank``: scale 1;
+    B starts at zero, so the UNet's output is unchanged until training); returns their
+    parameters. A UNet without these linear layers in every cross-attention block is refused."""
+    from peft import LoraConfig
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    blocks = [n for n, m in unet.named_modules() if n.endswith(".attn2")]
+    missing = [f"{b}.{t.split('.', 1)[1]}" for b in blocks for t in LORA_TARGETS
+               if not _is_linear(unet, f"{b}.{t.split('.', 1)[1]}")]
+    if not blocks or missing:
+        raise ValueError("--lora-rank needs cross-attention blocks (attn2) with linear to_q, to_k, to_v and to_out.0 "
+                         f"in the UNet; {'it has no attn2 block' if not blocks else 'missing: ' + ', '.join(missing[:4])}")
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
+    with torch.random.fork_rng(devices=[unet.device] if unet.device.type == "cuda" else []):
+        torch.manual_seed(0)  # A's initialisation: a fresh run and a resumed one start alike
+        unet.add_adapter(config)
+    return {n: p for n, p in unet.named_parameters() if "lora_" in n}
+
+
+def _is_linear(module, name: str) -> bool:
+    try:
+        return isinstance(module.get_submodule(name), torch.nn.Linear)
+    except AttributeError:
+        return False
+
+
+def save_lora(unet, folder: Path) -> Path:
+    """``folder/pytorch_lora_weights.safetensors`` in diffusers' LoRA format, as diffusers'
+    ``train_text_to_image_lora.py`` writes it: ``StableDiffusionPipeline.load_lora_weights(folder)``
+    loads it into a pipeline of the same base model."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)), safe_serialization=True)
+    return folder / "pytorch_lora_weights.safetensors"
+
+
 def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: list[str], seeds, *,
             epochs: int = 8, lr: float = 1e-4, w_style: float = 1e3, w_content: float = 1.0,
             sampler: Sampler = Sampler(), out: Path, save_every: int = 10, accelerator=None,
-            progress: bool = True) -> dict:
+            lora_rank: int | None = None, progress: bool = True) -> dict:
     """Eq. 13: fine-tune the cross-attention weights so generated images take the Gram-matrix
     style of ``style_image`` ((1, 3, H, W) in [0, 1]) while keeping their content, over the
     noise-prompt pairs ``prompts x seeds``; AdamW, one pair per step and process.
@@ -42,6 +85,10 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
     model's images (the content targets) are cached under ``out/content/``. Under ``accelerate
     launch`` each process takes every ``world``-th pair and gradients are averaged across
     processes. Writes the fine-tuned UNet with ``save_pretrained`` to ``out/unet``.
+
+    With ``lora_rank``, rank-``lora_rank`` LoRA adapters on the same projections are trained
+    instead of the weights (:func:`add_lora`) and written in diffusers' LoRA format to
+    ``out/lora`` (:func:`save_lora`); ``comps.unet`` keeps them.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -51,10 +98,12 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
     if not mine:
         raise ValueError(f"{len(pairs)} noise-prompt pairs for {world} processes: give at least one per process")
     comps.unet.float()  # AdamW on half-precision weights loses the small updates
-    params = cross_attention_parameters(comps.unet)
     settings = {"unet": files.fingerprint(comps.unet), "features": files.fingerprint(features),
                 "style": files.fingerprint(style_image), "prompts": list(prompts), "seeds": list(map(int, seeds)),
                 "lr": lr, "w_style": w_style, "w_content": w_content, "sampler": asdict(sampler), "processes": world}
+    if lora_rank is not None:  # a new key only when used: folders made before LoRA keep resuming
+        settings["lora_rank"] = lora_rank
+    params = add_lora(comps.unet, lora_rank) if lora_rank else cross_attention_parameters(comps.unet)
     files.claim(out, settings, "stylization folder")
     with files.exclusive(out, f".lock.{rank}"):
         model = eps_model(comps, sampler.guidance_scale)
@@ -84,7 +133,12 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
         losses = training.run(epochs * len(mine), loss_fn, progress)
         result = {"pairs": len(pairs), "epochs": epochs, "lr": lr, "w_style": w_style, "w_content": w_content,
                   "losses": losses, "trained_parameters": sum(p.numel() for p in params.values()), **asdict(sampler)}
+        if lora_rank is not None:
+            result["lora_rank"] = lora_rank
         if training.main:
-            comps.unet.save_pretrained(out / "unet")
+            if lora_rank:
+                save_lora(comps.unet, out / "lora")
+            else:
+                comps.unet.save_pretrained(out / "unet")
             write_result(out, "stylize", result)
     return result

@@ -1,8 +1,16 @@
-"""The course assignments under otter-grader: the solutions score full marks, the student
-versions as handed out score zero on every question, and a solution with one planted bug
-loses exactly that question's points. Graded through `course.py grade` on a folder."""
+"""The course assignments under otter-grader, graded as a class would be: `course.py grade`
+on one folder of submissions, among them hostile ones. The solutions score full marks, the
+blank hand-outs zero, a planted bug loses exactly its question, a shortcut through the
+library loses the question it shortcuts, a crash in one question costs no other, a hanging
+notebook is stopped at the time limit while the others are graded, a file that is not a
+notebook, a misnamed one and a missing one each get their row, and an interrupted run
+resumes without grading a finished notebook again."""
 import csv
 import importlib.util
+import json
+import sys
+import textwrap
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -11,15 +19,57 @@ import pytest
 HERE = Path(__file__).resolve().parents[1] / "notebooks" / "assignments"
 spec = importlib.util.spec_from_file_location("course", HERE / "course.py")
 course = importlib.util.module_from_spec(spec)
+sys.modules["course"] = course  # its dataclasses look their module up
 spec.loader.exec_module(course)
 
+A1, A2, A3 = "a1_adjoint_step", "a2_reparameterization", "a3_audit"
 # (assignment, text in the solution, planted bug, the question it breaks)
 BUGS = {
-    "a1_adjoint_step": ("return eps.detach(), -vjp", "return eps.detach(), vjp", "q1"),  # sign of the adjoint
-    "a2_reparameterization": ("return model(schedule.alpha(t) * y, t.expand(y.shape[0]))",
-                              "return model(y, t.expand(y.shape[0]))", "q1"),  # the missing alpha factor
-    "a3_audit": ("return delta.clamp(-tau, tau)", "return delta.clamp(-2 * tau, 2 * tau)", "q1"),  # the box
+    A1: ("return eps.detach(), -vjp", "return eps.detach(), vjp", "q1"),  # sign of the adjoint
+    A2: ("return model(schedule.alpha(t) * y, t.expand(y.shape[0]))", "return model(y, t.expand(y.shape[0]))", "q1"),
+    A3: ("return delta.clamp(-tau, tau)", "return delta.clamp(-2 * tau, 2 * tau)", "q1"),  # the box
 }
+# Answers that call the library instead of doing the work (each replaces the solution's function): each earned full marks before the hidden tests passed
+# their own arguments and refused the library's pieces. (assignment, code, question it shortcuts)
+SHORTCUTS = {
+    "adjoint_from_library": (A1, """
+        def grad_x_T(x_T, steps, step=rk4_step, rhs=adjoint_rhs):
+            x = x_T.clone().requires_grad_()
+            x_end = sample(model, x, schedule, steps=steps, solver="rk4", t_start=t_start, t_end=t_end,
+                           gradient=Adjoint())
+            (grad,) = torch.autograd.grad(x_end, x, loss_grad(x_end.detach()))
+            return grad
+        """, "q3"),
+    "rk4_from_library": (A1, """
+        def rk4_step(rhs, y, a, rho, h):
+            from adjointdpm.solvers import RK4
+            (y, a), _ = RK4().step(lambda z, s: rhs(*z, s), (y, a), rho, rho + h, ())
+            return y, a
+        """, "q2"),
+    "field_from_sampler": (A2, """
+        def reparam_field(y, rho):
+            t_s = schedule.time_of_rho(rho)
+            t_t = t_s / 2  # Euler on eq. 10 is exact for the difference quotient at any step
+            x_t = sample(model, schedule.alpha(t_s) * y, schedule, steps=1, solver="euler", space="reparam",
+                         t_start=float(t_s), t_end=float(t_t))
+            return (x_t / schedule.alpha(t_t) - y) / (schedule.rho(t_t) - rho)
+        """, "q1"),
+    "dpm1_from_sampler": (A2, """
+        def dpm1_step(x_s, t_s, t_t, field=reparam_field):
+            return sample(model, x_s, schedule, steps=1, solver="dpm1", t_start=float(t_s), t_end=float(t_t))
+        """, "q2"),
+    "audit_ignores_projection": (A3, """
+        def audit(x_T, labels, tau, iters=20, gradient=None, project=project):
+            delta = torch.zeros_like(x_T, requires_grad=True)
+            for _ in range(iters):
+                loss = -classifier(generate(x_T + delta, gradient or Adjoint())).gather(1, labels[:, None]).sum()
+                (grad,) = torch.autograd.grad(loss, delta)
+                with torch.no_grad():
+                    delta.copy_((delta + tau / 4 * grad.sign()).clamp(-tau, tau))
+            return delta.detach()
+        """, "q2"),
+}
+TIMEOUT = 150  # seconds per notebook: a solution takes 5-30 s on 2 busy cores
 
 
 @pytest.fixture(scope="module")
@@ -29,36 +79,180 @@ def built(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", sorted(BUGS))
-def test_solution_full_blank_zero_bug_loses_its_question(name, built, tmp_path):
-    old, new, broken = BUGS[name]
-    solution = built / name / "autograder" / f"{name}.ipynb"
-    nb = nbformat.read(solution, as_version=4)
-    assert sum(old in cell.source for cell in nb.cells) == 1
-    for cell in nb.cells:
-        cell.source = cell.source.replace(old, new)
-    subs = tmp_path / "submissions"
-    for student, source in (("solution", solution), ("blank", built / name / "student" / f"{name}.ipynb")):
-        (subs / student).mkdir(parents=True)
-        (subs / student / f"{name}.ipynb").write_bytes(source.read_bytes())
-    (subs / "planted_bug").mkdir()
-    nbformat.write(nb, subs / "planted_bug" / f"{name}.ipynb")
-
-    course.grade(subs, built, tmp_path / "grades")
-    with open(tmp_path / "grades" / "grades.csv") as f:
-        rows = list(csv.DictReader(f))
-    points = {(r["student"], r["question"]): (float(r["points"]), float(r["possible"])) for r in rows}
-    questions = sorted({q for _, q in points})
-    assert len(questions) >= 2
-    for q in questions:
-        got, possible = points[("solution", q)]
-        assert got == possible > 0, f"solution loses points on {q}"
-        assert points[("blank", q)][0] == 0, f"the unanswered version scores on {q}"
-        expected = 0 if q == broken else possible
-        assert points[("planted_bug", q)][0] == expected, f"planted bug: {q}"
+def _solution(built, name):
+    return nbformat.read(built / name / "autograder" / f"{name}.ipynb", as_version=4)
 
 
-def test_student_version_has_no_solutions(built):
+def _replaced(nb, code):
+    """``nb`` with the function that ``code`` defines redefined right after the solution's (otter
+    runs a question's tests where its ``grader.check`` cell stands)."""
+    code = textwrap.dedent(code).strip()
+    header = code.split("(", 1)[0] + "("  # "def name("
+    at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and header in c.source)
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(code))
+    return nb
+
+
+@pytest.fixture(scope="module")
+def graded(built, tmp_path_factory):
+    """One class: the submissions above, graded in one run (2 at a time)."""
+    subs = tmp_path_factory.mktemp("submissions")
+    add = lambda student, name, nb: (subs / student).mkdir(exist_ok=True) or nbformat.write(nb, subs / student / name)
+    for name in BUGS:
+        add("solution", f"{name}.ipynb", _solution(built, name))
+        add("blank", f"{name}.ipynb", nbformat.read(built / name / "student" / f"{name}.ipynb", as_version=4))
+        old, new, _ = BUGS[name]
+        bug = _solution(built, name)
+        assert sum(old in cell.source for cell in bug.cells) == 1
+        for cell in bug.cells:
+            cell.source = cell.source.replace(old, new)
+        add(f"bug_{name[:2]}", f"{name}.ipynb", bug)
+    for student, (name, code, _) in SHORTCUTS.items():
+        add(student, f"{name}.ipynb", _replaced(_solution(built, name), code))
+    add("crash_q2", f"{A1}.ipynb",
+        _replaced(_solution(built, A1), "def rk4_step(rhs, y, a, rho, h):\n    raise NotImplementedError"))
+    hang = _solution(built, A3)
+    hang.cells.insert(1, nbformat.v4.new_code_cell("while True:\n    pass"))
+    add("hangs", f"{A3}.ipynb", hang)
+    (subs / "garbage").mkdir()
+    (subs / "garbage" / f"{A3}.ipynb").write_text("this is a PDF export, not a notebook")
+    add("misnamed", f"{A3} (1).ipynb", _solution(built, A3))
+    (subs / "nothing").mkdir()
+    out = subs.parent / "grades"
+    rows = course.grade(subs, built, out, timeout=TIMEOUT, jobs=2, progress=False)
+    return subs, out, rows
+
+
+def _table(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _points(out):
+    return {(r["student"], r["assignment"], r["question"]): r for r in _table(out / "questions.csv")}
+
+
+def test_every_student_and_assignment_has_a_row_with_its_status(graded):
+    subs, out, rows = graded
+    students = sorted(p.name for p in subs.iterdir())
+    assert sorted((r["student"], r["assignment"]) for r in rows) == [(s, a) for s in students for a in sorted(BUGS)]
+    grades = {(r["student"], r["assignment"]): r for r in _table(out / "grades.csv")}
+    assert grades[("hangs", A3)]["status"] == "timeout" and f"{TIMEOUT} s" in grades[("hangs", A3)]["reason"]
+    assert grades[("garbage", A3)]["status"] == "not a notebook" and f"{A3}.ipynb" in grades[("garbage", A3)]["reason"]
+    assert grades[("misnamed", A3)]["status"] == "ok" and "(1)" in grades[("misnamed", A3)]["reason"]
+    assert float(grades[("misnamed", A3)]["auto_points"]) == float(grades[("misnamed", A3)]["auto_possible"])
+    assert grades[("nothing", A1)]["status"] == "missing" and float(grades[("nothing", A1)]["total"]) == 0
+    for r in grades.values():  # hand-graded points: blank, with their maximum
+        assert r["manual_points"] == "" and float(r["manual_possible"]) >= 1
+        assert float(r["total"]) == float(r["auto_points"])
+
+
+def test_solution_full_blank_zero_bug_loses_its_question(graded):
+    _, out, _ = graded
+    points = _points(out)
+    for name, (_, _, broken) in BUGS.items():
+        questions = sorted(q for s, a, q in points if s == "solution" and a == name and points[(s, a, q)]["kind"] == "auto")
+        assert len(questions) >= 2
+        for q in questions:
+            possible = float(points[("solution", name, q)]["possible"])
+            assert float(points[("solution", name, q)]["points"]) == possible > 0, f"solution loses points on {q}"
+            assert float(points[("blank", name, q)]["points"]) == 0, f"the unanswered version scores on {q}"
+            expected = 0 if q == broken else possible
+            assert float(points[(f"bug_{name[:2]}", name, q)]["points"]) == expected, f"planted bug: {name} {q}"
+
+
+def test_shortcuts_lose_the_question_they_shortcut_and_only_that(graded):
+    _, out, _ = graded
+    points = _points(out)
+    for student, (name, _, shortcut) in SHORTCUTS.items():
+        for (s, a, q), row in points.items():
+            if s == student and a == name and row["kind"] == "auto":
+                expected = 0 if q == shortcut else float(row["possible"])
+                assert float(row["points"]) == expected, f"{student}: {q}"
+    feedback = (out / "feedback" / "adjoint_from_library.md").read_text()
+    assert "this question may not use the library's adjointdpm.grad:Adjoint.solve" in feedback
+    assert "may not use the library's adjointdpm.sample:sample" in (out / "feedback" / "dpm1_from_sampler.md").read_text()
+
+
+def test_a_crash_in_q2_does_not_cost_q3(graded):
+    _, out, _ = graded
+    points = _points(out)
+    assert float(points[("crash_q2", A1, "q2")]["points"]) == 0
+    assert "NotImplementedError" in points[("crash_q2", A1, "q2")]["feedback"]
+    for q in ("q1", "q3", "q4"):
+        assert float(points[("crash_q2", A1, q)]["points"]) == float(points[("crash_q2", A1, q)]["possible"]), q
+
+
+def test_feedback_names_failures_in_words_without_reference_values(graded):
+    _, out, _ = graded
+    bug = (out / "feedback" / "bug_a1.md").read_text()
+    assert "q1: 0/3. adjoint_rhs does not give" in bug and "q2: 2/2" in bug and "graded by hand" in bug
+    for path in (out / "feedback").iterdir():
+        text = path.read_text()
+        assert "tensor(" not in text and "_want" not in text and "Traceback" not in text, path.name
+    canvas = list(csv.reader(open(out / "canvas.csv")))
+    assert canvas[0][:5] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
+    assert canvas[1][0].strip() == "Points Possible" and {r[3] for r in canvas[2:]} >= {"solution", "blank"}
+
+
+def test_an_interrupted_run_resumes_and_keeps_hand_graded_points(graded, built, monkeypatch):
+    subs, out, rows = graded
+    lines = (out / "results.jsonl").read_text().splitlines()
+    before = _table(out / "grades.csv")
+    kept = [line for line in lines if '"status": "timeout"' in line or '"solution"' not in line]
+    (out / "results.jsonl").write_text("\n".join(kept) + "\n" + lines[0][:40])  # killed mid-write
+    table = _table(out / "grades.csv")
+    table[0]["manual_points"] = "1"  # the instructor grades a hand-graded question
+    with open(out / "grades.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    regraded = []
+    real = course.grade_submission
+    monkeypatch.setattr(course, "grade_submission", lambda sub, *a: regraded.append(sub.student) or real(sub, *a))
+    again = course.grade(subs, built, out, timeout=TIMEOUT, jobs=2, progress=False)
+    assert sorted(regraded) == ["solution"] * len(BUGS)  # only what the interruption lost
+    after = {(r["student"], r["assignment"]): r for r in again}
+    for r in before[1:]:
+        assert after[(r["student"], r["assignment"])]["total"] == float(r["total"])
+    assert after[(table[0]["student"], table[0]["assignment"])]["total"] == float(table[0]["auto_points"]) + 1
+
+
+def test_handout_has_no_solutions_or_tests_and_solutions_have_no_hidden_tests(built):
+    handout = built / "handout"
     for name, (old, _, _) in BUGS.items():
-        student = (built / name / "student" / f"{name}.ipynb").read_text()
+        student = (handout / name / f"{name}.ipynb").read_text()
         assert old not in student and "BEGIN SOLUTION" not in student and "hidden: true" not in student
+        solution = nbformat.read(built / "solutions" / f"{name}.ipynb", as_version=4)
+        assert old in "".join(c.source for c in solution.cells)
+        cases = [c for t in solution.metadata["otter"]["tests"].values() for s in t["suites"] for c in s["cases"]]
+        assert cases and not any(c["hidden"] for c in cases)
+    (wheel,) = handout.glob("adjointdpm_course-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"adjointdpm", "toy", "adjointdpm_course-0.1.0.dist-info"}
+    assert "adjointdpm/grad.py" in names and "toy/apps.py" in names
+    assert "torch==2.14.1" in (handout / "INSTRUCTIONS.md").read_text()
+
+
+def test_forbidden_pieces_raise_inside_and_work_after():
+    sys.path.insert(0, str(HERE))
+    try:
+        from forbid import GRADIENTS, SAMPLE, STEPPERS, ForbiddenCall, forbidden
+    finally:
+        sys.path.remove(str(HERE))
+    import torch
+
+    import adjointdpm
+    from adjointdpm import Adjoint, VPSchedule, sample
+    namespace = {"sample": sample}
+    model = lambda x, t, cond=None: x
+    with forbidden(namespace, SAMPLE, *GRADIENTS, *STEPPERS):
+        for call in (lambda: namespace["sample"](model, torch.ones(1, 2), VPSchedule.linear(), steps=2),
+                     lambda: adjointdpm.sample(model, torch.ones(1, 2), VPSchedule.linear(), steps=2),
+                     lambda: Adjoint().solve(None, None),
+                     lambda: adjointdpm.solvers.RK4().step(None, None, 0, 1, ())):
+            with pytest.raises(ForbiddenCall, match="this question may not use the library's"):
+                call()
+    x = sample(model, torch.ones(1, 2), VPSchedule.linear(), steps=2, gradient=Adjoint())
+    assert namespace["sample"] is sample and torch.isfinite(x).all()

@@ -14,6 +14,8 @@
 # %% [raw]
 # # ASSIGNMENT CONFIG
 # name: a2_reparameterization
+# files:
+#   - forbid.py
 # export_cell: false
 # run_tests: false
 # check_all_cell: false
@@ -70,7 +72,9 @@ def fit_order(nfes, errors):
 #
 # Write `reparam_field(y, rho)` returning `dy/drho` for a batch `y` of shape `(batch, 2)`
 # and a scalar tensor `rho`. Use `schedule.time_of_rho`, `schedule.alpha`, and call the
-# model as `model(x, t_batch)` with `t_batch` of shape `(batch,)`.
+# model as `model(x, t_batch)` with `t_batch` of shape `(batch,)`. Not allowed: the library's
+# sampler and solvers (`sample`, `adjointdpm.solvers`, the spaces in `adjointdpm.ode`): they
+# raise while the hidden test runs. Graded to a relative 1e-8 at three times.
 
 # %% [raw]
 # # BEGIN SOLUTION
@@ -95,7 +99,9 @@ assert reparam_field(x_T, schedule.rho(torch.tensor(0.5))).shape == x_T.shape
 """ # BEGIN TEST CONFIG
 hidden: true
 points: 2
+failure_message: "reparam_field(y, rho) is not eps(alpha y, t(rho)) at some time, or it uses the library's sampler or solvers"
 """ # END TEST CONFIG
+from forbid import FIELDS, SAMPLE, STEPPERS, forbidden
 # one Euler step of the library's eq. 10 solver gives the field: (y_t - y_s) / (rho_t - rho_s)
 _gen = torch.Generator().manual_seed(5)
 for _s, _t in ((0.9, 0.8), (0.3, 0.25), (0.05, 0.04)):
@@ -104,7 +110,9 @@ for _s, _t in ((0.9, 0.8), (0.3, 0.25), (0.05, 0.04)):
     _a_s, _a_t = schedule.alpha(torch.tensor(_s)), schedule.alpha(torch.tensor(_t))
     _r_s, _r_t = schedule.rho(torch.tensor(_s)), schedule.rho(torch.tensor(_t))
     _want = (_xt / _a_t - _x / _a_s) / (_r_t - _r_s)
-    assert torch.allclose(reparam_field(_x / _a_s, _r_s), _want, rtol=1e-8, atol=1e-10), _s
+    with forbidden(globals(), SAMPLE, *STEPPERS, *FIELDS):
+        _got = reparam_field(_x / _a_s, _r_s)
+    assert torch.allclose(_got, _want, rtol=1e-8, atol=1e-10)
 
 # %% [raw]
 # # END TESTS
@@ -123,7 +131,9 @@ for _s, _t in ((0.9, 0.8), (0.3, 0.25), (0.05, 0.04)):
 #
 # Write `dpm1_step(x_s, t_s, t_t, field=reparam_field)`: one Euler step of eq. 10 from time
 # `t_s` to `t_t < t_s`, in `x` coordinates: convert to `y`, step in `rho`, convert back.
-# Use the argument `field` (the grader passes its own). Then `dpm1_sample` runs it on a grid.
+# Use the argument `field` (the grader passes its own, which is not eq. 10's). Not allowed:
+# `sample` and the library's solvers. Then `dpm1_sample` runs it on a grid. Graded to a
+# relative 1e-8.
 
 # %% [raw]
 # # BEGIN SOLUTION
@@ -154,12 +164,16 @@ print("DPM-Solver-1, 20 steps: RMSE", float((dpm1_sample(x_T, 20) - exact).pow(2
 # # BEGIN TESTS
 
 # %%
-assert dpm1_step(x_T, 0.5, 0.4).shape == x_T.shape
+# with a zero field, y does not move: x_t = (alpha_t / alpha_s) x_s
+_ratio = schedule.alpha(torch.tensor(0.4)) / schedule.alpha(torch.tensor(0.5))
+assert torch.allclose(dpm1_step(x_T, 0.5, 0.4, field=lambda y, rho: torch.zeros_like(y)), _ratio * x_T)
 
 # %%
 """ # BEGIN TEST CONFIG
 hidden: true
+failure_message: "dpm1_step is not one Euler step in rho of the field it is given (checked with eq. 10's field against DDIM's closed form, and with another field whose step is known), or it uses sample or the library's solvers"
 """ # END TEST CONFIG
+from forbid import SAMPLE, STEPPERS, forbidden
 def _field(y, rho):
     t = schedule.time_of_rho(rho)
     return model(schedule.alpha(t) * y, t.expand(y.shape[0]))
@@ -169,9 +183,15 @@ for _s, _t in ((1.0, 0.7), (0.2, 0.01)):
     _a_s, _a_t = schedule.alpha(torch.tensor(_s)), schedule.alpha(torch.tensor(_t))
     _h = schedule.lambda_(torch.tensor(_t)) - schedule.lambda_(torch.tensor(_s))
     _ddim = _a_t / _a_s * _x - schedule.sigma(torch.tensor(_t)) * torch.expm1(_h) * model(_x, torch.full((9,), _s))
-    _got = dpm1_step(_x, _s, _t, field=_field)
+    _library = sample(model, _x, schedule, steps=1, solver="dpm1", t_start=_s, t_end=_t)
+    _rho_s, _rho_t = schedule.rho(torch.tensor(_s)), schedule.rho(torch.tensor(_t))
+    _c = torch.tensor([0.7, -1.3])  # a constant field: y_t = y_s + (rho_t - rho_s) c exactly
+    with forbidden(globals(), SAMPLE, *STEPPERS):
+        _got = dpm1_step(_x, _s, _t, field=_field)
+        _const = dpm1_step(_x, _s, _t, field=lambda y, rho: _c.expand_as(y))
     assert torch.allclose(_got, _ddim, rtol=1e-8, atol=1e-10)
-    assert torch.allclose(_got, sample(model, _x, schedule, steps=1, solver="dpm1", t_start=_s, t_end=_t), atol=1e-10)
+    assert torch.allclose(_got, _library, atol=1e-10)
+    assert torch.allclose(_const, _a_t * (_x / _a_s + (_rho_t - _rho_s) * _c), rtol=1e-8, atol=1e-10)
 
 # %% [raw]
 # # END TESTS
@@ -230,6 +250,7 @@ assert len(errors["eq4"]) == len(errors["eq10"]) == len(nfes)
 """ # BEGIN TEST CONFIG
 hidden: true
 points: 2
+failure_message: "errors, the two orders or better_at_10 differ from the requested RMSEs (relative 1e-9), orders (1e-6) or comparison"
 """ # END TEST CONFIG
 _ref = {k: [float((sample(model, x_T, schedule, steps=n, t_start=t_start, t_end=t_end, **c) - exact).pow(2).mean().sqrt())
             for n in nfes] for k, c in (("eq4", dict(solver="euler", space="original")),

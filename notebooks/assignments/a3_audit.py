@@ -14,6 +14,8 @@
 # %% [raw]
 # # ASSIGNMENT CONFIG
 # name: a3_audit
+# files:
+#   - forbid.py
 # export_cell: false
 # run_tests: false
 # check_all_cell: false
@@ -90,6 +92,7 @@ assert torch.equal(project(torch.tensor([0.1, -2.0, 3.0]), 0.5), torch.tensor([0
 # %%
 """ # BEGIN TEST CONFIG
 hidden: true
+failure_message: "project leaves a component outside the box (exactly, in delta's dtype), or changes a component that was inside it"
 """ # END TEST CONFIG
 _d = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3)) * 3
 for _tau in (0.05, 0.8):
@@ -121,7 +124,10 @@ for _tau in (0.05, 0.8):
 #
 # The success rate is the fraction of points whose decision changes. The grader runs your
 # `audit` on seeds you never see and expects at least 40 % at `tau = 0.5` (the reference
-# solution reaches about 55-60 %).
+# solution reaches about 55-60 %), with every component of `delta` within `tau + 1e-6` (float
+# round-off, e.g. from `(x_T + delta) - x_T`, is allowed; more is not). It also passes a
+# projection of its own, which is not the box, and checks that your `delta` is what that
+# projection returns. Not allowed: the library's `toy.apps.audit`.
 
 # %% [raw]
 # # BEGIN SOLUTION
@@ -154,29 +160,39 @@ print(f"tau 0.5: success {success_rate(x_T, labels, delta):.2f}, max |delta| {fl
 # # BEGIN TESTS
 
 # %%
-assert delta.shape == x_T.shape and not delta.requires_grad
+# a projection that sends every delta to 0: audit must return zeros, without a graph
+_zero = audit(x_T[:8], labels[:8], 0.5, iters=2, project=lambda d, tau: torch.zeros_like(d))
+assert _zero.shape == (8, 2) and not _zero.requires_grad and not _zero.any()
 
 # %%
 """ # BEGIN TEST CONFIG
 hidden: true
 points: 2
+failure_message: "at tau = 0.5 on unseen seeds, fewer than 40 % of decisions change, or delta leaves the box by more than 1e-6, or audit uses toy.apps.audit"
 """ # END TEST CONFIG
+from forbid import forbidden
 _x = torch.randn(96, 2, generator=torch.Generator().manual_seed(2024))
 with torch.no_grad():
     _labels = classifier(generate(_x)).argmax(1)
-_delta = audit(_x, _labels, 0.5, project=lambda d, tau: d.clamp(-tau, tau))
-assert bool((_delta.abs() <= torch.tensor(0.5, dtype=_delta.dtype)).all())
+with forbidden(globals(), "toy.apps:audit"):
+    _delta = audit(_x, _labels, 0.5, project=lambda d, tau: d.clamp(-tau, tau))
+assert bool((_delta.abs() <= 0.5 + 1e-6).all())
 assert success_rate(_x, _labels, _delta) >= 0.40
 
 # %%
 """ # BEGIN TEST CONFIG
 hidden: true
+failure_message: "audit does not apply the projection it is given after every step (checked with one that zeroes the second coordinate), or it does not move delta, or it ignores its gradient argument"
 """ # END TEST CONFIG
+from forbid import forbidden
 _x = torch.randn(32, 2, generator=torch.Generator().manual_seed(7))  # each test runs on its own
 with torch.no_grad():
     _labels = classifier(generate(_x)).argmax(1)
-_d = audit(_x, _labels, 0.2, iters=3, gradient=Checkpoint(), project=lambda d, tau: d.clamp(-tau, tau))
-assert 0 < float(_d.abs().max()) and bool((_d.abs() <= torch.tensor(0.2)).all())  # it moved, stayed in the box
+_first_only = lambda d, tau: torch.stack([d[:, 0].clamp(-tau, tau), torch.zeros_like(d[:, 1])], 1)
+with forbidden(globals(), "toy.apps:audit"):
+    _d = audit(_x, _labels, 0.2, iters=3, gradient=Checkpoint(), project=_first_only)
+assert 0 < float(_d[:, 0].abs().max()) and bool((_d[:, 0].abs() <= 0.2 + 1e-6).all())  # it moved, in the box
+assert not _d[:, 1].any()  # exactly what the given projection returns
 
 # %% [raw]
 # # END TESTS
@@ -196,8 +212,7 @@ assert 0 < float(_d.abs().max()) and bool((_d.abs() <= torch.tensor(0.2)).all())
 # Set `strategy` to the gradient strategy you would use for this search on a large model
 # with many sampler steps (an instance: `Backprop()`, `Checkpoint()`, `Adjoint()` or
 # `AdjointDEIS(1)`). It is graded on the memory it keeps for backward: that must not grow
-# with the number of steps. Justify the choice in the markdown cell below the code
-# (accuracy, memory, time).
+# with the number of steps (at most 20 % more at 40 steps than at 10). Question 4 asks why.
 
 # %% [raw]
 # # BEGIN SOLUTION
@@ -208,9 +223,6 @@ strategy = Adjoint()  # SOLUTION
 # %% [raw]
 # # END SOLUTION
 
-# %% [markdown]
-# _Justify your choice here._
-
 # %% [raw]
 # # BEGIN TESTS
 
@@ -220,6 +232,7 @@ assert isinstance(strategy, Gradient)
 # %%
 """ # BEGIN TEST CONFIG
 hidden: true
+failure_message: "the memory this strategy keeps for backward grows with the number of steps"
 """ # END TEST CONFIG
 from adjointdpm.memory import saved_bytes_during
 def _saved_bytes(gradient, steps):
@@ -232,6 +245,24 @@ assert _saved_bytes(strategy, 40) <= 1.2 * _saved_bytes(strategy, 10)
 
 # %% [raw]
 # # END TESTS
+
+# %% [raw]
+# # END QUESTION
+
+# %% [raw]
+# # BEGIN QUESTION
+# name: q4
+# manual: true
+# points: 1
+
+# %% [markdown]
+# ## Question 4 (1 point, graded by hand): justify the strategy
+#
+# In three sentences at most: why your `strategy` for a large model with many steps, and
+# what it costs compared with the others in accuracy of the gradient, memory and time.
+
+# %% [markdown]
+# _Type your answer here, replacing this text._
 
 # %% [raw]
 # # END QUESTION

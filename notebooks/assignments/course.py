@@ -1,50 +1,215 @@
-"""Build and grade the course assignments with otter-grader (no Docker, no Jupyter server).
+"""Build, hand out and grade the course assignments with otter-grader (no Docker, no Jupyter server).
 
     python notebooks/assignments/course.py build [--out dist/assignments]
     python notebooks/assignments/course.py grade SUBMISSIONS [--built dist/assignments] [--out grades]
+                                                 [--timeout 300] [--jobs 2]
 
-``build`` turns each source ``a*_*.py`` here (jupytext percent; the paired ``.ipynb`` is
-for editing in Jupyter) into ``<out>/<name>/student/<name>.ipynb`` (to hand out),
-``<out>/<name>/autograder/<name>.ipynb`` (the solutions: keep it) and the autograder zip,
-with ``otter assign``. It converts from the ``.py``, so no executed output of the
-solutions can reach the student version.
+``build`` turns each source ``a*_*.py`` here (jupytext percent) into, under ``--out``:
+  <name>/student/      the notebook to hand out (no solutions, no hidden tests)
+  <name>/autograder/   the solutions and the autograder zip: keep them
+  <name>/questions.json  every question's points, hand-graded ones marked
+  handout/             what a student receives: the notebooks, a wheel of the library and the
+                       toy scale only (no solutions, no assignment tests), INSTRUCTIONS.md
+  solutions/           the solution notebooks (public tests only), for after the deadline
+It converts from the ``.py``, so no executed output of the solutions reaches a student.
 
-``grade`` takes a folder ``SUBMISSIONS/<student>/<name>.ipynb`` and grades every notebook
-with otter's containerless runner (``otter run``'s API), then writes ``grades.csv`` (one
-row per student, assignment and question: points and possible) and ``grades.md``.
+``grade`` takes ``SUBMISSIONS/<student>/<name>.ipynb`` and grades every (student,
+assignment) pair in its own process with a time limit, ``--jobs`` at a time. A file named
+close to the assignment (``a3_audit (1).ipynb``, ``A3-audit.ipynb``) is graded with a note;
+a missing one gets a row of zeros. Each result is appended to ``OUT/results.jsonl`` as it
+finishes, so an interrupted run resumes where it stopped (a changed notebook or autograder
+is graded again). It writes, under ``--out``:
+  grades.csv     one row per student and assignment: status (ok, timeout, not a notebook,
+                 crashed, missing) and reason, auto points, hand-graded points (blank, with
+                 their maximum: fill them in and run ``grade`` again to update the totals)
+  questions.csv  one row per student, assignment and question
+  canvas.csv     Canvas's gradebook import format (one column per assignment)
+  feedback/<student>.md  which tests failed and why, in words, without reference values
+  grades.md      the table, readable
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
+import hashlib
+import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+STATUSES = ("ok", "timeout", "not a notebook", "crashed", "missing")
 
 
 def sources() -> list[Path]:
     return sorted(HERE.glob("a[0-9]_*.py"))
 
 
+# ---------------------------------------------------------------------------------------------
+# build
+
+def questions_of(notebook) -> dict[str, dict]:
+    """``{question: {"points", "manual"}}`` from the ``BEGIN QUESTION`` cells of an otter master."""
+    import yaml
+    out = {}
+    for cell in notebook.cells:
+        if cell.cell_type == "raw" and cell.source.lstrip().startswith("# BEGIN QUESTION"):
+            config = yaml.safe_load(cell.source.split("\n", 1)[1])
+            out[config["name"]] = {"points": float(config["points"]), "manual": bool(config.get("manual", False))}
+    return out
+
+
 def build(out: Path) -> dict[str, Path]:
-    """Run ``otter assign`` on each source; returns ``{name: <out>/<name>}``."""
+    """Run ``otter assign`` on each source, then write the hand-outs; returns ``{name: <out>/<name>}``."""
     import jupytext
     built = {}
     with tempfile.TemporaryDirectory() as tmp:
         for src in sources():
             master = Path(tmp) / f"{src.stem}.ipynb"
-            jupytext.write(jupytext.read(src), master)  # no outputs: nothing executed leaks
+            shutil.copy(HERE / "forbid.py", tmp)  # the hidden tests' helper (the config's `files:`)
+            notebook = jupytext.read(src)
+            jupytext.write(notebook, master)  # no outputs: nothing executed leaks
             dest = out / src.stem
+            if dest.exists():
+                shutil.rmtree(dest)  # otter adds a new autograder zip per build: keep one
             proc = subprocess.run([sys.executable, "-m", "otter", "assign", "--no-pdfs", str(master), str(dest)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"otter assign failed for {src.name}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            (dest / "questions.json").write_text(json.dumps(questions_of(notebook), indent=1))
             built[src.stem] = dest
+    write_handout(out, built)
+    write_solutions(out, built)
     return built
 
+
+def write_handout(out: Path, built: dict[str, Path]) -> Path:
+    """``out/handout``: the student notebooks, a wheel of ``adjointdpm`` and ``toy`` only, and
+    the instructions. The wheel is built from a copy of those two packages, so neither the
+    assignment sources (with their solutions) nor their tests can be in it."""
+    handout = out / "handout"
+    if handout.exists():
+        shutil.rmtree(handout)
+    handout.mkdir(parents=True)
+    for name, dest in built.items():
+        shutil.copytree(dest / "student", handout / name)
+    wheel = student_wheel(handout)
+    deps = " ".join(f"'{d}'" for d in TORCH)
+    (handout / "INSTRUCTIONS.md").write_text(f"""# Course assignments: instructions
+
+1. Install the library (Python 3.10 or later), in a fresh virtual environment:
+
+       python -m venv .venv && . .venv/bin/activate
+       pip install {deps} {wheel.name} jupyterlab
+
+2. Open each assignment folder's notebook in Jupyter ({", ".join(built)}), run every cell in
+   order and answer the questions where the notebook says so. `grader.check("q1")` runs the
+   visible tests of a question; hidden tests grade it afterwards with other inputs. Each
+   question says what it may not use from the library: the hidden tests make those pieces
+   raise, so a solution that calls them scores nothing on that question.
+3. Questions marked "graded by hand" are read by your instructor: write in the markdown cell.
+4. Submit each notebook under its own name, unchanged: {", ".join(f"`{n}.ipynb`" for n in built)}.
+   Every notebook is run from top to bottom with a time limit of a few minutes; a notebook that
+   does not finish in time scores zero, so remove long experiments before you submit.
+""")
+    return handout
+
+
+TORCH = ("torch==2.14.1",)  # the version the course is tested with
+
+
+def student_wheel(folder: Path) -> Path:
+    """A wheel of the library and the toy scale (nothing else), written to ``folder``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shutil.copytree(ROOT / "shared" / "adjointdpm", tmp / "adjointdpm", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / "toy", tmp / "toy", ignore=shutil.ignore_patterns("__pycache__"))
+        deps = [*TORCH, "numpy", "scipy", "matplotlib", "tqdm", "torchdiffeq", "torchsde==0.2.6", "safetensors",
+                "otter-grader==7.0.0"]
+        (tmp / "pyproject.toml").write_text(f"""[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "adjointdpm-course"
+version = "0.1.0"
+description = "adjointdpm and its toy scale, for the course assignments"
+requires-python = ">=3.10"
+dependencies = {json.dumps(deps)}
+
+[tool.setuptools]
+packages = ["adjointdpm", "toy"]
+""")
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                               "--wheel-dir", str(folder), str(tmp)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"building the student wheel failed:\n{proc.stderr[-2000:]}")
+    return next(folder.glob("adjointdpm_course-*.whl"))
+
+
+def write_solutions(out: Path, built: dict[str, Path]) -> Path:
+    """``out/solutions``: the solution notebooks with the hidden tests removed."""
+    import nbformat
+    solutions = out / "solutions"
+    solutions.mkdir(parents=True, exist_ok=True)
+    for name, dest in built.items():
+        nb = nbformat.read(dest / "autograder" / f"{name}.ipynb", as_version=4)
+        for test in nb.metadata.get("otter", {}).get("tests", {}).values():
+            for suite in test["suites"]:
+                suite["cases"] = [case for case in suite["cases"] if not case["hidden"]]
+        nbformat.write(nb, solutions / f"{name}.ipynb")
+    return solutions
+
+
+# ---------------------------------------------------------------------------------------------
+# finding the submissions
+
+@dataclass
+class Submission:
+    student: str
+    assignment: str
+    path: Path | None
+    note: str = ""
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[\s\-.]+", "_", name.lower())
+
+
+def find_submissions(submissions: Path, names: list[str]) -> tuple[list[Submission], list[str]]:
+    """One :class:`Submission` per student folder and assignment (``path=None``: nothing to
+    grade), and the files that match no assignment. A file matches an assignment by its exact
+    name or, failing that, by starting with the assignment's number (``a3``): the newest such
+    notebook is graded (or the newest such file, which may turn out not to be a notebook)."""
+    found, matched = [], set()
+    for student in sorted(p for p in submissions.iterdir() if p.is_dir()):
+        files = sorted(p for p in student.rglob("*") if p.is_file() and ".ipynb_checkpoints" not in p.parts)
+        for name in names:
+            exact = student / f"{name}.ipynb"
+            close = [p for p in files if re.match(rf"{name.split('_')[0]}(?!\d)", _normal(p.name))]
+            matched.update(close)
+            if exact.is_file():
+                found.append(Submission(student.name, name, exact))
+            elif close:
+                path = max(close, key=lambda p: (p.suffix.lower() == ".ipynb", p.stat().st_mtime))
+                found.append(Submission(student.name, name, path,
+                                        f"graded {path.relative_to(student)}, expected {name}.ipynb"))
+            else:
+                found.append(Submission(student.name, name, None, f"no {name}.ipynb in {student.name}/"))
+    unmatched = [str(p.relative_to(submissions)) for p in sorted(submissions.rglob("*"))
+                 if p.is_file() and p not in matched and ".ipynb_checkpoints" not in p.parts]
+    return found, unmatched
+
+
+# ---------------------------------------------------------------------------------------------
+# grading one notebook (in a fresh process)
 
 def autograder_zip(built: Path, name: str) -> Path:
     zips = sorted((built / name / "autograder").glob("*-autograder_*.zip"))
@@ -53,56 +218,311 @@ def autograder_zip(built: Path, name: str) -> Path:
     return zips[-1]
 
 
-def grade_notebook(notebook: Path, built: Path) -> dict[str, tuple[float, float]]:
-    """``{question: (points, possible)}`` for one submission, graded by otter."""
+def first_error(message: str | None) -> str:
+    """The first exception a doctest-style test message reports (``TypeError: ...``), or ``""``."""
+    lines = (message or "").splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "Exception raised:":
+            block = []
+            for later in lines[i + 1:]:
+                if later.startswith(("Trying:", "*****")):
+                    break
+                block.append(later.strip())
+            return next((b for b in reversed(block) if b), "")
+    return ""
+
+
+def safe_reason(hidden: bool, message: str | None, failure_message: str | None) -> str:
+    """Why a test failed, in words a student may read: a refused library call, the test's own
+    failure message and the error their code raised; never an assertion's values."""
+    error = first_error(message)
+    if "ForbiddenCall: " in error:
+        return error.split("ForbiddenCall: ", 1)[1] + " (so this test fails)"
+    raised = "" if not error or error.startswith("AssertionError") else f"your code raised {error[:300]}"
+    if not hidden:
+        return "the visible test fails" + (f": {raised}" if raised else "")
+    reason = failure_message or "a hidden test fails"
+    return reason + (f" ({raised})" if raised else "")
+
+
+def grade_here(notebook: Path, autograder: Path) -> dict:
+    """Otter's results for ``notebook`` as ``{question: {points, possible, failed: [reasons]}}``
+    (run in the grading subprocess)."""
     import otter.api
-    results = otter.api.grade_submission(str(notebook), str(autograder_zip(built, notebook.stem)), quiet=True)
-    return {q: (float(r.score), float(r.possible)) for q, r in sorted(results.results.items())}
+    results = otter.api.grade_submission(str(notebook), str(autograder), quiet=True)
+    out = {}
+    for question, result in sorted(results.results.items()):
+        failed = [safe_reason(r.test_case.hidden, r.message, r.test_case.failure_message)
+                  for r in result.test_case_results if not r.passed]
+        out[question] = {"points": float(result.score), "possible": float(result.possible), "failed": failed}
+    return out
 
 
-def grade(submissions: Path, built: Path, out: Path) -> list[dict]:
-    if not submissions.is_dir():
-        raise ValueError(f"submissions folder {submissions} does not exist")
-    names = {src.stem for src in sources()}
-    rows = []
-    for student in sorted(p for p in submissions.iterdir() if p.is_dir()):
-        for notebook in sorted(student.glob("*.ipynb")):
-            if notebook.stem not in names:
-                print(f"skipping {notebook}: not one of {sorted(names)}", file=sys.stderr)
+@dataclass
+class Result:
+    student: str
+    assignment: str
+    status: str
+    reason: str = ""
+    file: str = ""
+    sha256: str = ""
+    autograder: str = ""
+    questions: dict = field(default_factory=dict)  # {question: {points, possible, failed}} of the auto-graded
+    seconds: float = 0.0
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _kill_tree(pid: int) -> None:
+    """The grading process and everything it started (the notebook's kernel runs in a session of its own)."""
+    import psutil
+    try:
+        parent = psutil.Process(pid)
+        procs = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def grade_submission(sub: Submission, built: Path, timeout: float, threads: int = 1) -> Result:
+    """Grade one submission in a fresh process, within ``timeout`` seconds; never raises for a
+    bad submission (the status and reason say what went wrong)."""
+    import time
+
+    import nbformat
+    if sub.path is None:
+        raise ValueError(f"{sub.student}: nothing to grade for {sub.assignment}")
+    result = Result(sub.student, sub.assignment, "ok", sub.note)
+    result.file, result.sha256 = str(sub.path), _sha256(sub.path)
+
+    def finish(status: str, reason: str) -> Result:
+        result.status, result.reason = status, "; ".join(r for r in (sub.note, reason) if r)
+        return result
+
+    autograder = autograder_zip(built, sub.assignment)
+    result.autograder = _sha256(autograder)
+    try:
+        nbformat.validate(nbformat.read(sub.path, as_version=4))
+    except Exception as err:  # any way a file can fail to be a notebook
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        return finish("not a notebook", f"{sub.path.name}: {type(err).__name__}: {first}")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        notebook = Path(tmp) / f"{sub.assignment}.ipynb"  # the name otter expects, whatever the student called it
+        shutil.copy(sub.path, notebook)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg")
+        with open(Path(tmp) / "stdout", "w") as out, open(Path(tmp) / "stderr", "w") as err:
+            proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "grade-one", str(notebook),
+                                     str(autograder)], cwd=tmp, stdout=out, stderr=err, env=env)
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_tree(proc.pid)
+        result.seconds = time.perf_counter() - start
+        if timed_out:
+            return finish("timeout", f"did not finish within {timeout:g} s")
+        stdout = (Path(tmp) / "stdout").read_text().strip().splitlines()
+        if proc.returncode != 0 or not stdout:
+            lines = [line for line in (Path(tmp) / "stderr").read_text().splitlines() if line.strip()]
+            return finish("crashed", lines[-1][:300] if lines else f"exit status {proc.returncode}")
+    result.questions = json.loads(stdout[-1])
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the gradebook
+
+def read_results(path: Path) -> list[Result]:
+    """The finished results (a line cut off by an interrupted write is skipped)."""
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(Result(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
                 continue
-            for question, (points, possible) in grade_notebook(notebook, built).items():
-                rows.append({"student": student.name, "assignment": notebook.stem, "question": question,
-                             "points": points, "possible": possible})
+    return out
+
+
+def _manual_points(path: Path) -> dict[tuple[str, str], str]:
+    """Hand-graded points an instructor typed into an earlier ``grades.csv``."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        return {(r["student"], r["assignment"]): r.get("manual_points", "") for r in csv.DictReader(f)}
+
+
+def _number(text: str) -> float:
+    return float(text) if str(text).strip() else 0.0
+
+
+def write_gradebook(results: list[Result], built: Path, out: Path, unmatched: list[str] = ()) -> list[dict]:
+    """Write grades.csv, questions.csv, canvas.csv, grades.md and feedback/; returns grades.csv's rows."""
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "grades.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["student", "assignment", "question", "points", "possible"])
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| student | assignment | question | points | possible |", "|---|---|---|---|---|"]
-    lines += [f"| {r['student']} | {r['assignment']} | {r['question']} | {r['points']:g} | {r['possible']:g} |"
-              for r in rows]
+    manual_typed = _manual_points(out / "grades.csv")
+    rows, long = [], []
+    for r in sorted(results, key=lambda r: (r.student, r.assignment)):
+        questions = json.loads((built / r.assignment / "questions.json").read_text())
+        auto = {q: c for q, c in questions.items() if not c["manual"]}
+        manual_possible = sum(c["points"] for c in questions.values() if c["manual"])
+        auto_points = sum(r.questions.get(q, {}).get("points", 0.0) for q in auto)
+        manual = manual_typed.get((r.student, r.assignment), "")
+        rows.append({"student": r.student, "assignment": r.assignment, "status": r.status, "reason": r.reason,
+                     "auto_points": auto_points, "auto_possible": sum(c["points"] for c in auto.values()),
+                     "manual_points": manual, "manual_possible": manual_possible,
+                     "total": auto_points + _number(manual),
+                     "total_possible": sum(c["points"] for c in questions.values())})
+        for q, config in questions.items():
+            got = r.questions.get(q, {})
+            long.append({"student": r.student, "assignment": r.assignment, "question": q,
+                         "kind": "hand-graded" if config["manual"] else "auto",
+                         "points": "" if config["manual"] else got.get("points", 0.0), "possible": config["points"],
+                         "status": r.status, "feedback": "; ".join(got.get("failed", []))})
+    _write_csv(out / "grades.csv", rows)
+    _write_csv(out / "questions.csv", long)
+    _write_canvas(out / "canvas.csv", rows)
+    _write_feedback(out / "feedback", results, long)
+    lines = ["| student | assignment | status | auto | hand-graded | total | reason |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['student']} | {r['assignment']} | {r['status']} | {r['auto_points']:g}/{r['auto_possible']:g} | "
+              f"{r['manual_points'] or '-'}/{r['manual_possible']:g} | {r['total']:g}/{r['total_possible']:g} | "
+              f"{r['reason']} |" for r in rows]
+    if unmatched:
+        lines += ["", "Files that match no assignment (not graded): " + ", ".join(unmatched)]
     (out / "grades.md").write_text("\n".join(lines) + "\n")
     return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if rows:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _write_canvas(path: Path, rows: list[dict]) -> None:
+    """Canvas's gradebook import: Student, ID, SIS User ID, SIS Login ID, Section, then one
+    column per assignment, and a "Points Possible" row. The student folder's name goes in
+    "SIS Login ID" (Canvas matches on any one of the identifier columns)."""
+    assignments = sorted({r["assignment"] for r in rows})
+    students = sorted({r["student"] for r in rows})
+    total = {(r["student"], r["assignment"]): r for r in rows}
+    header = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", *assignments]
+    possible = {a: next(r["total_possible"] for r in rows if r["assignment"] == a) for a in assignments}
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerow(["    Points Possible", "", "", "", "", *(f"{possible[a]:g}" for a in assignments)])
+        for s in students:
+            writer.writerow(["", "", "", s, "", *(f"{total[(s, a)]['total']:g}" for a in assignments)])
+
+
+def _write_feedback(folder: Path, results: list[Result], long: list[dict]) -> None:
+    folder.mkdir(exist_ok=True)
+    for student in sorted({r.student for r in results}):
+        lines = [f"# Feedback for {student}", ""]
+        for r in sorted((r for r in results if r.student == student), key=lambda r: r.assignment):
+            lines += [f"## {r.assignment}", "", f"Status: {r.status}" + (f" ({r.reason})" if r.reason else ""), ""]
+            for row in (x for x in long if x["student"] == student and x["assignment"] == r.assignment):
+                if row["kind"] == "hand-graded":
+                    lines.append(f"- {row['question']}: graded by hand (out of {row['possible']:g})")
+                else:
+                    verdict = f"{row['points']:g}/{row['possible']:g}"
+                    lines.append(f"- {row['question']}: {verdict}" + (f". {row['feedback']}" if row["feedback"] else ""))
+            lines.append("")
+        (folder / f"{student}.md").write_text("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# grade: the whole class
+
+def grade(submissions: Path, built: Path, out: Path, *, timeout: float = 300, jobs: int = 2,
+          progress: bool = True) -> list[dict]:
+    """Grade every (student, assignment) pair, resuming from ``out/results.jsonl``; returns
+    grades.csv's rows."""
+    from tqdm import tqdm
+    if not submissions.is_dir():
+        raise ValueError(f"submissions folder {submissions} does not exist")
+    names = sorted(p.name for p in built.iterdir() if (p / "questions.json").is_file()) if built.is_dir() else []
+    if not names:
+        raise ValueError(f"no built assignments under {built}: run `course.py build --out {built}` first")
+    found, unmatched = find_submissions(submissions, names)
+    for path in unmatched:
+        print(f"not graded (matches no assignment of {names}): {path}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "results.jsonl"
+    done = {(r.student, r.assignment, r.sha256, r.autograder): r for r in read_results(log)}
+    zips = {name: _sha256(autograder_zip(built, name)) for name in names}
+    results, todo = [], []
+    for sub in found:
+        if sub.path is None:
+            results.append(Result(sub.student, sub.assignment, "missing", sub.note))
+            continue
+        key = (sub.student, sub.assignment, _sha256(sub.path), zips[sub.assignment])
+        if key in done:
+            results.append(done[key])
+        else:
+            todo.append(sub)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    if log.exists() and not log.read_bytes().endswith(b"\n") and log.stat().st_size:
+        with open(log, "a") as f:
+            f.write("\n")  # end a line an interrupted run left unfinished
+    with open(log, "a") as f, concurrent.futures.ThreadPoolExecutor(jobs) as pool, \
+            tqdm(total=len(found), initial=len(results), desc="grading", disable=not progress) as bar:
+        futures = [pool.submit(grade_submission, sub, built, timeout, threads) for sub in todo]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                result = future.result()
+                f.write(json.dumps(asdict(result)) + "\n")
+                f.flush()  # a finished notebook is never graded again
+                results.append(result)
+                bar.update()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return write_gradebook(results, built, out, unmatched)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="student and autograder versions of every assignment")
+    b = sub.add_parser("build", help="student, autograder, hand-out and solutions versions of every assignment")
     b.add_argument("--out", type=Path, default=Path("dist/assignments"))
-    g = sub.add_parser("grade", help="grade SUBMISSIONS/<student>/<assignment>.ipynb into one table")
+    g = sub.add_parser("grade", help="grade SUBMISSIONS/<student>/<assignment>.ipynb into a gradebook")
     g.add_argument("submissions", type=Path)
     g.add_argument("--built", type=Path, default=Path("dist/assignments"), help="the folder `build` wrote")
-    g.add_argument("--out", type=Path, default=Path("grades"), help="where grades.csv and grades.md go")
+    g.add_argument("--out", type=Path, default=Path("grades"), help="where the gradebook goes")
+    g.add_argument("--timeout", type=float, default=300, help="seconds per notebook before it is stopped (default 300)")
+    g.add_argument("--jobs", type=int, default=2, help="notebooks graded at once (default 2)")
+    g.add_argument("--no-progress", action="store_true")
+    one = sub.add_parser("grade-one", help=argparse.SUPPRESS)
+    one.add_argument("notebook", type=Path)
+    one.add_argument("autograder", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "grade" and (args.timeout <= 0 or args.jobs < 1):
+        parser.error("--timeout must be > 0 and --jobs >= 1")
     try:
         if args.command == "build":
             for name, path in build(args.out).items():
                 print(f"{name}: hand out {path / 'student' / (name + '.ipynb')}; keep {path / 'autograder'}")
+            print(f"student hand-out: {args.out / 'handout'}; solutions (after the deadline): {args.out / 'solutions'}")
+        elif args.command == "grade-one":
+            print(json.dumps(grade_here(args.notebook, args.autograder)))
         else:
-            rows = grade(args.submissions, args.built, args.out)
+            rows = grade(args.submissions, args.built, args.out, timeout=args.timeout, jobs=args.jobs,
+                         progress=not args.no_progress)
             print((args.out / "grades.md").read_text())
-            print(f"{len(rows)} rows written to {args.out / 'grades.csv'}")
+            print(f"{len(rows)} rows: {args.out / 'grades.csv'}, questions.csv, canvas.csv, feedback/")
     except ValueError as err:
         raise SystemExit(str(err)) from None
 

@@ -242,8 +242,9 @@ def main(argv=None):
     stem = "bench_sd15" if args.model == "sd15-random" else "bench"
     path = args.out / f"{stem}.json"
     same = dict(model=args.model, device=args.device, dtype=args.dtype)
-    kept = [] if args.fresh or not path.exists() else [
-        r for r in json.loads(path.read_text()) if all(r.get(k) == v for k, v in same.items())]
+    earlier = [] if args.fresh or not path.exists() else json.loads(path.read_text())
+    kept = [r for r in earlier if isinstance(earlier, list) and isinstance(r, dict) and "case" in r
+            and all(r.get(k) == v for k, v in same.items())]  # another layout (an older bench) is measured anew
     records = []
     start = time.perf_counter()
     for case in tqdm(cases(args), desc="bench"):

@@ -29,6 +29,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -52,23 +53,20 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _seconds(device, fn) -> float:
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def _measure(device, fn, repeats: int) -> tuple[int, float]:
     """Peak bytes of ``fn()`` above the level before it, and its median seconds (of ``repeats``
     more runs, or of the measured one when ``repeats`` is 0)."""
     base = reset_peak(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    times = [time.perf_counter() - start]
+    first = _seconds(device, fn)
     peak_bytes = peak(device) - base
-    if repeats:
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-    return peak_bytes, statistics.median(times)
+    return peak_bytes, statistics.median([_seconds(device, fn) for _ in range(repeats)] or [first])
 
 
 def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dict:
@@ -84,23 +82,23 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
     if case["strategy"] == "weights":
         return dict(record, peak_gib=sum(weights.values()) / GIB, seconds=None,
                     parts_gib={k: v / GIB for k, v in weights.items()})
-    unet_weights = {p.data_ptr() for p in comps.unet.parameters()} | {p.data_ptr() for p in comps.vae.parameters()}
     eps = eps_model(comps, GUIDANCE)
     with torch.no_grad():
         cond = encode_prompt(comps, [PROMPT])
     x_T = noise(comps, [0])
     t = torch.full((1,), 0.5, device=comps.device)
 
-    def run():
-        x = x_T.clone().requires_grad_()
+    def output(x):
+        """What the case differentiates: one guided UNet evaluation, one decode, or sample-then-decode."""
         if case["strategy"] == "unet-vjp":
-            loss = eps(x, t, cond).square().mean()
-        elif case["strategy"] == "vae-backward":
-            loss = decode(comps, x).square().mean()
-        else:
-            sampler = Sampler(steps=case["steps"], guidance_scale=GUIDANCE, gradient=case["strategy"])
-            loss = decode(comps, sampler.run(comps, eps, x, cond)).square().mean()
-        loss.backward()
+            return eps(x, t, cond)
+        if case["strategy"] == "vae-backward":
+            return decode(comps, x)
+        sampler = Sampler(steps=case["steps"], guidance_scale=GUIDANCE, gradient=case["strategy"])
+        return decode(comps, sampler.run(comps, eps, x, cond))
+
+    def run():
+        output(x_T.clone().requires_grad_()).square().mean().backward()
 
     cpu = time.process_time()
     peak_bytes, seconds = _measure(device, run, repeats)
@@ -108,9 +106,8 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
     record.update(peak_gib=peak_bytes / GIB, seconds=seconds, cpu_seconds=time.process_time() - cpu,
                   load_average=os.getloadavg()[0])
     if case["strategy"] in ("unet-vjp", "vae-backward"):  # what autograd keeps, exactly
-        x = x_T.clone().requires_grad_()
-        fn = (lambda: eps(x, t, cond)) if case["strategy"] == "unet-vjp" else (lambda: decode(comps, x))
-        _, kept = saved_bytes_during(fn, exclude=unet_weights)
+        weights = {p.data_ptr() for net in (comps.unet, comps.vae) for p in net.parameters()}
+        _, kept = saved_bytes_during(lambda: output(x_T.clone().requires_grad_()), exclude=weights)
         record["saved_gib"] = kept / GIB
     return record
 
@@ -137,6 +134,14 @@ def _savings(r: dict) -> str:
     return r["attention"] + "".join(f" + {c} checkpointing" for c in r["checkpointing"])
 
 
+def in_order(records: list[dict]) -> list[dict]:
+    """By resolution, strategy (gradients, then parts), steps and savings: files that do not
+    change when a rerun measures nothing new."""
+    order = {name: i for i, name in enumerate([*GRADIENTS, *PARTS])}
+    return sorted(records, key=lambda r: (r["resolution"], order[r["strategy"]], r["steps"] or 0,
+                                          r["attention"] != "sdpa", _savings(r)))
+
+
 def backprop_growth(records: list[dict]) -> dict:
     """Per resolution, Backprop's least-squares growth per step and the step count at which
     set-up plus peak would pass this machine's memory."""
@@ -146,10 +151,7 @@ def backprop_growth(records: list[dict]) -> dict:
                       if r["strategy"] == "backprop" and r["resolution"] == resolution)
         if len(rows) < 2:
             continue
-        n = torch.tensor([s for s, _, _ in rows], dtype=torch.float64)
-        y = torch.tensor([p for _, p, _ in rows], dtype=torch.float64)
-        slope = float(((n - n.mean()) * (y - y.mean())).sum() / ((n - n.mean()) ** 2).sum())
-        intercept = float(y.mean() - slope * n.mean())
+        slope, intercept = map(float, np.polyfit([s for s, _, _ in rows], [p for _, p, _ in rows], 1))
         setup = max(s for _, _, s in rows)
         exceeds = int((MACHINE_GIB - setup - intercept) // slope) + 1 if slope > 0 else None
         out[resolution] = {"gib_per_step": slope, "intercept_gib": intercept, "setup_gib": setup,
@@ -168,9 +170,6 @@ def markdown(records: list[dict]) -> str:
              f"{PAPER['AdjointDPM']} GB AdjointDPM, {PAPER['DOODL']} GB DOODL.", "",
              "| resolution | strategy | steps | memory savings | set-up GiB | peak above set-up GiB | "
              "set-up + peak GiB | seconds |", "|---|---|---|---|---|---|---|---|"]
-    order = {name: i for i, name in enumerate([*GRADIENTS, *PARTS])}
-    records = sorted(records, key=lambda r: (r["resolution"], order[r["strategy"]], r["steps"] or 0,
-                                             r["attention"] != "sdpa", _savings(r)))
     gradients = [r for r in records if r["strategy"] not in PARTS]
     for r in gradients:
         lines.append(f"| {r['resolution']} | {r['strategy']} | {r['steps']} | {_savings(r)} | {r['setup_gib']:.3g} | "
@@ -253,7 +252,7 @@ def main(argv=None):
             "stable_diffusion.bench", "--model", args.model, "--worker", json.dumps(case), "--device", args.device,
             "--dtype", args.dtype, "--repeats", args.repeats)
         records.append(record)
-        everything = records + [r for r in kept if r not in records]
+        everything = in_order(records + [r for r in kept if r not in records])
         files.write_json(path, everything)
         (args.out / f"{stem}.md").write_text(markdown(everything))
     print(markdown(everything))

@@ -109,13 +109,15 @@ def _default_device(device) -> torch.device:
 
 def open_model(model: str | Path, device=None, dtype: torch.dtype | None = None) -> SDComponents:
     """What the commands' ``--model`` names: ``"tiny"`` (:func:`tiny_components`, float32),
-    ``"digits"`` (the committed digits model, float32), ``"sd15-random"``
-    (:func:`sd15_random_components`, float32) or anything :func:`load_components` reads; on
-    ``device``."""
-    if str(model) == "tiny":
-        return freeze(tiny_components(), _default_device(device))
-    if str(model) == "sd15-random":
-        return freeze(sd15_random_components(), _default_device(device))
+    ``"digits"`` (the committed digits model), ``"sd15-random"`` (:func:`sd15_random_components`)
+    or anything :func:`load_components` reads; on ``device``, UNet and VAE in ``dtype``
+    (default float32 for the models built here)."""
+    built = {"tiny": tiny_components, "sd15-random": sd15_random_components}.get(str(model))
+    if built:
+        comps = freeze(built(), _default_device(device))
+        comps.unet.to(dtype or torch.float32)
+        comps.vae.to(dtype or torch.float32)
+        return comps
     if str(model) == "digits":
         from .digits import PIPELINE
         return load_components(PIPELINE, device, dtype or torch.float32)

@@ -369,9 +369,10 @@ def write_gradebook(results: list[Result], built: Path, out: Path, unmatched: li
     """Write grades.csv, questions.csv, canvas.csv, grades.md and feedback/; returns grades.csv's rows."""
     out.mkdir(parents=True, exist_ok=True)
     manual_typed = _manual_points(out / "grades.csv")
+    asked = {name: json.loads((built / name / "questions.json").read_text()) for name in {r.assignment for r in results}}
     rows, long = [], []
     for r in sorted(results, key=lambda r: (r.student, r.assignment)):
-        questions = json.loads((built / r.assignment / "questions.json").read_text())
+        questions = asked[r.assignment]
         auto = {q: c for q, c in questions.items() if not c["manual"]}
         manual_possible = sum(c["points"] for c in questions.values() if c["manual"])
         auto_points = sum(r.questions.get(q, {}).get("points", 0.0) for q in auto)

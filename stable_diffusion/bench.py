@@ -75,7 +75,7 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
     if case["resolution"]:
         comps.at_resolution(case["resolution"])
     save_memory(comps, case["attention"], case["checkpointing"])
-    record = dict(case, case=case, resolution=comps.image_size, model=model, device=device, dtype=dtype,
+    record = dict(case, case=case, resolution=comps.image_size, model=model, device=device, dtype=dtype, repeats=repeats,
                   setup_gib=reset_peak(device) / GIB, threads=torch.get_num_threads())
     weights = {name: sum(p.numel() * p.element_size() for p in getattr(comps, name).parameters())
                for name in ("unet", "vae", "text_encoder")}
@@ -240,7 +240,7 @@ def main(argv=None):
         return
     stem = "bench_sd15" if args.model == "sd15-random" else "bench"
     path = args.out / f"{stem}.json"
-    same = dict(model=args.model, device=args.device, dtype=args.dtype)
+    same = dict(model=args.model, device=args.device, dtype=args.dtype, repeats=args.repeats)  # what a record depends on
     earlier = [] if args.fresh or not path.exists() else json.loads(path.read_text())
     kept = [r for r in earlier if isinstance(earlier, list) and isinstance(r, dict) and "case" in r
             and all(r.get(k) == v for k, v in same.items())]  # another layout (an older bench) is measured anew

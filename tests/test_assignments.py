@@ -217,6 +217,11 @@ def test_an_interrupted_run_resumes_and_keeps_hand_graded_points(graded, built, 
     for r in before[1:]:
         assert after[(r["student"], r["assignment"])]["total"] == float(r["total"])
     assert after[(table[0]["student"], table[0]["assignment"])]["total"] == float(table[0]["auto_points"]) + 1
+    longer = []  # a longer limit grades the notebook that ran out of time again, and nothing else
+    monkeypatch.setattr(course, "grade_submission", lambda sub, built, timeout, *a: longer.append(sub.student) or
+                        course.Result(sub.student, sub.assignment, "timeout", limit=timeout))
+    course.grade(subs, built, out, timeout=TIMEOUT + 1, jobs=2, progress=False)
+    assert longer == ["hangs"]
 
 
 def test_handout_has_no_solutions_or_tests_and_solutions_have_no_hidden_tests(built):

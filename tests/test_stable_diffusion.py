@@ -365,3 +365,8 @@ def test_bench_records_the_parts_and_resumes(tmp_path, monkeypatch):
                 "--device", "cpu"])  # measured already: kept, nothing run
     again = json.loads((tmp_path / "bench.json").read_text())
     assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, records))
+    measured = []  # other settings are measured anew
+    monkeypatch.setattr(bench, "run_in_fresh_process", lambda *a: measured.append(a) or dict(records[0], repeats=1))
+    bench.main(["--model", "tiny", "--steps", "1", "--gradients", "adjoint", "--repeats", "1", "--out", str(tmp_path),
+                "--device", "cpu"])
+    assert len(measured) == 1

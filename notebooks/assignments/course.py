@@ -269,6 +269,7 @@ class Result:
     autograder: str = ""
     questions: dict = field(default_factory=dict)  # {question: {points, possible, failed}} of the auto-graded
     seconds: float = 0.0
+    limit: float = 0.0  # the time limit it was graded under
 
 
 def _sha256(path: Path) -> str:
@@ -299,7 +300,7 @@ def grade_submission(sub: Submission, built: Path, timeout: float, threads: int 
     import nbformat
     if sub.path is None:
         raise ValueError(f"{sub.student}: nothing to grade for {sub.assignment}")
-    result = Result(sub.student, sub.assignment, "ok", sub.note)
+    result = Result(sub.student, sub.assignment, "ok", sub.note, limit=timeout)
     result.file, result.sha256 = str(sub.path), _sha256(sub.path)
 
     def finish(status: str, reason: str) -> Result:
@@ -469,8 +470,8 @@ def grade(submissions: Path, built: Path, out: Path, *, timeout: float = 300, jo
             results.append(Result(sub.student, sub.assignment, "missing", sub.note))
             continue
         key = (sub.student, sub.assignment, _sha256(sub.path), zips[sub.assignment])
-        if key in done:
-            results.append(done[key])
+        if key in done and not (done[key].status == "timeout" and done[key].limit < timeout):
+            results.append(done[key])  # a notebook that ran out of time is graded again under a longer limit
         else:
             todo.append(sub)
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -505,7 +506,7 @@ def main(argv=None):
     g.add_argument("--out", type=Path, default=Path("grades"), help="where the gradebook goes")
     g.add_argument("--timeout", type=float, default=300, help="seconds per notebook before it is stopped (default 300)")
     g.add_argument("--jobs", type=int, default=2, help="notebooks graded at once (default 2)")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     one = sub.add_parser("grade-one", help=argparse.SUPPRESS)
     one.add_argument("notebook", type=Path)
     one.add_argument("autograder", type=Path)

@@ -34,10 +34,11 @@ import torch
 from tqdm import tqdm
 
 from adjointdpm import cli, files
-from adjointdpm.memory import peak, reset_peak, run_in_fresh_process, saved_bytes_during
+from adjointdpm.memory import (LivePeak, live_bytes, peak, reset_peak, return_freed_memory, run_in_fresh_process,
+                               saved_bytes_during, trim)
 
 from .apps import GRADIENTS, Sampler, noise
-from .components import ATTENTION, CHECKPOINTING, model_argument, open_model, save_memory
+from .components import ATTENTION, CHECKPOINTING, model_argument, open_model, release, save_memory
 from .model import decode, encode_prompt, eps_model
 
 PROMPT = "a photo of a dog"
@@ -46,6 +47,20 @@ GIB = 2 ** 30
 PARTS = ("weights", "unet-vjp", "vae-backward")  # the breakdown's cases
 MACHINE_GIB = 24  # this machine's memory, for Backprop's extrapolation
 PAPER = {"AdjointDPM": 19.63, "DOODL": 23.24}  # GB, App. B: SD 1.5, fp32, V100
+# --save-memory: every saving that keeps the gradient exact, and what it costs (the bench's own measurements)
+SAVINGS = {
+    "unet": "checkpoint the UNet's blocks: one UNet VJP keeps 0.58 instead of 3.0 GiB at 512x512; each UNet "
+            "evaluation's forward runs again in backward",
+    "vae": "checkpoint the VAE decoder's up blocks (diffusers): the decode keeps 0.8 instead of 5.9 GiB; one more "
+           "decoder forward",
+    "vae-resnets": "checkpoint the VAE decoder per residual block and upsampler instead: a smaller transient in "
+                   "backward; one more decoder forward",
+    "text-encoder": "release the text encoder once the prompt is encoded: 0.46 GiB of weights; no time",
+    "vae-encoder": "release the VAE's encoder (a gradient only decodes): 0.13 GiB of weights; no time",
+    "allocator": "return freed memory to the system at once (a fixed glibc mmap threshold): the resident size "
+                 "follows the live bytes; costs fresh pages for every large tensor",
+}
+ALL_SAVINGS = ("unet", "vae-resnets", "text-encoder", "vae-encoder", "allocator")
 
 
 def _sync(device):
@@ -71,20 +86,27 @@ def _measure(device, fn, repeats: int) -> tuple[int, float]:
 
 def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dict:
     """One case, in this process: a gradient strategy at some steps, or one part (:data:`PARTS`)."""
+    if case.get("allocator"):
+        return_freed_memory()
     comps = open_model(model, device, getattr(torch, dtype))
     if case["resolution"]:
         comps.at_resolution(case["resolution"])
     save_memory(comps, case["attention"], case["checkpointing"])
-    record = dict(case, case=case, resolution=comps.image_size, model=model, device=device, dtype=dtype, repeats=repeats,
-                  setup_gib=reset_peak(device) / GIB, threads=torch.get_num_threads())
     weights = {name: sum(p.numel() * p.element_size() for p in getattr(comps, name).parameters())
                for name in ("unet", "vae", "text_encoder")}
-    if case["strategy"] == "weights":
-        return dict(record, peak_gib=sum(weights.values()) / GIB, seconds=None,
-                    parts_gib={k: v / GIB for k, v in weights.items()})
     eps = eps_model(comps, GUIDANCE)
     with torch.no_grad():
         cond = encode_prompt(comps, [PROMPT])
+    release(comps, case.get("release", []))
+    trim()  # what was freed since start-up goes back to the system before set-up is measured
+    held = sum(p.numel() * p.element_size() for name in ("unet", "vae", "text_encoder")
+               for p in getattr(comps, name).parameters() if p.device.type != "meta")
+    record = dict(case, case=case, resolution=comps.image_size, model=model, device=device, dtype=dtype, repeats=repeats,
+                  setup_gib=reset_peak(device) / GIB, live_setup_gib=(live_bytes() or 0) / GIB,
+                  weights_held_gib=held / GIB, threads=torch.get_num_threads())
+    if case["strategy"] == "weights":
+        return dict(record, peak_gib=sum(weights.values()) / GIB, seconds=None,
+                    parts_gib={k: v / GIB for k, v in weights.items()})
     x_T = noise(comps, [0])
     t = torch.full((1,), 0.5, device=comps.device)
 
@@ -101,10 +123,13 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
         output(x_T.clone().requires_grad_()).square().mean().backward()
 
     cpu = time.process_time()
-    peak_bytes, seconds = _measure(device, run, repeats)
+    with LivePeak() as live:
+        peak_bytes, seconds = _measure(device, run, repeats)
     # The machine's load during the case: wall seconds stretch when other work shares the cores, CPU seconds do not.
     record.update(peak_gib=peak_bytes / GIB, seconds=seconds, cpu_seconds=time.process_time() - cpu,
                   load_average=os.getloadavg()[0])
+    if live.peak is not None and torch.device(device).type == "cpu":  # the tensors', beside the resident size
+        record["live_peak_gib"] = (live.peak - live.start) / GIB
     if case["strategy"] in ("unet-vjp", "vae-backward"):  # what autograd keeps, exactly
         weights = {p.data_ptr() for net in (comps.unet, comps.vae) for p in net.parameters()}
         _, kept = saved_bytes_during(lambda: output(x_T.clone().requires_grad_()), exclude=weights)
@@ -115,6 +140,12 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
 def cases(args) -> list[dict]:
     """The gradients at every resolution (Backprop at ``--backprop-steps``), then the parts."""
     base = {"attention": args.attention, "checkpointing": list(args.checkpointing)}
+    saving = set(args.save_memory)
+    base["checkpointing"] += [c for c in CHECKPOINTING if c in saving and c not in base["checkpointing"]]
+    if saving & {"text-encoder", "vae-encoder"}:  # keys only where used: records measured before them still match
+        base["release"] = [r for r in ("text-encoder", "vae-encoder") if r in saving]
+    if "allocator" in saving:
+        base["allocator"] = True
     out = []
     for resolution in args.resolution or [None]:
         for gradient in args.gradients:
@@ -131,7 +162,8 @@ def cases(args) -> list[dict]:
 
 
 def _savings(r: dict) -> str:
-    return r["attention"] + "".join(f" + {c} checkpointing" for c in r["checkpointing"])
+    return (r["attention"] + "".join(f" + {c} checkpointing" for c in r["checkpointing"])
+            + "".join(f" + {p} released" for p in r.get("release", [])) + (" + allocator" if r.get("allocator") else ""))
 
 
 def in_order(records: list[dict]) -> list[dict]:
@@ -142,21 +174,45 @@ def in_order(records: list[dict]) -> list[dict]:
                                           r["attention"] != "sdpa", _savings(r)))
 
 
-def backprop_growth(records: list[dict]) -> dict:
-    """Per resolution, Backprop's least-squares growth per step and the step count at which
-    set-up plus peak would pass this machine's memory."""
-    out = {}
-    for resolution in sorted({r["resolution"] for r in records}):
-        rows = sorted((r["steps"], r["peak_gib"], r["setup_gib"]) for r in records
-                      if r["strategy"] == "backprop" and r["resolution"] == resolution)
+def growth(records: list[dict]) -> list[dict]:
+    """Per resolution, strategy and savings measured at two or more step counts: the least-squares growth
+    of the peak per step (resident and, where measured, live), and for a growing one the step count at
+    which set-up plus peak would pass this machine's memory."""
+    out = []
+    groups = {}
+    for r in records:
+        groups.setdefault((r["resolution"], r["strategy"], _savings(r)), []).append(r)
+    for (resolution, strategy, savings), rows in groups.items():
+        rows = sorted(rows, key=lambda r: r["steps"])
         if len(rows) < 2:
             continue
-        slope, intercept = map(float, np.polyfit([s for s, _, _ in rows], [p for _, p, _ in rows], 1))
-        setup = max(s for _, _, s in rows)
-        exceeds = int((MACHINE_GIB - setup - intercept) // slope) + 1 if slope > 0 else None
-        out[resolution] = {"gib_per_step": slope, "intercept_gib": intercept, "setup_gib": setup,
-                           f"steps_past_{MACHINE_GIB}_gib": exceeds}
+        steps = [r["steps"] for r in rows]
+        slope, intercept = map(float, np.polyfit(steps, [r["peak_gib"] for r in rows], 1))
+        live = [r.get("live_peak_gib") for r in rows]
+        setup = max(r["setup_gib"] for r in rows)
+        passes = int((MACHINE_GIB - setup - intercept) // slope) + 1 if slope > 0.05 else None
+        out.append({"resolution": resolution, "strategy": strategy, "savings": savings, "steps": steps,
+                    "gib_per_step": slope, "intercept_gib": intercept,
+                    "live_gib_per_step": float(np.polyfit(steps, live, 1)[0]) if None not in live else None,
+                    f"steps_past_{MACHINE_GIB}_gib": passes})
     return out
+
+
+def floor(gradients: list[dict]) -> list[str]:
+    """The lowest total (set-up + peak) per resolution and what it is made of, from the records."""
+    lines = []
+    for resolution in sorted({r["resolution"] for r in gradients}):
+        mine = [r for r in gradients if r["resolution"] == resolution and "weights_held_gib" in r]
+        if not mine:
+            continue
+        best = min(mine, key=lambda r: r["setup_gib"] + r["peak_gib"])
+        runtime = best["setup_gib"] - best["weights_held_gib"]
+        live = f" (live tensors: {best['live_peak_gib']:.2f})" if "live_peak_gib" in best else ""
+        lines += ["", f"**Floor at {resolution}x{resolution}**: {best['setup_gib'] + best['peak_gib']:.2f} GiB in all, "
+                  f"`{best['strategy']}` at {best['steps']} steps with {_savings(best)}. Of it: the weights still held, "
+                  f"{best['weights_held_gib']:.2f} GiB; the interpreter, libraries and allocator around them, "
+                  f"{runtime:.2f} GiB; and the gradient's own peak, {best['peak_gib']:.2f} GiB{live}."]
+    return lines
 
 
 def markdown(records: list[dict]) -> str:
@@ -169,18 +225,25 @@ def markdown(records: list[dict]) -> str:
              "AdjointDEIS-1; both must be flat in steps. Paper (App. B, SD 1.5 fp32, V100 32 GB): "
              f"{PAPER['AdjointDPM']} GB AdjointDPM, {PAPER['DOODL']} GB DOODL.", "",
              "| resolution | strategy | steps | memory savings | set-up GiB | peak above set-up GiB | "
-             "set-up + peak GiB | seconds |", "|---|---|---|---|---|---|---|---|"]
+             "live tensors' peak above set-up GiB | set-up + peak GiB | seconds |", "|---|---|---|---|---|---|---|---|---|"]
     gradients = [r for r in records if r["strategy"] not in PARTS]
     for r in gradients:
+        live = f"{r['live_peak_gib']:.3g}" if "live_peak_gib" in r else "-"
         lines.append(f"| {r['resolution']} | {r['strategy']} | {r['steps']} | {_savings(r)} | {r['setup_gib']:.3g} | "
-                     f"{r['peak_gib']:.3g} | {r['setup_gib'] + r['peak_gib']:.3g} | {r['seconds']:.3g} |")
-    growth = backprop_growth(gradients)
-    if growth:
-        lines += ["", f"Backprop's growth (least squares over its steps) and the first step count at which set-up "
-                  f"plus peak passes this machine's {MACHINE_GIB} GiB:", "",
-                  f"| resolution | GiB per step | intercept GiB | passes {MACHINE_GIB} GiB at |", "|---|---|---|---|"]
-        lines += [f"| {res} | {g['gib_per_step']:.3g} | {g['intercept_gib']:.3g} | "
-                  f"{g[f'steps_past_{MACHINE_GIB}_gib']} steps |" for res, g in growth.items()]
+                     f"{r['peak_gib']:.3g} | {live} | {r['setup_gib'] + r['peak_gib']:.3g} | {r['seconds']:.3g} |")
+    rows = growth(gradients)
+    if rows:
+        lines += ["", f"Growth per step (least squares over the steps measured), of the resident peak and of the live "
+                  f"tensors' peak, and for a growing strategy the step count at which set-up plus peak would pass "
+                  f"this machine's {MACHINE_GIB} GiB:", "",
+                  "| resolution | strategy | memory savings | steps | GiB per step (resident) | GiB per step (live) | "
+                  f"passes {MACHINE_GIB} GiB at |", "|---|---|---|---|---|---|---|"]
+        for g in rows:
+            live = "-" if g["live_gib_per_step"] is None else f"{g['live_gib_per_step']:.3g}"
+            passes = g[f"steps_past_{MACHINE_GIB}_gib"]
+            lines.append(f"| {g['resolution']} | {g['strategy']} | {g['savings']} | {', '.join(map(str, g['steps']))} | "
+                         f"{g['gib_per_step']:.3g} | {live} | {'-' if passes is None else f'{passes} steps'} |")
+    lines += floor(gradients)
     parts = [r for r in records if r["strategy"] in PARTS]
     if parts:
         lines += ["", "The parts, each in its own process. `weights`: parameter bytes (UNet, VAE, text encoder). "
@@ -216,6 +279,9 @@ def main(argv=None):
                         help="attention for the gradients (default sdpa, diffusers' default)")
     parser.add_argument("--checkpointing", nargs="*", default=[], choices=CHECKPOINTING,
                         help="networks whose blocks are gradient-checkpointed for the gradients (default none)")
+    parser.add_argument("--save-memory", nargs="+", default=[], choices=[*SAVINGS, "all"], metavar="SAVING",
+                        help="savings that keep the gradient exact, each with its cost: " + "; ".join(
+                            f"{k}: {v}" for k, v in SAVINGS.items()) + f"; all: {', '.join(ALL_SAVINGS)}")
     parser.add_argument("--breakdown", action="store_true",
                         help="also measure weights, one UNet VJP and the VAE decode's backward, with and without savings")
     parser.add_argument("--device", type=cli.device, default=cli.default_device(), help="default: cuda if available")
@@ -224,8 +290,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=cli.nonnegative_int, default=2,
                         help="timed gradients per case after the measured one (0: time the measured one)")
     parser.add_argument("--out", type=cli.folder, default=Path("results/stable_diffusion"))
-    parser.add_argument("--fresh", action="store_true", help="measure every case again instead of keeping those "
-                        "already in the output")
+    parser.add_argument("--fresh", action="store_true", help="measure the listed cases again, replacing their "
+                        "records (the other records in the output are kept)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.device = str(args.device)
@@ -233,6 +299,10 @@ def main(argv=None):
         values = getattr(args, name) or []
         if len(set(values)) != len(values):
             parser.error(f"argument --{name.replace('_', '-')}: give each value once")
+    if "all" in args.save_memory:
+        args.save_memory = [*ALL_SAVINGS, *(s for s in args.save_memory if s not in ALL_SAVINGS and s != "all")]
+    if {"vae", "vae-resnets"} <= set(args.save_memory) | set(args.checkpointing):
+        parser.error("argument --save-memory: 'vae' and 'vae-resnets' are two grains of one saving; choose one")
     if any(r % 64 for r in args.resolution or []):
         parser.error("argument --resolution: must be a multiple of 64 (SD's VAE downsamples by 8, its UNet by 8 more)")
     if args.worker:
@@ -241,13 +311,14 @@ def main(argv=None):
     stem = "bench_sd15" if args.model == "sd15-random" else "bench"
     path = args.out / f"{stem}.json"
     same = dict(model=args.model, device=args.device, dtype=args.dtype, repeats=args.repeats)  # what a record depends on
-    earlier = [] if args.fresh or not path.exists() else json.loads(path.read_text())
+    earlier = json.loads(path.read_text()) if path.exists() else []
     kept = [r for r in earlier if isinstance(earlier, list) and isinstance(r, dict) and "case" in r
             and all(r.get(k) == v for k, v in same.items())]  # another layout (an older bench) is measured anew
     records = []
     start = time.perf_counter()
     for case in tqdm(cases(args), desc="bench"):
-        known = [r for r in kept if r["case"] == case]
+        known = [] if args.fresh else [r for r in kept if r["case"] == case]
+        kept = [r for r in kept if r["case"] != case]  # measured anew (or reused): one record per case
         record = known[0] if known else run_in_fresh_process(
             "stable_diffusion.bench", "--model", args.model, "--worker", json.dumps(case), "--device", args.device,
             "--dtype", args.dtype, "--repeats", args.repeats)

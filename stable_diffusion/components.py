@@ -176,7 +176,8 @@ def freeze(comps: SDComponents, device=None) -> SDComponents:
 
 
 ATTENTION = ("sdpa", "classic")
-CHECKPOINTING = ("unet", "vae")
+CHECKPOINTING = ("unet", "vae", "vae-resnets")
+RELEASABLE = ("text-encoder", "vae-encoder")
 
 
 def save_memory(comps: SDComponents, attention: str = "sdpa", checkpointing=()) -> SDComponents:
@@ -184,12 +185,16 @@ def save_memory(comps: SDComponents, attention: str = "sdpa", checkpointing=()) 
 
     ``attention="sdpa"`` is diffusers' default on torch 2 (``F.scaled_dot_product_attention``:
     fused kernels that keep no attention matrix for backward); ``"classic"`` materialises
-    softmax(QK^T), 4096 x 4096 per head at 64 x 64 latents, as diffusers did before. Naming
-    ``"unet"`` or ``"vae"`` in ``checkpointing`` turns on diffusers' gradient checkpointing of
-    that network's blocks (the VAE's: its decoder's mid and up blocks): under autograd each
-    block keeps only its input and is recomputed during backward, exact because the networks
-    are in eval mode (no dropout). VAE slicing and tiling are left out: slicing splits the
-    batch (one image here) and tiling blends overlapping tiles, which changes the image.
+    softmax(QK^T), 4096 x 4096 per head at 64 x 64 latents, as diffusers did before. In
+    ``checkpointing``, ``"unet"`` or ``"vae"`` turns on diffusers' gradient checkpointing of that
+    network's blocks (the VAE's: its decoder's mid and up blocks): under autograd each block keeps
+    only its input and is recomputed during backward, exact because the networks are in eval mode
+    (no dropout). ``"vae-resnets"`` checkpoints the VAE decoder at a finer grain instead: its mid
+    block and each residual block and upsampler of its up blocks, so the recomputation in backward
+    holds one residual block's activations at a time rather than a whole up block's (at 512x512 an
+    up block holds several 128- and 256-channel maps of 512x512). Each recomputes its forward once
+    in backward. VAE slicing and tiling are left out: slicing splits the batch (one image here) and
+    tiling blends overlapping tiles, which changes the image.
     """
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
     if attention not in ATTENTION:
@@ -197,13 +202,50 @@ def save_memory(comps: SDComponents, attention: str = "sdpa", checkpointing=()) 
     unknown = set(checkpointing) - set(CHECKPOINTING)
     if unknown:
         raise ValueError(f"checkpointing names networks among {CHECKPOINTING}, got {sorted(unknown)}")
-    for name in CHECKPOINTING:
+    if {"vae", "vae-resnets"} <= set(checkpointing):
+        raise ValueError("checkpointing: 'vae' and 'vae-resnets' are two grains of the same saving; choose one")
+    for name in ("unet", "vae"):
         net = getattr(comps, name)
         net.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
         if name in checkpointing:
             net.enable_gradient_checkpointing()
         else:
             net.disable_gradient_checkpointing()
+    decoder = comps.vae.decoder
+    pieces = [decoder.mid_block] + [m for block in decoder.up_blocks for m in (*block.resnets, *(block.upsamplers or ()))]
+    for module in pieces:
+        _checkpointed(module, "vae-resnets" in checkpointing)
+    return comps
+
+
+def _checkpointed(module: torch.nn.Module, on: bool) -> None:
+    """Make ``module`` keep only its inputs under autograd and recompute its forward in backward (or undo it)."""
+    import torch.utils.checkpoint
+    vars(module).pop("forward", None)  # undo: the class's forward again
+    if on:
+        forward = module.forward
+
+        def checkpointed(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                return forward(*args, **kwargs)
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        module.forward = checkpointed
+
+
+def release(comps: SDComponents, parts) -> SDComponents:
+    """Free the weights of parts a gradient no longer needs (:data:`RELEASABLE`): the text encoder once
+    the prompts are encoded, the VAE's encoder when only decoding follows. Their parameters move to
+    PyTorch's ``meta`` device (shapes without storage): the gradient is unchanged, and a released
+    part cannot run again until the model is loaded anew."""
+    unknown = set(parts) - set(RELEASABLE)
+    if unknown:
+        raise ValueError(f"release names parts among {RELEASABLE}, got {sorted(unknown)}")
+    if "text-encoder" in parts:
+        comps.text_encoder.to("meta")
+    if "vae-encoder" in parts:
+        comps.vae.encoder.to("meta")
+        if comps.vae.quant_conv is not None:
+            comps.vae.quant_conv.to("meta")
     return comps
 
 

@@ -64,3 +64,82 @@ def run_in_fresh_process(module: str, *args) -> dict:
         raise RuntimeError(f"benchmark case `python -m {module} {' '.join(map(str, args))}` failed:\n"
                            f"{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- the C allocator on Linux (glibc): what the process holds, against what it has handed out ----------------
+
+def _libc():
+    import ctypes
+    import ctypes.util
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def live_bytes() -> int | None:
+    """Bytes the C allocator has handed out and not taken back (glibc's ``mallinfo2``: heap chunks in use
+    plus mmapped blocks), ``None`` where that is unknown. On a CPU this is the tensors' memory (and the
+    rest of the process's small allocations); the resident size also counts what was freed but kept."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+    try:
+        fn = _libc().mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = MallInfo2
+    info = fn()
+    return info.uordblks + info.hblkhd
+
+
+class LivePeak:
+    """The high-water mark of :func:`live_bytes` inside a ``with`` block, sampled every ``interval``
+    seconds by a thread (PyTorch's kernels release the interpreter lock, so it runs during them): a
+    lower bound of the true peak, which a sample can miss by at most what one kernel allocates and frees."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak, self.start = interval, None, None
+
+    def __enter__(self):
+        import threading
+        self.start = self.peak = live_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        if self.start is not None:
+            self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, live_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+            self.peak = max(self.peak, live_bytes())
+        return False
+
+
+def trim() -> None:
+    """Give the heap's free pages back to the system now (glibc's ``malloc_trim``; nothing elsewhere)."""
+    try:
+        _libc().malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def return_freed_memory() -> bool:
+    """Make the C allocator give freed memory back to the system at once: every block above 128 KiB
+    is mapped on its own and unmapped when freed (glibc's ``M_MMAP_THRESHOLD``, fixed, so it no longer
+    rises to 32 MiB after the first large free), and the heap is trimmed now. Afterwards the resident
+    size follows the live bytes instead of their high-water mark, at the cost of fresh pages for
+    each large tensor. Returns whether the allocator took the settings (glibc only)."""
+    try:
+        libc = _libc()
+        ok = libc.mallopt(-3, 128 * 1024) == 1  # M_MMAP_THRESHOLD
+        ok &= libc.mallopt(-1, 128 * 1024) == 1  # M_TRIM_THRESHOLD: trim the heap's top above 128 KiB
+        libc.malloc_trim(0)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False

@@ -12,10 +12,21 @@
 # ---
 
 # %% [markdown]
-# # 03 · Stable Diffusion scale: the paper's four applications
+# # 03 · Stable Diffusion scale: the paper's applications, and who judges them
 #
-# AdjointDPM's applications (Sec. 4, App. A-D) optimise something upstream of a text-to-image
-# latent diffusion model with a loss on the decoded image:
+# **Learning goals.** After this notebook you can
+# - optimise the initial noise `x_T`, a text embedding and the UNet's weights of a text-to-image
+#   latent diffusion model through `adjointdpm.sample(..., gradient=...)`;
+# - tell a result that *satisfies a network* from one that *is what the network stands for*, by
+#   reading it with judges that took no part in producing it;
+# - read the paper's Tables 2 and 3 on a model you can run on a laptop.
+#
+# **Prerequisites.** Notebook 01 (the adjoint and the gradient strategies, sections 3, 5 and 8);
+# the paper's Sec. 4 and App. A-D (Pan et al., "AdjointDPM", ICLR 2024,
+# [arXiv:2307.10711](https://arxiv.org/abs/2307.10711)). About 3 minutes on a CPU.
+#
+# AdjointDPM's applications optimise something upstream of a text-to-image model with a loss on
+# the decoded image:
 #
 # | application | optimised | loss |
 # |---|---|---|
@@ -25,15 +36,16 @@
 # | inversion (App. A) | one new token's embedding | MSE to target images |
 #
 # All four go through one call, `adjointdpm.sample(model, x_T, schedule, cond, gradient=...)`:
-# diffusers' pipelines cannot be used because their `__call__` runs under `no_grad`.
+# diffusers' pipelines cannot be used, because their `__call__` runs under `no_grad`.
 #
-# **By default this notebook runs on the digits model** (about 2 minutes on a CPU): a small
-# text-to-image model made of the real diffusers classes (`AutoencoderKL`,
-# `UNet2DConditionModel`, `CLIPTextModel`), trained here on scikit-learn's real handwritten
-# digits with the prompts "a handwritten digit zero" ... "nine", **except that it never saw a
-# nine**. Its digit classifier (99.6 % on held-out digits) is the classifier to guide and
-# audit, and its convolutions are the style features. Set `REAL = True` to run the same
-# applications on a real Stable Diffusion v1.x on a GPU.
+# **By default this notebook runs on the digits model**: a small text-to-image model made of the
+# real diffusers classes (`AutoencoderKL`, `UNet2DConditionModel`, `CLIPTextModel`), trained here
+# on scikit-learn's real handwritten digits with the captions "a handwritten digit zero" ...
+# "eight". It has **seen nines, but never with their name**: every nine was captioned with the
+# generic "a handwritten digit" (which every digit shares a tenth of), so "a handwritten digit
+# nine" names a word it never saw with an image, as Stable Diffusion has seen dogs of every breed
+# without every breed's name. Set `REAL = True` to run the applications on a real Stable
+# Diffusion v1.x on a GPU.
 
 # %%
 REAL = False  # True: a local Stable Diffusion on CUDA (see the next cell for what to download)
@@ -42,16 +54,20 @@ REAL = False  # True: a local Stable Diffusion on CUDA (see the next cell for wh
 # For `REAL = True`, place on the machine (nothing is downloaded by the code): a Stable
 # Diffusion v1.x in diffusers' layout (e.g. `huggingface-cli download
 # stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir sd15` on a machine with internet),
-# torchvision's ImageNet weights `resnet50-11ad3fa6.pth` (the classifier) and
-# `vgg19-dcbb9e9d.pth` (style features), and set the paths in the next cell.
+# torchvision's ImageNet weights `resnet50-11ad3fa6.pth` (the guide) and `vgg19-dcbb9e9d.pth`
+# (style features), and set the paths in the next cell.
 
 # %%
+import json
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the committed outputs
 import warnings
 
 warnings.filterwarnings("ignore", message="IProgress not found")
+from transformers.utils import logging as transformers_logging
+
+transformers_logging.disable_progress_bar()  # its "Loading weights" bar would be a stale widget in the committed output
 
 import tempfile
 from pathlib import Path
@@ -60,26 +76,27 @@ import matplotlib.pyplot as plt
 import torch
 
 from stable_diffusion import apps, open_model
-from stable_diffusion.digits import ConvFeatures, data, load_classifier
+from stable_diffusion.digits import ConvFeatures, data, experiments, load_classifier
 
 torch.manual_seed(0)
 if REAL:
     from stable_diffusion.nets import load_classifier as load_torchvision, load_vgg19
     MODEL, DEVICE = "sd15", "cuda"
-    classifier = load_torchvision("resnet50", "resnet50-11ad3fa6.pth").to(DEVICE)
+    guide = load_torchvision("resnet50", "resnet50-11ad3fa6.pth").to(DEVICE)
     features = load_vgg19("vgg19-dcbb9e9d.pth").to(DEVICE)
     sampler = apps.Sampler(steps=20, guidance_scale=7.5)
     TARGET, PROMPT = 207, "a photo of a dog"  # ImageNet 207: golden retriever
     AUDIT = {207: "a photo of a golden retriever"}
 else:
     MODEL, DEVICE = "digits", "cpu"
-    classifier = load_classifier()
-    features = ConvFeatures(classifier)
+    guide = load_classifier()
+    features = ConvFeatures(guide)
     sampler = apps.Sampler(steps=8, guidance_scale=4.0)  # DPM-Solver-2M, an RK4 adjoint of as many steps
-    TARGET, PROMPT = 9, data.prompt(9)
+    TARGET, PROMPT = 9, data.GENERIC
     AUDIT = {3: data.prompt(3), 5: data.prompt(5), 8: data.prompt(8)}
 comps = open_model(MODEL, DEVICE)
 out = Path(tempfile.mkdtemp())
+RESULTS = Path(experiments.__file__).resolve().parents[2] / "results" / "stable_diffusion" / "digits"  # committed results
 print("latents", comps.latent_shape, "| images", comps.image_size, "px | UNet parameters",
       sum(p.numel() for p in comps.unet.parameters()))
 
@@ -98,117 +115,216 @@ def show(rows: dict, title: str):
     plt.show()
 
 # %% [markdown]
-# ## The model: a UNet as an eps-model over latents
+# ## The model, the guide and the judges
 #
-# `eps_model(comps, s)` wraps the UNet as `model(x, t, cond)` with classifier-free guidance
-# in the paper's form `s eps(x, t, c) + (1 - s) eps(x, t, null)`. The training betas give
-# `VPSchedule.discrete`, and a continuous `t` reaches the UNet as the real timestep
-# `1000 t - 1` (no rounding to the training grid). Here is what it draws for each prompt:
-# every digit it was trained on, and, for "nine", something else.
+# `eps_model(comps, s)` wraps the UNet as `model(x, t, cond)` with classifier-free guidance in
+# the paper's form `s eps(x, t, c) + (1 - s) eps(x, t, null)`. The training betas give
+# `VPSchedule.discrete`, and a continuous `t` reaches the UNet as the real timestep `1000 t - 1`.
+#
+# Three readers look at every image below. The **guide** is the digit classifier that guided
+# sampling and the audit differentiate through. The two **judges** never guide anything
+# (`handwritten.judges`): an SVC on the 8x8 pixels (the image averaged back down to the scan's
+# size; it has no gradient to attack) and a LeNet-5, an architecture unlike the guide's. Guide and
+# judges were trained on disjoint thirds of the real digits, and a third third, never trained on,
+# is the reference of every Frechet distance and KID.
 
 # %%
-prompts = [data.prompt(k) for k in range(10)] if not REAL else [PROMPT]
-grid = {p: apps.generate(comps, [p] * 6, range(6), sampler) for p in prompts}
-with torch.no_grad():
-    read = {p: [data.NAMES[int(k)] for k in classifier(images).argmax(1)] for p, images in grid.items()}
+from handwritten.judges import judges
+
+judge = judges()
+prompts = [data.prompt(k) for k in range(10)] + [data.GENERIC] if not REAL else [PROMPT]
+grid = {p: apps.generate(comps, [p] * 8, range(8), sampler) for p in prompts}
 show(grid, "what the model draws (8 DPM-Solver-2M steps, guidance 4)")
 if not REAL:
-    print("'nine' is read as:", read[data.prompt(9)])
-    assert all(r == [data.NAMES[k]] * 6 for k, r in enumerate(read.values()) if k != 9)
+    readers = {p: experiments.readings(images, guide) for p, images in grid.items()}
+    for p, read in readers.items():
+        print(f"{p:28s}", "  ".join(f"{who}: {' '.join(str(int(k)) for k in r)}" for who, r in read.items()))
+    # every reader reads every named digit as itself; the word "nine" draws no nine; the generic caption draws several digits
+    assert all((r == k).all() for k, p in enumerate(prompts[:9]) for r in readers[p].values())
+    assert not any((r == 9).any() for r in readers[data.prompt(9)].values())
+    assert len(set(readers[data.GENERIC]["net"].tolist())) >= 4
 
 # %% [markdown]
-# ## 1. Guided sampling: teaching the model a digit it never saw
+# ## 1. Guided sampling, and a loss that can be satisfied without its meaning
 #
-# AdamW on `x_T` to raise the classifier's `log p(nine)` on the decoded image, the prompt
-# staying "a handwritten digit nine". The gradient `dL/dx_T` comes from the adjoint: memory
-# does not grow with the sampler's steps. (Table 2's analogue, with 64 seeds and digit-FID, is
-# `results/stable_diffusion/digits/table2.md`.)
+# Vocabulary expansion (Table 2): descend on `x_T` of the generic caption so that the guide reads
+# a nine in the decoded image. The gradient `dL/dx_T` comes from the adjoint: memory does not
+# grow with the sampler's steps.
+#
+# First the naive descent, AdamW on `x_T` (renormalised to its initial norm after each step).
+# The guide's `log p(nine)` rises. Does the image become a nine? Ask the judges.
 
 # %%
-seeds = list(range(8))
-result = apps.guided_sampling(comps, classifier, PROMPT, TARGET, seeds, iters=8, lr=0.15, sampler=sampler,
-                              progress=False)
-p_before, p_after = (sum(result[k]) / len(seeds) for k in ("p_target_before", "p_target_after"))
-print(f"mean p(target): {p_before:.3f} -> {p_after:.3f}")
-show(result["images"], "guided sampling toward the classifier's nine")
-assert p_after > p_before
+seeds = list(range(1000, 1008))
+
+
+def readout(images, title):
+    read = experiments.readings(images, guide)
+    rates = {who: float((r == TARGET).float().mean()) for who, r in read.items()}
+    adversarial = float(((read["guide"] == TARGET) & (read["svc"] != TARGET) & (read["net"] != TARGET)).float().mean())
+    print(f"{title}: read as nine by " + ", ".join(f"{who} {100 * v:.0f}%" for who, v in rates.items())
+          + f"; the guide alone: {100 * adversarial:.0f}%")
+    return rates, adversarial
+
+
+naive = apps.guided_sampling(comps, guide, PROMPT, TARGET, seeds, iters=10, lr=0.1, sampler=sampler, progress=False)
+if not REAL:
+    before, _ = readout(naive["images"]["before"], "before")
+    naive_rates, naive_gap = readout(naive["images"]["after"], "AdamW")
+show(naive["images"], "naive guidance toward the guide's nine")
 
 # %% [markdown]
-# ## 2. Auditing the classifier with bounded initial noise
+# The guide is easier to satisfy than the judges: some images it now reads as nines, while both
+# judges (and your eyes) read something else. That share is the **adversarial rate**. A loss
+# that a network defines can be satisfied without the thing it stands for, and a network's
+# gradient is exactly the tool that finds how. This is why no table here is read by the guide.
 #
-# For images the classifier reads correctly, projected signed-gradient steps on `delta` with
-# `‖delta‖∞ ≤ tau = 0.8` (the paper's bound) try to change its decision. The attacked images
-# stay close to the clean ones, yet are read as another digit. (Table 3's analogue:
-# `results/stable_diffusion/digits/table3.md`.)
+# DOODL's restraints hold the descent back: SGD with momentum on elementwise-clipped gradients,
+# a small random kick each step, `x_T` kept on its sphere; and the guide's loss averaged over
+# random shifts of the image (Shen et al., NeurIPS 2024): a nine is a nine wherever it sits, an
+# adversarial pattern usually is not.
 
 # %%
-result = apps.audit(comps, classifier, AUDIT, list(range(6)), tau=0.8, iters=4, per_class=3, sampler=sampler,
+restrained = apps.guided_sampling(comps, guide, PROMPT, TARGET, seeds, iters=10, lr=experiments.TABLE2_LR,
+                                  restraints=experiments.TABLE2_RESTRAINTS, sampler=sampler, progress=False)
+if not REAL:
+    restrained_rates, restrained_gap = readout(restrained["images"]["after"], "restrained")
+    # the judges read more nines with the restraints than without, and more than before guidance
+    assert restrained_rates["svc"] + restrained_rates["net"] > naive_rates["svc"] + naive_rates["net"]
+    assert min(restrained_rates["svc"], restrained_rates["net"]) > max(before["svc"], before["net"])
+show({"before": restrained["images"]["before"], "AdamW": naive["images"]["after"],
+      "restrained": restrained["images"]["after"]}, "guidance toward nine, read by the judges above")
+
+# %% [markdown]
+# Table 2 at full size (64 seeds, 18 steps, 10 sampler steps; `python -m stable_diffusion.digits
+# results`), and every route side by side (`... ablation`), read from the committed files:
+
+# %%
+if not REAL:
+    t2 = json.loads((RESULTS / "table2.json").read_text())
+    for when in ("before", "after"):
+        print(f"{when:6s}: read as nine by the guide {100 * t2[f'guide_reads_nine_{when}']:.0f}%, the SVC judge "
+              f"{100 * t2[f'judge_svc_reads_nine_{when}']:.0f}%, the LeNet judge {100 * t2[f'judge_net_reads_nine_{when}']:.0f}%;"
+              f" adversarial {100 * t2[f'adversarial_rate_{when}']:.0f}%; judge-FID to real nines {t2[f'judge_fid_{when}']:.2f}")
+    print(f"judge-FID change {t2['judge_fid_change_percent']:+.1f}% (paper, Stanford Dogs: AdjointDPM "
+          f"{t2['paper_fid_change_percent']['AdjointDPM']:+.1f}%, DOODL {t2['paper_fid_change_percent']['DOODL']:+.1f}%)")
+    ablation = json.loads((RESULTS / "table2_ablation.json").read_text())
+    for row in ablation["rows"]:
+        k = data.NAMES[row["target"]]
+        print(f"{row['route']:70s} guide {100 * row[f'guide_reads_{k}']:3.0f}%  SVC {100 * row[f'judge_svc_reads_{k}']:3.0f}%"
+              f"  LeNet {100 * row[f'judge_net_reads_{k}']:3.0f}%  adversarial {100 * row['adversarial_rate']:3.0f}%")
+    assert min(t2["judge_svc_reads_nine_after"], t2["judge_net_reads_nine_after"]) >= 0.6
+
+# %% [markdown]
+# The judge-FID falls much more than the paper's per-class FID: a tenth of the generic caption's
+# samples are nines to begin with, so the class starts far from its real images; Stanford Dogs
+# breeds start close to the dogs Stable Diffusion already draws.
+#
+# ## 2. Auditing the guide with bounded initial noise
+#
+# For images the guide reads correctly, projected signed-gradient steps on `delta` with
+# `‖delta‖∞ ≤ tau` try to change its decision. The paper's point is an image that *still shows its
+# class* but flips the classifier, so the judges decide whether a flip is an audit finding (the
+# digit is still there) or just a changed image.
+
+# %%
+result = apps.audit(comps, guide, AUDIT, list(range(6)), tau=0.4, iters=4, per_class=3, sampler=sampler,
                     progress=False)
-for row in result["rows"]:
-    print(f"{row['prompt']}: {row['changed']} of {row['audited']} decisions changed")
 images = result["images"]
-read_as = ", ".join(data.NAMES[int(k)] for k in images["read_as"]) if not REAL else ""
-show({"clean": images["clean"], "attacked": images["attacked"]}, f"audit, tau = 0.8 (attacked read as: {read_as})")
-assert result["max_abs_delta"] <= 0.8 + 1e-6  # in float32, tau = 0.8 is 0.800000012
+flipped = images["read_as"] != images["labels"]
+if not REAL:
+    judged = judge.read(images["attacked"])
+    still = flipped.cpu() & (judged["svc"] == images["labels"].cpu()) & (judged["net"] == images["labels"].cpu())
+    print(f"tau 0.4: {int(flipped.sum())} of {len(flipped)} decisions flipped; {int(still.sum())} of them still read "
+          "as the digit drawn by both judges")
+    print("guide after the attack:", [data.NAMES[int(k)] for k in images["read_as"]])
+    print("LeNet judge:           ", [data.NAMES[int(k)] for k in judged["net"]])
+show({"clean": images["clean"], "attacked (tau 0.4)": images["attacked"]}, "audit")
+assert result["max_abs_delta"] <= 0.4 + 1e-6  # in float32 the bound is 0.4000000059604645
+
+# %% [markdown]
+# At full size (Table 3, read from the committed file), over tau: the guide flips more decisions
+# as tau grows, and the images change more (pixel change, and KID to real digits):
+
+# %%
+if not REAL:
+    t3 = json.loads((RESULTS / "table3.json").read_text())
+    for tau, v in t3["by_tau"].items():
+        print(f"tau {tau}: flipped {100 * v['rate']:.0f}%, flipped and still the digit to every judge "
+              f"{100 * v['success_flipped_and_original_to_every_judge']:.0f}%, pixel change {v['image_change']:.3f}, "
+              f"KID to real digits {v['judge_kid_to_real_clean']:.3f} -> {v['judge_kid_to_real_attacked']:.3f}")
+    rates = [v["rate"] for v in t3["by_tau"].values()]
+    changes = [v["image_change"] for v in t3["by_tau"].values()]
+    assert rates == sorted(rates) and changes == sorted(changes)  # more flips, larger changes, as tau grows
 
 # %% [markdown]
 # ## 3. Stylization: fine-tuning the cross-attention weights (eq. 13)
 #
-# The style is the Gram matrices of convolutional features of one reference photograph (here
-# scikit-learn's bundled `china.jpg`; VGG-19 features on a real SD); the content term keeps
-# each noise-prompt pair's original features. Only the cross-attention projections train.
-# We measure the style loss on noise-prompt pairs the training never saw.
+# The style is the Gram matrices of the guide's convolutional features of one reference image;
+# the content term keeps each noise-prompt pair's own features; only the cross-attention
+# projections train. A model of gray digits cannot show a photograph's colours (its VAE never
+# saw colour), so the style here is one it can draw: **bold ink**, a real digit whose strokes
+# are dilated as by a broad marker. What a reader sees is measured without the training loss:
+# the share of inked pixels, and whether the judges still read the digit.
 
 # %%
-from stable_diffusion.apps import read_image
-from stable_diffusion.nets import gram
-
-style = read_image("sklearn:china.jpg", comps.image_size)
+real, _ = data.load("guide", range(9))
+style = experiments.bold_ink(data.to_unit(real[::40]), 5)[:1]
 train_prompts = [data.prompt(k) for k in range(9)] if not REAL else [PROMPT]
 unseen = [(p, 100 + i) for i, p in enumerate(train_prompts)]
-with torch.no_grad():
-    target_grams = [gram(f) for f in features(style.to(DEVICE))[0]]
-
-
-def style_loss(images):
-    with torch.no_grad():
-        return float(sum(((gram(f) - g) ** 2).mean() for f, g in zip(features(images)[0], target_grams)))
-
-
 before = apps.generate(comps, [p for p, _ in unseen], [s for _, s in unseen], sampler)
-result = apps.stylize(comps, features, style, train_prompts, [0], epochs=2, lr=3e-3, w_style=3e3, sampler=sampler,
+result = apps.stylize(comps, features, style, train_prompts, [0], epochs=2, lr=3e-3, w_style=100, sampler=sampler,
                       out=out / "stylize", progress=False)
 after = apps.generate(comps, [p for p, _ in unseen], [s for _, s in unseen], sampler)
-print(f"{result['trained_parameters']} cross-attention weights trained on {result['pairs']} pairs; "
-      f"style loss on unseen pairs {style_loss(before):.4g} -> {style_loss(after):.4g}")
-show({"style": style, "unseen, original": before, "unseen, stylized": after}, "stylization")
-assert style_loss(after) < style_loss(before)
+ink = {when: experiments.ink_statistics(x)["inked_share"] for when, x in (("before", before), ("after", after))}
+print(f"{result['trained_parameters']} cross-attention weights trained on {result['pairs']} pairs; inked share "
+      f"of unseen samples {100 * ink['before']:.0f}% -> {100 * ink['after']:.0f}% "
+      f"(the reference: {100 * experiments.ink_statistics(style)['inked_share']:.0f}%)")
+show({"style": style, "unseen, original": before, "unseen, stylized": after}, "stylization toward bold ink")
+assert ink["after"] > ink["before"]
 
 # %% [markdown]
 # ## 4. Text-embedding inversion: a word for nine
 #
-# A new token `<nine>` whose embedding row is optimised so that "a handwritten digit <nine>"
-# from fixed noises reproduces eight real nines (MSE on the images). It is saved as a
-# textual-inversion file that diffusers' `pipe.load_textual_inversion(path)` loads; below it
-# is used from noises it never trained on.
+# A new token `<nine>` whose embedding row is optimised from real nines, then used from noises it
+# never trained on, read by the judges. The paper's loss (App. A) is the MSE between the images
+# drawn from fixed noises and the targets; it fits those pairs, and nothing asks the token to draw
+# a nine from other noises. Matching the mean features of images from fresh noises to the targets'
+# asks exactly that (`features=` of `apps.invert_embedding`). The committed run
+# (`results/stable_diffusion/digits/invert.md`), with an upper bound: the whole conditioning
+# optimised freely.
 
 # %%
-comps = open_model(MODEL, DEVICE)  # the original weights again
-real, _ = data.load("train", [9])
-targets = data.to_unit(real[:8])
-result = apps.invert_embedding(comps, targets, list(range(8)), token="<nine>", init_token="nine",
-                               template=data.TEMPLATE, iters=12, lr=0.05, sampler=sampler, progress=False)
-fresh = list(range(50, 58))
-drawn = apps.generate(comps, [data.TEMPLATE.format("<nine>")] * 8, fresh, sampler)
-with torch.no_grad():
-    rate = float((classifier(drawn).argmax(1) == 9).float().mean())
-print(f"MSE {result['losses'][0]:.4f} -> {result['losses'][-1]:.4f}; "
-      f"'a handwritten digit <nine>' from unseen noises read as nine: {100 * rate:.0f}%")
-show({"targets (real nines)": targets, "<nine>, unseen noises": drawn}, "inversion")
+if not REAL:
+    inv = json.loads((RESULTS / "invert.json").read_text())
+    for name, m in inv["rows"].items():
+        print(f"{name:48s} read as nine by the SVC judge {100 * m['judge_svc_reads_nine']:3.0f}%, "
+              f"the LeNet judge {100 * m['judge_net_reads_nine']:3.0f}%")
+    bound = inv["rows"]["upper bound: the whole conditioning, free"]
+    assert max(bound["judge_svc_reads_nine"], bound["judge_net_reads_nine"]) < 0.5
 
 # %% [markdown]
-# ## Memory
-# `python -m stable_diffusion.bench` measures peak memory and time of one `dL/dx_T` per
-# gradient strategy, each case in a fresh process. The digits model's results at full size,
-# and the two tables beside the paper's, are in `results/stable_diffusion/digits/`
-# (`python -m stable_diffusion.digits results`).
+# No text reaches the nines that guidance on `x_T` reaches: the model saw nines only under a caption
+# shared with every digit, so its conditioning never learned to separate them, and what selects a
+# nine is the noise. One embedding cannot teach the UNet a distinction it never made; as in the
+# paper, inversion is an aid to guidance, not a replacement for it.
+
+# %% [markdown]
+# ## Summary
+#
+# - One call, `sample(..., gradient=...)`, differentiates a text-to-image model with respect to
+#   its initial noise, its conditioning and its weights; the adjoint keeps memory flat in steps.
+# - A guide's reading of its own result is not evidence: judges that never guided, trained on
+#   other images, read the results here, and the gap (the adversarial rate) is reported beside.
+# - Restraints on the optimiser (DOODL's) and on the guide (shifts) turn guide-pleasing images
+#   into images the judges read as the target.
+#
+# **Try it.**
+# 1. Guide toward a digit the model already draws well (`TARGET = 3`) with the naive AdamW: the
+#    adversarial rate stays near zero, since the guide's gradient follows the digit's shape.
+# 2. Raise `lr` of the naive descent to 0.3: the guide's rate rises, the judges' does not.
+# 3. Audit with `tau=0.8` (the paper's): almost every decision flips, but look at the images.
+#
+# **Next.** Assignment 3 (`notebooks/assignments/a3_audit.py`) builds the audit's search itself on
+# the toy. The memory of a full-size gradient (SD 1.5's architecture on a CPU) is measured by
+# `python -m stable_diffusion.bench` (README, "One gradient at full size").

@@ -22,9 +22,10 @@ import torch
 from adjointdpm import SOLVERS, cli
 
 from . import apps
-from .components import model_argument, open_model
+from .components import model_argument, open_model, save_memory
 
 ODE_SOLVERS = [s for s in SOLVERS if s != "dopri5"]  # a fixed grid: the applications' budgets are NFE counts
+APP_SAVINGS = ("unet", "vae", "vae-resnets", "allocator")
 
 
 def class_prompt(text: str) -> tuple[int, str]:
@@ -68,6 +69,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--gradient", default="adjoint", choices=list(apps.GRADIENTS),
                    help="gradient strategy (default adjoint: RK4 on the adjoint ODE, as many steps as the sampler)")
     g.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=[0, 1], help="one x_T per seed")
+    g.add_argument("--save-memory", nargs="+", default=[], choices=[*APP_SAVINGS, "all"], metavar="SAVING",
+                   help="memory savings that keep the gradient exact (python -m stable_diffusion.bench --help has "
+                   "their costs): unet (checkpoint the UNet's blocks), vae or vae-resnets (checkpoint the VAE "
+                   "decoder per up block or per residual block), allocator (return freed memory at once); all: "
+                   "unet, vae-resnets and allocator. Releasing the text encoder is the bench's only: the "
+                   "applications encode prompts (and inversion trains through it) as they go")
     g.add_argument("--out", type=cli.folder, default=Path("results/stable_diffusion"), help="results folder")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     clf = argparse.ArgumentParser(add_help=False)
@@ -86,7 +93,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--target", type=cli.nonnegative_int, required=True, help="target class index")
     p.add_argument("--iters", type=cli.positive_int, default=30, help="AdamW steps on x_T (default 30)")
-    p.add_argument("--lr", type=cli.positive_float, default=0.05, help="learning rate (default 0.05)")
+    p.add_argument("--lr", type=cli.positive_float, default=0.05, help="learning rate (default 0.05; DOODL's "
+                   "restraints take larger ones: Table 2 on the digits model uses 2)")
+    p.add_argument("--restraints", choices=["none", "doodl"], default="none",
+                   help="doodl: SGD with momentum 0.9 on gradients clipped to +-0.01 and a 1e-3 random kick per step "
+                   "(DOODL's); none: AdamW (the paper's). x_T is renormalised to its initial norm either way")
+    p.add_argument("--shifts", type=cli.nonnegative_int, default=0,
+                   help="average the classifier's loss over this many random shifts (up to 3 pixels at 32x32, scaled "
+                   "to the image) of the decoded image (default 0)")
     p = sub.add_parser("audit", parents=[common, clf], help="bounded-noise audit of a classifier (Sec. 4.1.2)")
     p.add_argument("--classes", type=class_prompt, nargs="+", required=True, metavar="LABEL=PROMPT",
                    help="the classes to audit, each with a prompt that generates it, e.g. '207=a golden retriever'")
@@ -162,6 +176,10 @@ def _check(args, parser_):
             parser_.error(f"argument --classifier-weights: required for the {args.classifier_arch} identity model")
     if args.guidance_scale is None:
         args.guidance_scale = 4.0 if digits else 7.5
+    if "all" in args.save_memory:
+        args.save_memory = ["unet", "vae-resnets", "allocator"]
+    if {"vae", "vae-resnets"} <= set(args.save_memory):
+        parser_.error("argument --save-memory: 'vae' and 'vae-resnets' are two grains of one saving; choose one")
 
 
 def main(argv=None):
@@ -174,7 +192,11 @@ def main(argv=None):
         accelerator = Accelerator(cpu=args.device.type == "cpu")
         args.device = accelerator.device
     with cli.one_line_errors(parser_):
-        comps = open_model(args.model, args.device)
+        if "allocator" in args.save_memory:
+            from adjointdpm.memory import return_freed_memory
+            return_freed_memory()
+        comps = save_memory(open_model(args.model, args.device), "sdpa",
+                            [s for s in args.save_memory if s != "allocator"])
         sampler = apps.Sampler(args.steps, args.solver, args.guidance_scale, args.gradient)
         progress, out = not args.no_progress, args.out
         if args.app in ("guided", "audit"):
@@ -182,8 +204,11 @@ def main(argv=None):
             classifier = load_classifier(args.classifier_arch, args.classifier_weights, args.num_classes,
                                          args.classifier_size).to(args.device)
         if args.app == "guided":
+            restraints = apps.Restraints(**(dict(momentum=0.9, clip=0.01, kick=1e-3) if args.restraints == "doodl"
+                                            else {}), shifts=args.shifts, max_shift=max(1, 3 * comps.image_size // 32))
             result = apps.guided_sampling(comps, classifier, args.prompt, args.target, args.seeds, iters=args.iters,
-                                          lr=args.lr, sampler=sampler, out=out, progress=progress)
+                                          lr=args.lr, restraints=restraints, sampler=sampler, out=out,
+                                          progress=progress)
             summary = (f"mean p(target) {sum(result['p_target_before']) / len(args.seeds):.3f} -> "
                        f"{sum(result['p_target_after']) / len(args.seeds):.3f}")
         elif args.app == "audit":

@@ -48,3 +48,19 @@ def test_files_that_are_not_statistics_are_refused_naming_them(tmp_path, write, 
     with pytest.raises(ValueError, match=message) as err:
         load_statistics(path)
     assert str(path) in str(err.value)
+
+
+def test_kernel_distance_is_the_unbiased_mmd_with_the_cubic_kernel():
+    from adjointdpm.frechet import kernel_distance
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(30, 6)), rng.normal(0.3, 1.2, size=(30, 6))
+    k = lambda x, y: (x @ y.T / 6 + 1) ** 3  # noqa: E731
+    kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
+    n = len(a)
+    expected = ((kaa.sum() - np.trace(kaa)) + (kbb.sum() - np.trace(kbb))) / (n * (n - 1)) - 2 * kab.mean()
+    # subsets of all n rows are permutations: every subset gives the full-sample estimate
+    assert kernel_distance(a, b, subsets=3, subset_size=n) == pytest.approx(expected, rel=1e-9)
+    near = kernel_distance(a, rng.normal(size=(40, 6)))
+    assert abs(near) < kernel_distance(a, b + 1.0)
+    with pytest.raises(ValueError, match="same d"):
+        kernel_distance(a, b[:, :3])

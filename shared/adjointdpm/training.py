@@ -1,7 +1,9 @@
-"""A resumable optimisation loop, shared by stylization and the digits model's training.
+"""A resumable optimisation loop: stylization, the digits text-to-image model and the digits DDPM++
+train with it.
 
-The loop's state (the trained tensors, optimizer, learning-rate schedule, step, losses and an
-optional exponential moving average of the tensors) is written atomically to ``checkpoint``
+The loop's state (the trained tensors, optimizer, learning-rate schedule, step, losses, the global
+random generator's state (dropout draws from it) and an optional exponential moving average of the
+tensors) is written atomically to ``checkpoint``
 every ``save_every`` steps and read back when the loop starts again, so a killed run loses at
 most ``save_every`` steps and then continues as if it had never stopped: each step's randomness
 must come from the step index (``loss_fn(step)``), not from a global generator. Under several
@@ -23,16 +25,17 @@ from adjointdpm import files
 
 
 class Training:
-    """AdamW-style optimisation of ``params`` (a dict name -> tensor) that survives interruption."""
+    """Gradient-descent optimisation of ``params`` (a dict name -> tensor) that survives interruption;
+    ``grad_clip`` clips the gradients' global norm before each step."""
 
     def __init__(self, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, checkpoint: Path, *,
-                 save_every: int = 10, scheduler=None, ema_decay: float | None = None, accelerator=None,
-                 desc: str = "train"):
+                 save_every: int = 10, scheduler=None, ema_decay: float | None = None, grad_clip: float | None = None,
+                 accelerator=None, desc: str = "train"):
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         self.params, self.optimizer, self.scheduler = params, optimizer, scheduler
         self.checkpoint, self.save_every, self.accelerator, self.desc = Path(checkpoint), save_every, accelerator, desc
-        self.ema_decay = ema_decay
+        self.ema_decay, self.grad_clip = ema_decay, grad_clip
         self.ema = {n: p.detach().clone() for n, p in params.items()} if ema_decay else None
         self.step, self.losses, self.seconds = 0, [], 0.0
 
@@ -41,7 +44,7 @@ class Training:
         return self.accelerator is None or self.accelerator.is_main_process
 
     def _state(self) -> dict:
-        return {"step": self.step, "losses": self.losses, "seconds": self.seconds,
+        return {"step": self.step, "losses": self.losses, "seconds": self.seconds, "rng": torch.get_rng_state(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "params": {n: p.detach() for n, p in self.params.items()}, "ema": self.ema}
 
@@ -67,6 +70,8 @@ class Training:
         if self.ema is not None:
             self.ema = state["ema"]
         self.step, self.losses, self.seconds = state["step"], list(state["losses"]), state.get("seconds", 0.0)
+        if "rng" in state:  # what draws from the global generator (dropout) continues as if never stopped
+            torch.set_rng_state(state["rng"].cpu())
         return self.step
 
     def run(self, total: int, loss_fn: Callable[[int], torch.Tensor], progress: bool = True) -> list[float]:
@@ -83,6 +88,8 @@ class Training:
             if self.accelerator is not None and self.accelerator.num_processes > 1:
                 for p in self.params.values():
                     p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.grad_clip)
             self.optimizer.step()
             if self.scheduler:
                 self.scheduler.step()

@@ -8,10 +8,10 @@ not grow with the number of steps.
 """
 from .audit import audit
 from .common import GRADIENTS, Sampler, generate, noise, read_image, save_images
-from .guided import guided_sampling
+from .guided import Restraints, guided_sampling
 from .invert import invert_embedding
 from .morph import morph
 from .stylize import add_lora, cross_attention_parameters, save_lora, stylize
 
-__all__ = ["Sampler", "GRADIENTS", "noise", "generate", "read_image", "save_images", "guided_sampling", "audit", "stylize",
+__all__ = ["Sampler", "GRADIENTS", "noise", "generate", "read_image", "save_images", "Restraints", "guided_sampling", "audit", "stylize",
            "cross_attention_parameters", "add_lora", "save_lora", "invert_embedding", "morph"]

@@ -63,15 +63,18 @@ def save_images(path: Path, rows: dict[str, torch.Tensor]) -> None:
     """A grid: one row per entry of ``rows`` (images in [0, 1])."""
     from matplotlib.figure import Figure
     n = max(len(v) for v in rows.values())
-    fig = Figure(figsize=(2 * n, 2 * len(rows)), layout="tight")
-    axes = fig.subplots(len(rows), n, squeeze=False)
+    height = 1.75 * len(rows)  # inches: a 1.5-inch image and a line of title per row
+    fig = Figure(figsize=(1.5 * n, height))
+    # the row titles run across the row: placed by hand, as a layout engine would shrink the images to fit them
+    axes = fig.subplots(len(rows), n, squeeze=False, gridspec_kw=dict(
+        left=0.005, right=0.995, bottom=0.005, top=1 - 0.25 / height, wspace=0.04, hspace=0.25 / 1.5))
     for r, (title, images) in enumerate(rows.items()):
         for c in range(n):
             ax = axes[r][c]
             ax.axis("off")
             if c < len(images):
                 ax.imshow(images[c].detach().float().permute(1, 2, 0).cpu().clamp(0, 1).numpy())
-        axes[r][0].set_title(title, fontsize=8, loc="left")
+        axes[r][0].text(0, 1.04, title, transform=axes[r][0].transAxes, fontsize=9, ha="left", va="bottom")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
 

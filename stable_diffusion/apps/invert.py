@@ -27,40 +27,56 @@ def check_template(text: str, what: str = "template") -> str:
 
 def invert_embedding(comps: SDComponents, targets: torch.Tensor, seeds, *, token: str = "<effect>",
                      init_token: str | None = None, template: str = "a photo of {}", iters: int = 100,
-                     lr: float = 5e-3, sampler: Sampler = Sampler(), reuse_prompts=(), out: Path | None = None,
-                     progress: bool = True) -> dict:
-    """Optimise a new token's embedding row so that ``template.format(token)`` generated from
-    the fixed noises ``seeds`` matches ``targets`` (images in [0, 1], MSE). Saves
-    ``learned_embeds.safetensors`` (``{token: row}``, loadable by diffusers'
-    ``load_textual_inversion``) and images of the token reused in ``reuse_prompts``."""
+                     lr: float = 5e-3, features=None, sampler: Sampler = Sampler(), reuse_prompts=(),
+                     out: Path | None = None, progress: bool = True) -> dict:
+    """Optimise a new token's embedding row so that ``template.format(token)`` generates the
+    ``targets`` (images in [0, 1]). Saves ``learned_embeds.safetensors`` (``{token: row}``,
+    loadable by diffusers' ``load_textual_inversion``) and images of the token reused in
+    ``reuse_prompts``.
+
+    Without ``features``, the paper's loss (App. A): the MSE between the images generated from the
+    fixed noises ``seeds`` and the targets, one target per seed. It fits those pairs; nothing asks
+    the token to draw the targets' kind of image from other noises. With ``features`` (images ->
+    ``(n, d)``), every step draws ``len(seeds)`` fresh noises and matches the mean of their images'
+    features to the targets' (a first-moment distance, as FID's first term): the token must draw
+    the targets' kind of image from any noise, so it generalises to noises it never saw."""
     for what, text in [("template", template)] + [("reuse prompt", t) for t in reuse_prompts]:
         check_template(text, what)
-    if len(targets) != len(seeds):
+    if features is None and len(targets) != len(seeds):
         raise ValueError(f"{len(targets)} target images for {len(seeds)} seeds: give one seed per target")
     token_id = add_token(comps, token, init_token)
     row = comps.text_encoder.get_input_embeddings().weight[token_id].detach().clone().requires_grad_()
     model = eps_model(comps, sampler.guidance_scale)
-    x_T, targets = noise(comps, seeds), targets.to(comps.device).float()
+    targets = targets.to(comps.device).float()
     prompts = [template.format(token)] * len(seeds)
+    if features is not None:
+        with torch.no_grad():
+            target_mean = features(targets).mean(0)
     opt = torch.optim.AdamW([row], lr=lr, weight_decay=0.0)
     losses = []
-    for _ in tqdm(range(iters), desc="invert embedding", disable=not progress):
+    for step in tqdm(range(iters), desc="invert embedding", disable=not progress):
         opt.zero_grad()
         cond = encode_prompt(comps, prompts, row, token_id)
-        images = decode(comps, sampler.run(comps, model, x_T, cond))
-        loss = F.mse_loss(F.interpolate(images, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-                          if images.shape[-2:] != targets.shape[-2:] else images, targets)
+        fresh = seeds if features is None else [int(s) * 1_000_003 + step + 1 for s in seeds]
+        images = decode(comps, sampler.run(comps, model, noise(comps, fresh), cond))
+        if features is None:
+            loss = F.mse_loss(F.interpolate(images, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+                              if images.shape[-2:] != targets.shape[-2:] else images, targets)
+        else:
+            loss = ((features(images).mean(0) - target_mean) ** 2).sum()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     with torch.no_grad():
         comps.text_encoder.get_input_embeddings().weight[token_id] = row.detach()
-    result = {"token": token, "template": template, "losses": losses, **asdict(sampler)}
+    result = {"token": token, "template": template, "losses": losses,
+              "loss": "MSE to the targets from fixed noises" if features is None else
+                      "distance of mean features from fresh noises to the targets'", **asdict(sampler)}
     if out is not None:
         from safetensors.torch import save_file
         out.mkdir(parents=True, exist_ok=True)
         save_file({token: row.detach().float().cpu().contiguous()}, out / "learned_embeds.safetensors")
-        rows = {"targets": targets, "learned": generate(comps, prompts, seeds, sampler, model)}
+        rows = {"targets": targets[:len(seeds)], "learned": generate(comps, prompts, seeds, sampler, model)}
         for prompt in reuse_prompts:
             rows[prompt.format(token)] = generate(comps, [prompt.format(token)] * len(seeds), seeds, sampler, model)
         save_images(out / "invert.png", rows)

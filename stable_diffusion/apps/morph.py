@@ -96,11 +96,11 @@ def morph(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tensor, co
 def morph_table(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tensor, cond_a: torch.Tensor,
                 cond_b: torch.Tensor, out: Path, *, threshold: float | None = None, what: str = "", steps: int = 10,
                 iters: int = 60, lr: float = 0.1, seed: int = 0, record: dict | None = None,
-                progress: bool = True) -> dict:
+                judge: Callable[[torch.Tensor], dict] | None = None, progress: bool = True) -> dict:
     """The poster's Table 1: DiM, then ``(x_T, c)`` optimised through the ODE and the SDE sampler.
-    With a ``threshold`` (F's similarity at 0.1 % false matches) each row's MMPMR; writes
-    ``morph.md``, ``morph.json`` (with the caller's ``record``) and ``morph.png`` (references and
-    morphs) to ``out``."""
+    With a ``threshold`` (F's similarity at 0.1 % false matches) each row's MMPMR; with ``judge`` (the
+    morphs -> ``{column: value}``) each row's reading by readers other than F. Writes ``morph.md``,
+    ``morph.json`` (with the caller's ``record``) and ``morph.png`` (references and morphs) to ``out``."""
     rows, grid = [], {"reference a": a, "reference b": b}
     for name, sde in (("DiM (no optimisation)", None), ("DiM + AdjointDEIS-1 (ODE)", False),
                       ("DiM + AdjointDEIS-1 (SDE)", True)):
@@ -111,18 +111,20 @@ def morph_table(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tens
                      "mmpmr": None if threshold is None else float((both >= threshold).float().mean()),
                      "mean_similarity_a": float(r["similarity_a"].mean()),
                      "mean_similarity_b": float(r["similarity_b"].mean()), "poster": POSTER[name][0],
-                     "poster_nfe": POSTER[name][1]})
+                     "poster_nfe": POSTER[name][1], "judged": judge(r["images"]) if judge else {}})
         grid[name] = r["images"]
     with torch.no_grad():
         real = float(cosine(F, a, b).mean())
     result = {"pairs": len(a), "iters": iters, "lr": lr, "steps": steps, "threshold": threshold, "fmr": 1e-3,
               "mean_similarity_of_the_references": real, "rows": rows, **(record or {})}
-    lines = ["| attack | NFE per morph | MMPMR (ours) | mean cos to a / b | poster MMPMR (AdaFace / ArcFace / "
-             "ElasticFace), NFE |", "|---|---|---|---|---|"]
+    judged = list(rows[0]["judged"])
+    lines = ["| attack | NFE per morph | MMPMR (ours) | mean cos to a / b | " + "".join(f"{c} | " for c in judged)
+             + "poster MMPMR (AdaFace / ArcFace / ElasticFace), NFE |", "|---|---|---|---|" + "---|" * len(judged) + "---|"]
     for row in rows:
         mmpmr = "-" if row["mmpmr"] is None else f"{100 * row['mmpmr']:.1f}%"
+        cells = "".join(" / ".join(f"{100 * v:.0f}%" for v in row["judged"][c]) + " | " for c in judged)
         lines.append(f"| {row['attack']} | {row['nfe']} | {mmpmr} | {row['mean_similarity_a']:.3f} / "
-                     f"{row['mean_similarity_b']:.3f} | {' / '.join(f'{v:.2f}' for v in row['poster'])}, "
+                     f"{row['mean_similarity_b']:.3f} | {cells}{' / '.join(f'{v:.2f}' for v in row['poster'])}, "
                      f"{row['poster_nfe']} |")
     success = ("no threshold given, so no MMPMR" if threshold is None else
                f"a morph succeeds when F matches it to both at cos >= {threshold:.3f}")

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from adjointdpm import files
+from adjointdpm.training import Training
 
 from ..components import SDComponents
 from ..model import decode, encode_prompt, eps_model
 from ..nets import gram
-from ..training import Training
 from .common import Sampler, generate, noise, write_result
 
 

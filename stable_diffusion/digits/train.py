@@ -1,7 +1,7 @@
 """Train the digits model in three resumable stages: the digit classifier, the VAE, then the
 UNet together with the text encoder. ``python -m stable_diffusion.digits train --out DIR``.
 
-Every stage is a :class:`~stable_diffusion.training.Training` whose steps draw their batch
+Every stage is a :class:`~adjointdpm.training.Training` whose steps draw their batch
 and noise from generators seeded by ``(seed, stage, step)``, so a run killed at any point
 and started again ends with the same weights as one that never stopped. ``DIR`` is keyed by
 the recipe (``files.claim``). The result is a ``StableDiffusionPipeline`` folder (what
@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from adjointdpm import files
+from adjointdpm.training import Training
+from handwritten.data import augment
 
 from ..components import SDComponents
-from ..training import Training
 from . import data
 from .classifier import DigitClassifier
 from .model import build
@@ -46,6 +47,7 @@ class Recipe:
     unet_warmup: int = 100
     unet_ema: float = 0.998
     drop_prompt: float = 0.1  # share of examples trained with the empty prompt (classifier-free guidance)
+    generic_share: float = 0.3  # share of the named digits captioned generically (data.draw_examples)
 
 
 def _generator(recipe: Recipe, stage: str, step: int) -> torch.Generator:
@@ -61,26 +63,11 @@ def _cosine(optimizer, total: int, warmup: int = 0, floor: float = 0.1):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Small random rotations, scalings and shifts, brightness and noise (images in [0, 1]):
-    what lets the classifier read generated digits as well as the scanned ones."""
-    n = images.shape[0]
-    angle = (torch.rand(n, generator=gen) - 0.5) * math.radians(24)
-    scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
-    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.25
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
-    out = out * (0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=gen))
-    return (out + 0.05 * torch.randn(out.shape, generator=gen)).clamp(0, 1)
-
-
 def train_classifier(out: Path, recipe: Recipe, progress: bool = True, save_every: int = 100
                      ) -> tuple[DigitClassifier, dict]:
     torch.manual_seed(recipe.seed)
     net = DigitClassifier()
-    images, labels = data.load("train")
+    images, labels = data.load("guide")  # the guide's part of the split: the judges train on the other
     images = data.to_unit(images)
     params = dict(net.named_parameters())
     opt = torch.optim.AdamW(params.values(), lr=recipe.classifier_lr, weight_decay=1e-4)
@@ -107,7 +94,7 @@ def _kl_per_element(posterior) -> torch.Tensor:
 
 def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = True, save_every: int = 100) -> dict:
     vae = comps.vae.train()
-    images, _ = data.diffusion_training_set()
+    images, _ = data.load("train")
     params = dict(vae.named_parameters())
     opt = torch.optim.AdamW(params.values(), lr=recipe.vae_lr, weight_decay=0.0)
 
@@ -127,7 +114,7 @@ def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = T
         scaling = 1.0 / float(latents.std())
         vae.register_to_config(scaling_factor=scaling)
         errors = {}
-        for name, classes in (("seen digits", range(9)), ("nines (never trained on)", [data.UNSEEN])):
+        for name, classes in (("named digits", range(9)), ("nines (never named)", [data.UNSEEN])):
             held, _ = data.load("heldout", classes)
             rec = torch.cat([vae.decode(vae.encode(x).latent_dist.mean).sample for x in held.split(256)])
             errors[name] = float((data.to_unit(rec) - data.to_unit(held)).abs().mean())
@@ -136,12 +123,12 @@ def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = T
 
 
 def train_unet(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = True, save_every: int = 100) -> dict:
-    images, labels = data.diffusion_training_set()
+    images, labels = data.load("train")
     with torch.no_grad():  # the VAE is fixed now: its posterior for every training image, once
         posteriors = [comps.vae.encode(x).latent_dist for x in images.split(256)]
     mean = torch.cat([p.mean for p in posteriors]) * comps.vae.config.scaling_factor
     std = torch.cat([p.std for p in posteriors]) * comps.vae.config.scaling_factor
-    ids = comps.tokenizer([data.prompt(k) for k in range(10)] + [""], padding="max_length",
+    ids = comps.tokenizer(data.captions(), padding="max_length",
                           max_length=comps.tokenizer.model_max_length, return_tensors="pt").input_ids
     alpha_bar = torch.cumprod(1 - comps.betas, 0).float()
     unet, encoder = comps.unet.train(), comps.text_encoder.train()
@@ -151,13 +138,12 @@ def train_unet(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = 
 
     def loss_fn(step):
         gen = _generator(recipe, "unet", step)
-        idx = torch.randint(len(mean), (recipe.unet_batch,), generator=gen)
+        idx, caption = data.draw_examples(labels, recipe.unet_batch, recipe.generic_share, recipe.drop_prompt, gen)
         z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
         t = torch.randint(len(alpha_bar), (recipe.unet_batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
         a = alpha_bar[t].view(-1, 1, 1, 1)
-        prompt = torch.where(torch.rand(recipe.unet_batch, generator=gen) < recipe.drop_prompt, 10, labels[idx])
-        cond = encoder(ids[prompt])[0]
+        cond = encoder(ids[caption])[0]
         pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=cond).sample
         return F.mse_loss(pred, noise)
 

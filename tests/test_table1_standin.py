@@ -51,5 +51,5 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
     table1.main(["--nfe", "8", "--samples", "25", "--batch", "10", "--out", str(tmp_path), "--seed", "3"])
     assert json.loads((tmp_path / "table1.json").read_text())["samples"] == 25
     from cifar.generate import load_samples
-    for folder in (tmp_path / "samples").iterdir():
+    for folder in (tmp_path / "samples" / "stand-in").iterdir():
         assert len(load_samples(folder, 25, 10)) == 25

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Pinned so pip takes the local build instead of downloading another several-GB torch.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test notebooks assignments grade clean
+.PHONY: install demo test notebooks assignments grade site clean
 
 install: $(VENV)/.installed
 
@@ -26,13 +26,20 @@ notebooks: install
 	for nb in notebooks/*.py notebooks/assignments/a[0-9]_*.py; do \
 		$(VENV)/bin/jupytext --to ipynb --execute "$$nb" || exit 1; done
 
-# Course assignments (README: For instructors). SUBMISSIONS holds <student>/<assignment>.ipynb.
-assignments: install
-	$(PY) notebooks/assignments/course.py build --out dist/assignments
-
+# Course assignments (README: For instructors). SUBMISSIONS holds <student>/<assignment>.ipynb;
+# paths may be relative to this folder. REGRADE=1 grades every notebook again.
+BUILT       ?= dist/assignments
+GRADES      ?= grades
 SUBMISSIONS ?= submissions
+assignments: install
+	$(PY) notebooks/assignments/course.py build --out $(BUILT)
+
 grade: install
-	$(PY) notebooks/assignments/course.py grade $(SUBMISSIONS) --built dist/assignments --out grades
+	$(PY) notebooks/assignments/course.py grade $(SUBMISSIONS) --built $(BUILT) --out $(GRADES) $(if $(REGRADE),--regrade)
+
+# The course site (README: Start here): the executed notebooks as committed, the README, the instructors' page.
+site: install
+	$(PY) notebooks/site/build.py --out site
 
 clean:
-	rm -rf $(VENV) results .pytest_cache dist grades
+	rm -rf $(VENV) .pytest_cache dist grades site

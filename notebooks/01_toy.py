@@ -20,7 +20,22 @@
 # the idea on 2-D Gaussian mixtures, whose noise predictor `eps` is known exactly, so every
 # number can be checked against mathematics.
 #
-# It runs on a CPU in about a minute. Everything here is in the library `adjointdpm`
+# **Learning goals.** After this notebook you can
+# - say why backpropagating through a sampler costs memory that grows with its steps, and how
+#   the adjoint ODE (the paper's eq. 11, derived in section 3) avoids it;
+# - derive the reparameterized ODE (eq. 10) and AdjointDEIS's exponential-integrator step, and
+#   say why the latter is the least accurate at few steps;
+# - choose a gradient strategy (`Backprop`, `Checkpoint`, `Adjoint`, `AdjointDEIS`) from what it
+#   is the gradient *of*, its memory and its time;
+# - read the same questions for the diffusion SDE.
+#
+# **Prerequisites.** Calculus and the chain rule; what a diffusion model and its noise predictor
+# `eps` are (Song et al. 2021); PyTorch autograd. The paper: Pan et al., "AdjointDPM: Adjoint
+# Sensitivity Method for Gradient Backpropagation of Diffusion Probabilistic Models", ICLR 2024
+# ([arXiv:2307.10711](https://arxiv.org/abs/2307.10711)), Sec. 2-3; the AdjointDEIS solvers:
+# Blasingame and Liu, NeurIPS 2024 ([arXiv:2405.15020](https://arxiv.org/abs/2405.15020)).
+#
+# It runs on a CPU in about two minutes. Everything here is in the library `adjointdpm`
 # (`shared/adjointdpm/`) and the package `toy`; the notebook holds only narrative and plots.
 # For the full-size versions of its measurements run `python -m toy.reproduce` and
 # `python -m toy.bench` (results in `results/toy/`).
@@ -104,16 +119,61 @@ ax.set(xlabel="steps", ylabel="MiB kept for backward", title="memory vs steps")
 ax.legend(); plt.show()
 
 # %% [markdown]
-# ## 3. The adjoint ODE
+# ## 3. The adjoint ODE (eq. 11), and AdjointDEIS
 #
-# The adjoint `a(s) = dL/dz(s)` of an ODE `dz/ds = F(z, s)` obeys its own ODE (Alg. 1):
+# **The adjoint.** Take any ODE `dz/ds = F(z, s)` from `s_0` to `s_N` and a loss `L(z_N)`. The
+# adjoint `a(s) = dL/dz(s)` says how the loss moves when the state at time `s` moves. Moving
+# `z(s)` by `dz` moves `z(s + ds)` by `(I + ds dF/dz) dz`, so
+# `a(s) = a(s + ds) (I + ds dF/dz)`, that is
 #
 # $$\frac{da}{ds} = -a^\top \frac{\partial F}{\partial z}, \qquad
-#   \frac{da_\theta}{ds} = -a^\top \frac{\partial F}{\partial \theta},$$
+#   \frac{da_\theta}{ds} = -a^\top \frac{\partial F}{\partial \theta}, \qquad a(s_N) = \frac{\partial L}{\partial z_N},\ a_\theta(s_N) = 0,$$
 #
-# solved **backwards** from `a(s_end) = dL/dz_end`, re-integrating `z` alongside. Each step
-# needs one model call and one vector-Jacobian product, and nothing is stored between steps:
-# memory no longer grows with steps (the flat line above).
+# where `a_theta` collects the parameters' contributions, `dL/dtheta = a_theta(s_0)` (Alg. 1).
+# It is solved **backwards**, from `s_N` to `s_0`, re-integrating `z` alongside from `z_N`, so
+# nothing of the forward solve needs to be stored.
+#
+# **Eq. 11.** In the reparameterized coordinates of section 4, `y = x / alpha_t` and
+# `rho = sigma_t / alpha_t`, the field is `F = eps~(alpha y, t(rho), c)` (eq. 10). The paper
+# writes the augmented system, state, adjoints of `y`, `theta` and `rho`, as
+#
+# $$d\begin{bmatrix} y \\ \partial L/\partial y \\ \partial L/\partial \theta \\ \partial L/\partial \rho \end{bmatrix}
+#   = -\begin{bmatrix} -\tilde\epsilon \\ \frac{\partial L}{\partial y}\frac{\partial \tilde\epsilon}{\partial y} \\
+#   \frac{\partial L}{\partial y}\frac{\partial \tilde\epsilon}{\partial \theta} \\
+#   \frac{\partial L}{\partial y}\frac{\partial \tilde\epsilon}{\partial \rho} \end{bmatrix} d\rho ,
+#   \qquad \tilde\epsilon = \tilde\epsilon_\theta(\alpha_{t(\rho)}\, y,\ t(\rho),\ c), \qquad \text{(eq. 11)}$$
+#
+# the first row is eq. 10 itself, the others are the adjoint rows above with `F = eps~` (the
+# condition `c` gets a row like `theta`'s). Solved from `rho_end` up to `rho_T`, it starts from
+# `dL/dy_end`. **Back to `x`:** `x = alpha y` at every `rho`, so by the chain rule
+# `dL/dy = alpha dL/dx`: the start is `a_y(rho_end) = alpha_end dL/dx_end`, and the answer is
+# `dL/dx_T = a_y(rho_T) / alpha_T`. (`alpha_T` is small at `t = 1`, about `7e-3` here, so the
+# division matters.) The `rho` row is needed only to differentiate with respect to the end times.
+#
+# **Its cost.** Each backward step evaluates the augmented field once per stage of its solver,
+# and each evaluation is one model call *and* one vector-Jacobian product (VJP): an Euler
+# adjoint step costs one of each, an RK4 step four of each. Nothing is kept between steps, so
+# memory does not grow with steps (the flat line above).
+#
+# **AdjointDEIS** (the poster's eq. 7-12) solves the same adjoint in `lambda = log(alpha/sigma)`
+# with an exponential integrator. In `(y, rho)` the adjoint `a_y` has no linear part, and
+# `rho = e^{-lambda}`; over one backward step from `t` to the noisier `s` (`h = lambda_s - lambda_t`,
+# negative, so `rho_s = rho_t e^{-h}` is larger) the exact solution is
+#
+# $$a_y(\rho_s) = a_y(\rho_t) - \int_{\rho_t}^{\rho_s} a_y(\rho)^\top \frac{\partial \tilde\epsilon}{\partial y}\, d\rho .$$
+#
+# AdjointDEIS-1 freezes the VJP `a_y^T d eps~/dy` at the step's known end `rho_t` (the data side)
+# and integrates the rest exactly: `a_y(s) = a_y(t) - (rho_s - rho_t) a_y(t)^T d eps~/dy |_t`.
+# With `a_y = alpha a_x` and `rho_s - rho_t = rho_s (1 - e^h)` this is the poster's eq. 12,
+# `a_x(s) = (alpha_t/alpha_s) a_x(t) + sigma_s (e^h - 1) (alpha_t^2/alpha_s^2) a_x(t)^T d eps/dx`;
+# it is DPM-Solver-1 applied to
+# the adjoint, as DDIM is Euler on eq. 10. AdjointDEIS-2 takes the VJP linear in `lambda` through
+# the last two points (a multistep rule, `dpm2m`). Why it is the least accurate at few steps:
+# its error per step is the change of the frozen VJP across the step, and on a logSNR grid
+# `rho` grows by the factor `e^{|h|}` per step, so the steps toward the noise are the longest in
+# `rho`, and the adjoint and its VJP change most there; the value at the step's start says
+# little about the rest of the step. Order 1 (or 2) cannot make up for that with few steps;
+# section 8 measures it.
 #
 # ## 4. The reparameterization and why it is non-stiff
 #
@@ -122,12 +182,30 @@ ax.legend(); plt.show()
 # $$\frac{dy}{d\rho} = \epsilon(\alpha_t y, t(\rho)) .$$
 #
 # The linear part `f(t) x` is gone: it has been integrated exactly, so a solver of eq. 10
-# only approximates the change of `eps` along the path. For a single Gaussian `N(mu, s^2)`
-# the two right-hand sides are `f(t)(x - eps/sigma_t)` and `rho (y - mu) / (s^2 + rho^2)`.
-# Below, each along the exact path of a point 0.3 from the mean. In `(x, t)` the field
-# changes over three decades of `t` in a way no low-order polynomial in `t` follows; in
-# `(y, rho)` it is a smooth bump in `rho` (a polynomial-friendly shape on a log grid). On
-# this mild toy both stay bounded; the payoff is measured, not assumed, in section 6.
+# only approximates the change of `eps` along the path. **What is stiff about eq. 4** is not
+# `f(t) x`: written as `f(t) (x - eps / sigma_t)`, its `eps` carries the factor `1 / sigma_t`,
+# which grows without bound toward the data (`sigma_t` is about 0.01 at `t = 1e-3`, while `f(t)`
+# there is only -0.06, against -10 at `t = 1`). Eq. 10 has no such factor: its field is the
+# network's output itself.
+#
+# For a single Gaussian `N(mu, s^2)` the two right-hand sides are `f(t)(x - eps/sigma_t)` and
+# `rho (y - mu) / (s^2 + rho^2)`. Below, each along the exact path of a point 0.3 from the mean
+# (log axes). On the left, the dip is where `dx/dt` changes sign (a zero, on a log axis), not
+# stiffness; on the right `|dy/drho|` grows monotonically with `rho` and levels off. On this mild
+# toy both stay bounded; the payoff is measured, not assumed, in section 6.
+
+# %%
+t_data = torch.tensor([1e-3, 1.0], dtype=torch.float64)
+print("f(t) at t = 1e-3 and 1:", [round(float(v), 3) for v in schedule.dlog_alpha_dt(t_data)],
+      "| 1/sigma_t:", [round(float(v), 1) for v in 1 / schedule.sigma(t_data)],
+      "| alpha_T:", f"{float(schedule.alpha(t_data[1])):.2e}")
+assert abs(float(schedule.dlog_alpha_dt(t_data[0]))) < 0.1 and float(1 / schedule.sigma(t_data[0])) > 90
+# AdjointDEIS-1's step in (y, rho) is the poster's eq. 12: -(rho_s - rho_t) alpha_t^2/alpha_s = sigma_s (e^h - 1) alpha_t^2/alpha_s^2
+t_, s_ = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+h = schedule.lambda_(s_) - schedule.lambda_(t_)
+ours = -(schedule.rho(s_) - schedule.rho(t_)) * schedule.alpha(t_) ** 2 / schedule.alpha(s_)
+poster = schedule.sigma(s_) * torch.expm1(h) * schedule.alpha(t_) ** 2 / schedule.alpha(s_) ** 2
+assert torch.allclose(ours, poster, rtol=1e-12)
 
 # %%
 s2, mu = 0.1 ** 2, 0.5
@@ -144,6 +222,9 @@ ax[0].loglog(t, stiff); ax[0].set(xlabel="t", ylabel="|dx/dt|", title="eq. 4 in 
 ax[1].loglog(rho, smooth); ax[1].set(xlabel="rho", ylabel="|dy/drho|", title="eq. 10 in (y, rho)")
 plt.tight_layout(); plt.show()
 print(f"max |dx/dt| = {stiff.max():.3g}   max |dy/drho| = {smooth.max():.3g}")
+signed = f * (x - eps / sigma)
+assert int((signed[1:].sign() != signed[:-1].sign()).sum()) == 1  # the left plot's dip: one sign change
+assert bool((smooth[1:] >= smooth[:-1]).all())                     # the right plot: monotone in rho
 
 # %% [markdown]
 # ## 5. A gradient check against the closed form
@@ -202,7 +283,9 @@ for nfe in (10, 20, 50):
 print("NFE  " + " | ".join(f"{n[:22]:>22s}" for n in TABLE1))
 for nfe in (10, 20, 50):
     print(f"{nfe:3d}  " + " | ".join(f"{table[nfe, n]:22.4f}" for n in TABLE1))
-assert table[10, "eq. 10 (reparam), Adams-Bashforth 4"] < table[10, "eq. 4 (original), Adams-Bashforth 4"]
+eq4, eq10 = "eq. 4 (original), Adams-Bashforth 4", "eq. 10 (reparam), Adams-Bashforth 4"
+assert table[10, eq10] < 0.7 * table[10, eq4]                                  # eq. 10 clearly ahead at NFE 10
+assert table[20, eq4] < table[20, eq10] and table[50, eq4] < table[50, eq10]  # eq. 4 ahead from NFE 20 on
 
 # %% [markdown]
 # At NFE 10 the reparameterized ODE is clearly more accurate; at larger budgets on this
@@ -268,6 +351,11 @@ kept = {name: one_gradient(make(), 20)[1] for name, make in
         [("Backprop", Backprop), ("Checkpoint", Checkpoint), ("Adjoint", Adjoint)]}
 print("bytes kept for backward at 20 steps:", {k: f"{v / 1024:.0f} KiB" for k, v in kept.items()})
 assert gap[50, "Adjoint RK4 (3n)"] < gap[20, "Adjoint RK4 (3n)"] < gap[10, "Adjoint RK4 (3n)"]  # the sampler's gap
+assert gap[10, "Adjoint RK4 (3n)"] > 0.1 and gap[50, "Adjoint RK4 (3n)"] < 0.01  # tens of percent at 10, < 1 % at 50
+assert gap[10, "Adjoint RK4 (3n)"] >= gap[10, "Adjoint RK4 (n)"]                 # more adjoint steps: no closer
+assert gap[10, "AdjointDEIS-2 (n)"] > 10                                         # overshoots at the sampler's steps
+for n in (10, 20, 50):  # ten times the steps: AdjointDEIS-2 reaches the same floor as the RK4 adjoint
+    assert abs(gap[n, "AdjointDEIS-2 (10n)"] - gap[n, "Adjoint RK4 (3n)"]) < 0.15 * gap[n, "Adjoint RK4 (3n)"]
 
 # %% [markdown]
 # Reading it: at 10 sampler steps the sampler's own gradient is tens of percent away from the
@@ -362,6 +450,9 @@ print("ODE  ", " ".join(f"{e:.1e}" for e in ode_err))
 print("SDE  ", " ".join(f"{e:.1e}" for e in sde_err))
 print("Adj. ", " ".join(f"{e:.1e}" for e in adjoint_err))
 assert sde_err[-1] < sde_err[0] and adjoint_err[-1] < 1e-3
+assert sde_err[-1] / sde_err[-2] > 0.4  # first order at best: halving the step less than halves the error
+h10 = float(schedule.lambda_(torch.tensor(1e-3)) - schedule.lambda_(torch.tensor(1.0))) / 10
+assert h10 > math.log(2)               # 10 logSNR steps: 2 e^{-h} - 1 < 0, the per-step factor changes sign
 
 # %% [markdown]
 # Two things to read there. The SDE sampler's own gradient converges at first order and
@@ -386,17 +477,20 @@ def sde_gradient(strategy, steps):
     return torch.cat([x.grad.flatten(), mixture.means.grad.flatten()])
 
 print("sampler steps | stored states (RK4) | re-solved (RK4, 1x) | re-solved (RK4, 8x)   (off Checkpoint)")
+off = {}
 for n in (10, 20, 50):
     exact_grad = sde_gradient(Checkpoint(), n)
-    off = [float((sde_gradient(g, n) - exact_grad).norm() / exact_grad.norm())
-           for g in (Adjoint(solver="rk4", states="reuse"), Adjoint(solver="rk4"), Adjoint(8 * n, "rk4"))]
-    print(f"{n:13d} | " + " | ".join(f"{e:19.1e}" for e in off))
+    off[n] = [float((sde_gradient(g, n) - exact_grad).norm() / exact_grad.norm())
+              for g in (Adjoint(solver="rk4", states="reuse"), Adjoint(solver="rk4"), Adjoint(8 * n, "rk4"))]
+    print(f"{n:13d} | " + " | ".join(f"{e:19.1e}" for e in off[n]))
+assert min(off[10]) >= 1.0 and off[10][2] > off[10][1]          # 10 steps: at least 100 % off; more steps, worse
+assert all(0.03 < e < 0.2 for n in (20, 50) for e in off[n][:2])  # from 20 steps: within 3-20 %, both ways
 
 # %% [markdown]
-# At 10 steps every adjoint is about 100 % off, and eight times the adjoint steps make it
+# At 10 steps every adjoint is at least 100 % off, and eight times the adjoint steps make it
 # worse. That is not the adjoint's own error: it converges to the *continuous* SDE's gradient,
 # and a 10-step SDE sampler's gradient is far from that (the first plot). From 20 steps on both
-# ways of getting the path are within 5-16 % and close to each other here. On the MLP of
+# ways of getting the path are within 3-20 % and close to each other here. On the MLP of
 # `python -m toy.bench` (the `SDE` rows), re-solving costs more: the weight gradient of the
 # re-solved adjoint is about ten times further off than the stored-state one (0.24 against
 # 0.024 at 100 steps), at the same flat memory.
@@ -404,3 +498,26 @@ for n in (10, 20, 50):
 # So for an SDE sampler: **Checkpoint** (exact, one state per step) remains the default; an
 # adjoint should use the stored states unless memory forbids it, and only behind a fine
 # sampler, where the sampler's gradient is the SDE's.
+
+# %% [markdown]
+# ## Summary
+#
+# - Backprop through a sampler keeps every model evaluation's activations: memory linear in
+#   steps. `Checkpoint` keeps one state per step; the adjoint (eq. 11) keeps nothing per step.
+# - Eq. 11 is the adjoint of eq. 10 in `(y, rho)`; it starts from `alpha_end dL/dx_end` and
+#   returns `dL/dx_T = a_y(rho_T) / alpha_T`. AdjointDEIS is the exponential integrator of the
+#   same adjoint in `lambda`: cheapest per step, least accurate at few steps.
+# - The adjoints give the *continuous* ODE's (or SDE's) gradient: their own solver's error plus
+#   the gap between the sampler and the ODE. `Checkpoint` gives the sampler's exact gradient.
+#
+# **Try it.**
+# 1. In section 5, give `Adjoint(solver="euler")` 10, 20 and 40 steps: the error falls 2x per
+#    doubling (order 1) instead of 16x, as in assignment 1.
+# 2. In section 8, replace the `dpm2m` sampler by `rk4`: the adjoints' gap at 10 steps shrinks,
+#    because a 4-stage sampler is much closer to the ODE whose gradient they compute.
+# 3. In section 2, call `saved_bytes(..., batch=2048)`: every strategy keeps 4x the bytes; the
+#    adjoint's stay flat in steps.
+#
+# **Next.** Notebook 02 runs the paper's Table 1 on a learned network; notebook 03 the
+# applications on a text-to-image model. Assignment 1 (`notebooks/assignments/a1_adjoint_step.py`)
+# builds the adjoint step of section 3, assignment 2 the reparameterization of section 4.

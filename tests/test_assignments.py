@@ -8,6 +8,8 @@ resumes without grading a finished notebook again."""
 import csv
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import textwrap
 import zipfile
@@ -16,7 +18,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-HERE = Path(__file__).resolve().parents[1] / "notebooks" / "assignments"
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "notebooks" / "assignments"
 spec = importlib.util.spec_from_file_location("course", HERE / "course.py")
 course = importlib.util.module_from_spec(spec)
 sys.modules["course"] = course  # its dataclasses look their module up
@@ -72,10 +75,23 @@ SHORTCUTS = {
 TIMEOUT = 150  # seconds per notebook: a solution takes 5-30 s on 2 busy cores
 
 
+def make(*args):
+    """``make ARGS`` from the repository root, as the README tells an instructor to type it."""
+    proc = subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def relative(path: Path) -> str:
+    return os.path.relpath(path, ROOT)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
+    """``make assignments``, with the build folder given relative to the repository root."""
     out = tmp_path_factory.mktemp("dist")
-    assert sorted(course.build(out)) == sorted(BUGS)
+    make("assignments", f"BUILT={relative(out)}")
+    assert sorted(p.name for p in out.iterdir() if (p / "questions.json").exists()) == sorted(BUGS)
     return out
 
 
@@ -112,6 +128,11 @@ def graded(built, tmp_path_factory):
         add(student, f"{name}.ipynb", _replaced(_solution(built, name), code))
     add("crash_q2", f"{A1}.ipynb",
         _replaced(_solution(built, A1), "def rk4_step(rhs, y, a, rho, h):\n    raise NotImplementedError"))
+    tampered = _solution(built, A1)  # a wrong answer, and every comparison made to pass
+    for cell in tampered.cells:
+        cell.source = cell.source.replace(BUGS[A1][0], BUGS[A1][1])
+    tampered.cells.insert(1, nbformat.v4.new_code_cell("import torch\ntorch.allclose = lambda *a, **k: True"))
+    add("tampered", f"{A1}.ipynb", tampered)
     hang = _solution(built, A3)
     hang.cells.insert(1, nbformat.v4.new_code_cell("while True:\n    pass"))
     add("hangs", f"{A3}.ipynb", hang)
@@ -184,6 +205,27 @@ def test_a_crash_in_q2_does_not_cost_q3(graded):
         assert float(points[("crash_q2", A1, q)]["points"]) == float(points[("crash_q2", A1, q)]["possible"]), q
 
 
+def test_a_notebook_that_replaces_the_comparisons_scores_nothing_and_is_told_why(graded):
+    _, out, _ = graded
+    points = _points(out)
+    for (s, a, q), row in points.items():
+        if s == "tampered" and a == A1 and row["kind"] == "auto":
+            assert float(row["points"]) == 0, q
+    assert "the notebook replaced torch.allclose" in (out / "feedback" / "tampered.md").read_text()
+
+
+def test_written_answers_are_gathered_beside_the_instructor_key(graded, built):
+    subs, out, _ = graded
+    key = (built / "instructor_key.md").read_text()
+    for name, question in ((A1, "q5"), (A2, "q4"), (A3, "q4")):
+        assert f"## {name}, {question}" in key
+    assert key.count("**Model answer") == 3 and key.count("**Rubric") == 3
+    answers = (out / "answers.md").read_text()
+    assert "### solution" in answers and "**Model answer" in answers  # the solution notebook's cell, gathered
+    assert "_(no answer: ok)_" in answers  # the blank hand-out's placeholder is no answer
+    assert "_(no answer: missing)_" in answers
+
+
 def test_feedback_names_failures_in_words_without_reference_values(graded):
     _, out, _ = graded
     bug = (out / "feedback" / "bug_a1.md").read_text()
@@ -222,6 +264,27 @@ def test_an_interrupted_run_resumes_and_keeps_hand_graded_points(graded, built, 
                         course.Result(sub.student, sub.assignment, "timeout", limit=timeout))
     course.grade(subs, built, out, timeout=TIMEOUT + 1, jobs=2, progress=False)
     assert longer == ["hangs"]
+
+
+def test_the_documented_route_grades_the_solutions_in_full_and_regrades_after_a_set_up_crash(built, tmp_path):
+    subs = tmp_path / "submissions"
+    for name in BUGS:
+        (subs / "solution").mkdir(parents=True, exist_ok=True)
+        nbformat.write(_solution(built, name), subs / "solution" / f"{name}.ipynb")
+    route = [f"SUBMISSIONS={relative(subs)}", f"BUILT={relative(built)}", f"GRADES={relative(tmp_path / 'grades')}"]
+    make("grade", *route)
+    grades = _table(tmp_path / "grades" / "grades.csv")
+    assert [r["status"] for r in grades] == ["ok"] * len(BUGS)
+    assert all(float(r["auto_points"]) == float(r["auto_possible"]) > 0 for r in grades)
+    # the grader's own set-up failed on a first run: its crashes are not the students' grades
+    log = tmp_path / "grades" / "results.jsonl"
+    crashed = [dict(json.loads(line), status="crashed", reason="autograder zip not found", questions={})
+               for line in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps(r) + "\n" for r in crashed))
+    make("grade", *route)
+    again = _table(tmp_path / "grades" / "grades.csv")
+    assert [r["status"] for r in again] == ["ok"] * len(BUGS)
+    assert [r["total"] for r in again] == [r["total"] for r in grades]
 
 
 def test_handout_has_no_solutions_or_tests_and_solutions_have_no_hidden_tests(built):

@@ -55,3 +55,12 @@ def test_every_plot_cell_shows_a_figure(source):
     nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
     blank = [i for i in _plot_cells(nb) if not any("image/png" in o.get("data", {}) for o in nb.cells[i].outputs)]
     assert not blank, f"code cells {blank} call plt.show() but have no image: re-run `make notebooks`"
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_no_committed_output_carries_a_progress_widget_or_bar(source):
+    nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            assert "application/vnd.jupyter.widget-view+json" not in o.get("data", {}), "a stale progress widget"
+            assert "it/s]" not in o.get("text", ""), "a progress bar printed into the committed output"

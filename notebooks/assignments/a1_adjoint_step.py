@@ -24,6 +24,11 @@
 # %% [markdown]
 # # Assignment 1 · The adjoint step
 #
+# *Builds on notebook 01, sections 3 and 5 (the adjoint ODE, eq. 11 and its derivation; a
+# gradient check against the closed form). Paper: Pan et al., "AdjointDPM: Adjoint Sensitivity
+# Method for Gradient Backpropagation of Diffusion Probabilistic Models", ICLR 2024, Sec. 3.1-3.3
+# and eq. 11 ([arXiv:2307.10711](https://arxiv.org/abs/2307.10711)).*
+#
 # In notebook 01 the library's `Adjoint()` gave `dL/dx_T` with memory that does not grow
 # with the number of steps. Here you build it yourself, on the single Gaussian, where the
 # exact gradient is known in closed form.
@@ -115,6 +120,7 @@ hidden: true
 points: 2
 failure_message: "adjoint_rhs does not give (eps, -a_y^T d eps/dy) at some time, or it uses sample or a gradient strategy"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 from forbid import GRADIENTS, SAMPLE, forbidden
 def _reference_rhs(y, a_y, rho):
     t = schedule.time_of_rho(rho)
@@ -189,6 +195,7 @@ assert torch.allclose(_y1, torch.tensor([0.9])) and torch.allclose(_a1, torch.te
 hidden: true
 failure_message: "euler_step or rk4_step is not the classical step on a linear test system (constant or time-dependent coefficients), or it uses the library's solvers"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 from forbid import GRADIENTS, SAMPLE, STEPPERS, forbidden
 # a linear, time-dependent system: RK4 is the degree-4 Taylor polynomial only for constant
 # coefficients, so check that case exactly and the time-dependent one against its order
@@ -284,6 +291,7 @@ assert torch.allclose(grad_x_T(x_T, 10, step=_still), _ratio * loss_grad(_x_end)
 hidden: true
 failure_message: "grad_x_T does not take exactly `steps` steps of the `step` and `rhs` it is given, from rho_end back to rho_T (checked with an Euler stepper), or it uses a gradient strategy or the closed form"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 from forbid import CLOSED_FORMS, GRADIENTS, forbidden
 def _ref_rhs(y, a_y, rho):
     t = schedule.time_of_rho(rho)
@@ -313,6 +321,7 @@ hidden: true
 points: 2
 failure_message: "with RK4 steps, grad_x_T is further than 2e-4 (relative) from the closed-form gradient at 40 steps, or differs from the library's Adjoint taking the same steps"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 from forbid import CLOSED_FORMS, GRADIENTS, forbidden
 def _ref_rhs(y, a_y, rho):
     t = schedule.time_of_rho(rho)
@@ -387,6 +396,7 @@ assert abs(fit_order([1, 2, 4], [1.0, 0.25, 0.0625]) - 2) < 1e-9
 hidden: true
 failure_message: "fit_order is not the least-squares slope of -log(error) against log(steps) on uneven data"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 _n = [3, 7, 20, 55]
 _e = [2.5 * n ** -3.3 * (1.05 if i % 2 else 0.95) for i, n in enumerate(_n)]
 _u = torch.log(torch.tensor(_n, dtype=torch.float64)); _v = -torch.log(torch.tensor(_e, dtype=torch.float64))
@@ -413,8 +423,25 @@ assert abs(fit_order(_n, _e) - _slope) < 1e-9
 # why does the gradient error fall at the order of the *backward* solver, and what would
 # happen to the RK4 adjoint's error if the forward sampler were Euler?
 
+# %% [raw]
+# # BEGIN SOLUTION
+
 # %% [markdown]
-# _Type your answer here, replacing this text._
+# **Model answer.** The adjoint does not differentiate the forward sampler's steps: it solves the
+# continuous adjoint ODE (eq. 11) backwards with its own solver, re-integrating `y` alongside `a_y`,
+# so its truncation error is the backward solver's, of order 1 for Euler and 4 for RK4. The forward
+# sampler enters only through `x_end` (the start of the backward solve and of `a_y = alpha dL/dx_end`);
+# with an RK4 forward that error is fourth order and hidden behind the Euler adjoint's. With an Euler
+# forward, `x_end` would be off by O(h), the adjoint would start from the wrong point, and the RK4
+# adjoint's error would fall only at first order (about 10x per 10x steps).
+#
+# **Rubric (1 point).** 0.5: the error is the backward solver's because the adjoint solves the
+# continuous ODE with its own steps (re-integrating `y`), not the sampler's discrete steps. 0.5: with
+# an Euler forward the first-order error of `x_end` enters the adjoint's start, so the RK4 adjoint
+# becomes first order. No point for "RK4 is more accurate" without the mechanism.
+
+# %% [raw]
+# # END SOLUTION
 
 # %% [raw]
 # # END QUESTION

@@ -24,10 +24,17 @@
 # %% [markdown]
 # # Assignment 2 · The reparameterization
 #
-# The probability-flow ODE (paper eq. 4) in `(x, t)` is stiff near the data: its linear
-# term `f(t) x` changes fast as `t -> 0`. Section 3.3 of the paper multiplies by the
-# integrating factor `1/alpha_t` and changes the time variable to `rho = sigma_t / alpha_t`.
-# With `y = x / alpha_t` the ODE becomes
+# *Builds on notebook 01, sections 4 and 6 (the reparameterization; Table 1 in 2-D), and on
+# notebook 02, section 1 (three samplers at an exact budget). Paper: Pan et al., "AdjointDPM:
+# Adjoint Sensitivity Method for Gradient Backpropagation of Diffusion Probabilistic Models",
+# ICLR 2024, Sec. 3.2 and Table 1 ([arXiv:2307.10711](https://arxiv.org/abs/2307.10711)).*
+#
+# The probability-flow ODE (paper eq. 4) in `(x, t)`, `dx/dt = f(t) (x - eps(x, t) / sigma_t)`,
+# is stiff near the data: the factor `1/sigma_t` on `eps` grows without bound as `t -> 0`
+# (for the linear schedule `sigma_t` is about 0.01 at `t = 1e-3`), while `f(t)` itself stays
+# small there (`f(1e-3) = -0.06` against `-10` at `t = 1`). Section 3.2 of the paper multiplies
+# by the integrating factor `1/alpha_t` and changes the time variable to
+# `rho = sigma_t / alpha_t`. With `y = x / alpha_t` the ODE becomes
 #
 # $$\frac{dy}{d\rho} = \epsilon\big(\alpha_{t(\rho)}\, y,\; t(\rho)\big) \qquad \text{(eq. 10)}$$
 #
@@ -101,6 +108,7 @@ hidden: true
 points: 2
 failure_message: "reparam_field(y, rho) is not eps(alpha y, t(rho)) at some time, or it uses the library's sampler or solvers"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 from forbid import FIELDS, SAMPLE, STEPPERS, forbidden
 # one Euler step of the library's eq. 10 solver gives the field: (y_t - y_s) / (rho_t - rho_s)
 _gen = torch.Generator().manual_seed(5)
@@ -173,6 +181,7 @@ assert torch.allclose(dpm1_step(x_T, 0.5, 0.4, field=lambda y, rho: torch.zeros_
 hidden: true
 failure_message: "dpm1_step is not one Euler step in rho of the field it is given (checked with eq. 10's field against DDIM's closed form, and with another field whose step is known), or it uses sample or the library's solvers"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 from forbid import SAMPLE, STEPPERS, forbidden
 def _field(y, rho):
     t = schedule.time_of_rho(rho)
@@ -252,6 +261,7 @@ hidden: true
 points: 2
 failure_message: "errors, the two orders or better_at_10 differ from the requested RMSEs (relative 1e-9), orders (1e-6) or comparison"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 _ref = {k: [float((sample(model, x_T, schedule, steps=n, t_start=t_start, t_end=t_end, **c) - exact).pow(2).mean().sqrt())
             for n in nfes] for k, c in (("eq4", dict(solver="euler", space="original")),
                                         ("eq10", dict(solver="dpm1", space="reparam")))}
@@ -281,8 +291,26 @@ assert better_at_10 == ("eq10" if _ref["eq10"][1] < _ref["eq4"][1] else "eq4")
 # difference between that setting and this one (solver order, what `eps` looks like along
 # the path, the time grid) that could explain a different outcome, in three sentences at most.
 
+# %% [raw]
+# # BEGIN SOLUTION
+
 # %% [markdown]
-# _Type your answer here, replacing this text._
+# **Model answer** (with the committed notebook's numbers: eq. 4 7.7e-2, 3.2e-2, 1.3e-2, 4.6e-3 and
+# eq. 10 5.7e-2, 3.1e-2, 1.6e-2, 6.8e-3 at NFE 5, 10, 20, 50; orders 1.22 and 0.93). Eq. 10 wins at
+# NFE 5, ties at NFE 10 and loses from NFE 20 on: both are first-order methods, but eq. 4's error falls
+# a little faster (order 1.2 against 0.9), so the curves cross. The paper's setting differs: a
+# 4th-order Adams-Bashforth solver on eq. 4 is limited by the stiffness near the data (the `1/sigma_t`
+# factor on `eps` in `f(t) (x - eps / sigma_t)` grows without bound as `t -> 0`) far more than Euler is,
+# and a trained network's `eps` is far from the single Gaussian's, which is linear in `x`.
+#
+# **Rubric (1 point).** 0.5: a reading of *their own* columns that agrees with their orders (where
+# eq. 10 wins, where it loses, that the higher measured order explains the crossing). 0.5: one
+# relevant difference from the paper's setting (solver order and stiffness near `t = 0`, a learned
+# `eps` against an exact linear one, the grid) tied to the outcome. An answer that repeats the paper's
+# claim against its own numbers gets at most 0.5.
+
+# %% [raw]
+# # END SOLUTION
 
 # %% [raw]
 # # END QUESTION

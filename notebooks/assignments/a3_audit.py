@@ -24,6 +24,11 @@
 # %% [markdown]
 # # Assignment 3 · Auditing a classifier with bounded initial noise
 #
+# *Builds on notebook 01, sections 7 and 8 (an application through the sampler; which gradient
+# strategy to use), and on notebook 03, section 2 (the audit on the digits model). Paper:
+# Pan et al., "AdjointDPM: Adjoint Sensitivity Method for Gradient Backpropagation of Diffusion
+# Probabilistic Models", ICLR 2024, Sec. 4.1.2 and App. C ([arXiv:2307.10711](https://arxiv.org/abs/2307.10711)).*
+#
 # Section 4.1.2 of the paper asks: can a small change `delta` of the initial noise, with
 # `‖delta‖∞ ≤ tau`, make a generator produce something a classifier labels differently?
 # The search needs `d(loss on x_0)/d(delta)` through the whole sampler, which is exactly
@@ -94,6 +99,7 @@ assert torch.equal(project(torch.tensor([0.1, -2.0, 3.0]), 0.5), torch.tensor([0
 hidden: true
 failure_message: "project leaves a component outside the box (exactly, in delta's dtype), or changes a component that was inside it"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 _d = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3)) * 3
 for _tau in (0.05, 0.8):
     _p = project(_d, _tau)
@@ -170,6 +176,7 @@ hidden: true
 points: 2
 failure_message: "at tau = 0.5 on unseen seeds, fewer than 40 % of decisions change, or delta leaves the box by more than 1e-6, or audit uses toy.apps.audit"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 from forbid import forbidden
 _x = torch.randn(96, 2, generator=torch.Generator().manual_seed(2024))
 with torch.no_grad():
@@ -184,6 +191,7 @@ assert success_rate(_x, _labels, _delta) >= 0.40
 hidden: true
 failure_message: "audit does not apply the projection it is given after every step (checked with one that zeroes the second coordinate), or it does not move delta, or it ignores its gradient argument"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 from forbid import forbidden
 _x = torch.randn(32, 2, generator=torch.Generator().manual_seed(7))  # each test runs on its own
 with torch.no_grad():
@@ -209,10 +217,12 @@ assert not _d[:, 1].any()  # exactly what the given projection returns
 # %% [markdown]
 # ## Question 3 (2 points): choose the gradient strategy
 #
-# Set `strategy` to the gradient strategy you would use for this search on a large model
-# with many sampler steps (an instance: `Backprop()`, `Checkpoint()`, `Adjoint()` or
-# `AdjointDEIS(1)`). It is graded on the memory it keeps for backward: that must not grow
-# with the number of steps (at most 20 % more at 40 steps than at 10). Question 4 asks why.
+# On a large model whose sampler has so many steps that even one stored state per step does
+# not fit, the search needs a strategy **whose memory for backward is flat in the number of
+# steps**. Set `strategy` to one (an instance: `Backprop()`, `Checkpoint()`, `Adjoint()` or
+# `AdjointDEIS(1)`). It is graded on the memory it keeps: at most 20 % more at 40 steps than at
+# 10. (`Checkpoint()`, the course's default when a state per step fits, keeps one state per
+# step, so it does not qualify here.) Question 4 asks what your choice costs.
 
 # %% [raw]
 # # BEGIN SOLUTION
@@ -234,6 +244,7 @@ assert isinstance(strategy, Gradient)
 hidden: true
 failure_message: "the memory this strategy keeps for backward grows with the number of steps"
 """ # END TEST CONFIG
+from forbid import untampered; untampered(globals())
 from adjointdpm.memory import saved_bytes_during
 def _saved_bytes(gradient, steps):
     _xt = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)).requires_grad_()
@@ -258,11 +269,30 @@ assert _saved_bytes(strategy, 40) <= 1.2 * _saved_bytes(strategy, 10)
 # %% [markdown]
 # ## Question 4 (1 point, graded by hand): justify the strategy
 #
-# In three sentences at most: why your `strategy` for a large model with many steps, and
-# what it costs compared with the others in accuracy of the gradient, memory and time.
+# In three sentences at most: why your `strategy`'s memory is flat in steps, and what it
+# costs compared with the others (`Checkpoint()` above all) in accuracy of the gradient,
+# memory and time.
+
+# %% [raw]
+# # BEGIN SOLUTION
 
 # %% [markdown]
-# _Type your answer here, replacing this text._
+# **Model answer.** `Adjoint()`: it stores no state per step, re-solving the sample backwards alongside
+# the adjoint, so its memory is flat in the number of steps (`AdjointDEIS(1)` is flat too). It pays in
+# accuracy, because its gradient is the continuous ODE's, approximated by its own solver (not exactly
+# the sampler's), and in time, because an RK4 adjoint makes four model evaluations and four
+# vector-Jacobian products per step (several times Backprop's time). `Checkpoint()` gives the sampler's
+# exact gradient more cheaply and is the better choice whenever one stored state per step fits; it was
+# excluded here because that state per step still grows with the steps.
+#
+# **Rubric (1 point).** 0.5: why the memory is flat (no per-step storage; the state re-integrated
+# backwards). 0.5: a correct cost against the others: the gradient approximates the continuous ODE's
+# (error of its own solver and the sampler-vs-ODE gap) and more time per step than Checkpoint or
+# Backprop; and that Checkpoint is exact and preferable when a state per step fits. `AdjointDEIS(1)`
+# is accepted with the same reasoning, noting that it is inaccurate at few steps.
+
+# %% [raw]
+# # END SOLUTION
 
 # %% [raw]
 # # END QUESTION

@@ -18,7 +18,8 @@ assignment) pair in its own process with a time limit, ``--jobs`` at a time. A f
 close to the assignment (``a3_audit (1).ipynb``, ``A3-audit.ipynb``) is graded with a note;
 a missing one gets a row of zeros. Each result is appended to ``OUT/results.jsonl`` as it
 finishes, so an interrupted run resumes where it stopped (a changed notebook or autograder
-is graded again). It writes, under ``--out``:
+is graded again, so is a crashed grading (it may be the grader's own failure) and a timeout under a
+longer ``--timeout``; ``--regrade`` grades every notebook again). Paths may be relative to where the command runs. It writes, under ``--out``:
   grades.csv     one row per student and assignment: status (ok, timeout, not a notebook,
                  crashed, missing) and reason, auto points, hand-graded points (blank, with
                  their maximum: fill them in and run ``grade`` again to update the totals)
@@ -87,7 +88,76 @@ def build(out: Path) -> dict[str, Path]:
             built[src.stem] = dest
     write_handout(out, built)
     write_solutions(out, built)
+    write_key(out, built)
     return built
+
+
+def hand_graded(notebook) -> dict[str, dict]:
+    """``{question: {"points", "prompt", "answer"}}`` for the hand-graded questions of an otter master
+    (``answer``: its solution cells, the model answer and rubric) or of a student's notebook
+    (``answer``: the markdown cells written under the prompt)."""
+    out, current, state = {}, None, None
+    for cell in notebook.cells:
+        text = cell.source.strip()
+        if cell.cell_type == "raw" and text.startswith("# BEGIN QUESTION"):
+            import yaml
+            config = yaml.safe_load(text.split("\n", 1)[1])
+            current = config["name"] if config.get("manual") else None
+            if current:
+                out[current] = {"points": float(config["points"]), "prompt": "", "answer": []}
+            state = "prompt"
+        elif current is None:
+            continue
+        elif cell.cell_type == "raw" and text.startswith("# END QUESTION"):
+            current = None
+        elif cell.cell_type == "raw":
+            state = "answer"  # BEGIN/END SOLUTION delimit the model answer in the master
+        elif cell.cell_type == "markdown" and state == "prompt" and not out[current]["prompt"]:
+            out[current]["prompt"], state = text, "answer"
+        elif cell.cell_type == "markdown" and state == "answer":
+            out[current]["answer"].append(text)
+    return {q: {**v, "answer": "\n\n".join(v["answer"])} for q, v in out.items()}
+
+
+def written_answers(path: Path, name: str, prompts: dict[str, str]) -> dict[str, str]:
+    """What a student wrote under each hand-graded question's prompt (the markdown cells after the
+    prompt cell, up to the next code cell or heading); ``""`` where nothing or the placeholder."""
+    import nbformat
+    try:
+        cells = nbformat.read(path, as_version=4).cells
+    except Exception:  # not a notebook: nothing to gather (grades.csv says why)
+        return {}
+    answers = {}
+    for q, prompt in prompts.items():
+        # otter prefixes the prompt cell with "<!-- BEGIN QUESTION -->" and closes the question with a cell of its own
+        at = next((i for i, c in enumerate(cells) if c.cell_type == "markdown" and prompt in c.source), None)
+        written = []
+        for cell in cells[at + 1:] if at is not None else []:
+            if cell.cell_type != "markdown" or cell.source.lstrip().startswith("#") or "<!-- END QUESTION" in cell.source:
+                break
+            if cell.source.strip() and PLACEHOLDER not in cell.source:
+                written.append(cell.source.strip())
+        answers[q] = "\n\n".join(written)
+    return answers
+
+
+PLACEHOLDER = "_Type your answer here, replacing this text._"  # otter's answer cell in the student version
+
+
+def write_key(out: Path, built: dict[str, Path]) -> Path:
+    """``out/instructor_key.md``: every hand-graded question with its model answer and rubric (the
+    solution cells of the sources), for the instructor only."""
+    import jupytext
+    lines = ["# Instructor's key: the hand-graded questions", "",
+             "Model answers and rubrics, from the assignment sources' solution cells. Grade each answer in "
+             "grades/answers.md and type the points into grades/grades.csv's `manual_points`.", ""]
+    for name in built:
+        for q, item in hand_graded(jupytext.read(HERE / f"{name}.py")).items():
+            lines += [f"## {name}, {q} ({item['points']:g} point{'s' if item['points'] != 1 else ''})", "",
+                      item["prompt"], "", item["answer"], ""]
+    path = out / "instructor_key.md"
+    path.write_text("\n".join(lines))
+    return path
 
 
 def write_handout(out: Path, built: dict[str, Path]) -> Path:
@@ -104,25 +174,43 @@ def write_handout(out: Path, built: dict[str, Path]) -> Path:
     deps = " ".join(f"'{d}'" for d in TORCH)
     (handout / "INSTRUCTIONS.md").write_text(f"""# Course assignments: instructions
 
-1. Install the library (Python 3.10 or later), in a fresh virtual environment:
+1. Install the library (Python 3.10 or later), in a fresh virtual environment. A CPU is all the
+   assignments need; install PyTorch's CPU build first (a few hundred MB instead of several GB of
+   CUDA libraries), then the wheel beside these instructions:
 
        python -m venv .venv && . .venv/bin/activate
-       pip install {deps} {wheel.name} jupyterlab
+       pip install {deps} --index-url https://download.pytorch.org/whl/cpu
+       pip install {wheel.name} jupyterlab
+
+   (With a GPU, or to let pip choose, leave out `--index-url ...`.)
 
 2. Open each assignment folder's notebook in Jupyter ({", ".join(built)}), run every cell in
    order and answer the questions where the notebook says so. `grader.check("q1")` runs the
    visible tests of a question; hidden tests grade it afterwards with other inputs. Each
    question says what it may not use from the library: the hidden tests make those pieces
-   raise, so a solution that calls them scores nothing on that question.
-3. Questions marked "graded by hand" are read by your instructor: write in the markdown cell.
+   raise, so a solution that calls them scores nothing on that question. A notebook that
+   replaces what the tests compare with (`torch.allclose`, a builtin such as `abs`) scores
+   nothing on every question.
+3. Questions marked "graded by hand" are read by your instructor: write in the markdown cell
+   under the question, replacing its placeholder text.
 4. Submit each notebook under its own name, unchanged: {", ".join(f"`{n}.ipynb`" for n in built)}.
    Every notebook is run from top to bottom with a time limit of a few minutes; a notebook that
    does not finish in time scores zero, so remove long experiments before you submit.
+5. What each assignment builds on: {", ".join(f"{n} -- {READING[n]}" for n in built if n in READING)}. The
+   tutorials are in the course repository's `notebooks/` (and on the course site). The paper: Pan et al.,
+   "AdjointDPM: Adjoint Sensitivity Method for Gradient Backpropagation of Diffusion Probabilistic
+   Models", ICLR 2024, https://arxiv.org/abs/2307.10711; the AdjointDEIS solvers: Blasingame and Liu,
+   "AdjointDEIS: Efficient Gradients for Diffusion Models", NeurIPS 2024, https://arxiv.org/abs/2405.15020.
 """)
     return handout
 
 
 TORCH = ("torch==2.14.1",)  # the version the course is tested with
+READING = {  # the tutorial sections each assignment builds on
+    "a1_adjoint_step": "notebook 01, sections 3 and 5 (the adjoint ODE, eq. 11; a gradient check)",
+    "a2_reparameterization": "notebook 01, sections 4 and 6, and notebook 02, section 1 (eq. 10; Table 1)",
+    "a3_audit": "notebook 01, sections 7 and 8, and notebook 03, section 2 (an application; choosing a strategy)",
+}
 
 
 def student_wheel(folder: Path) -> Path:
@@ -238,6 +326,8 @@ def safe_reason(hidden: bool, message: str | None, failure_message: str | None) 
     error = first_error(message)
     if "ForbiddenCall: " in error:
         return error.split("ForbiddenCall: ", 1)[1] + " (so this test fails)"
+    if "Tampered: " in error:
+        return error.split("Tampered: ", 1)[1]
     raised = "" if not error or error.startswith("AssertionError") else f"your code raised {error[:300]}"
     if not hidden:
         return "the visible test fails" + (f": {raised}" if raised else "")
@@ -366,8 +456,32 @@ def _number(text: str) -> float:
     return float(text) if str(text).strip() else 0.0
 
 
+def write_answers(results: list[Result], built: Path, out: Path) -> Path:
+    """``out/answers.md``: each hand-graded question once, then every student's written answer to it,
+    so an instructor grades one question across the class in one file."""
+    import jupytext
+    lines = ["# Written answers to the hand-graded questions", "",
+             "Model answers and rubrics: dist/assignments/instructor_key.md. Type the points into grades.csv's "
+             "`manual_points` and run the grading again (nothing is regraded).", ""]
+    for name in sorted({r.assignment for r in results}):
+        questions = hand_graded(jupytext.read(HERE / f"{name}.py"))
+        mine = sorted((r for r in results if r.assignment == name), key=lambda r: r.student)
+        written = {r.student: written_answers(Path(r.file), name, {q: v["prompt"] for q, v in questions.items()})
+                   if r.file else {} for r in mine}
+        for q, item in questions.items():
+            lines += [f"## {name}, {q} ({item['points']:g} point{'s' if item['points'] != 1 else ''})", "",
+                      "> " + item["prompt"].replace("\n", "\n> "), ""]
+            for r in mine:
+                answer = written[r.student].get(q, "")
+                lines += [f"### {r.student}", "", answer or f"_(no answer: {r.status})_", ""]
+    path = out / "answers.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def write_gradebook(results: list[Result], built: Path, out: Path, unmatched: list[str] = ()) -> list[dict]:
-    """Write grades.csv, questions.csv, canvas.csv, grades.md and feedback/; returns grades.csv's rows."""
+    """Write grades.csv, questions.csv, canvas.csv, grades.md, answers.md and feedback/; returns grades.csv's
+    rows."""
     out.mkdir(parents=True, exist_ok=True)
     manual_typed = _manual_points(out / "grades.csv")
     asked = {name: json.loads((built / name / "questions.json").read_text()) for name in {r.assignment for r in results}}
@@ -393,6 +507,7 @@ def write_gradebook(results: list[Result], built: Path, out: Path, unmatched: li
     _write_csv(out / "questions.csv", long)
     _write_canvas(out / "canvas.csv", rows)
     _write_feedback(out / "feedback", results, long)
+    write_answers(results, built, out)
     lines = ["| student | assignment | status | auto | hand-graded | total | reason |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['student']} | {r['assignment']} | {r['status']} | {r['auto_points']:g}/{r['auto_possible']:g} | "
               f"{r['manual_points'] or '-'}/{r['manual_possible']:g} | {r['total']:g}/{r['total_possible']:g} | "
@@ -433,7 +548,10 @@ def _write_feedback(folder: Path, results: list[Result], long: list[dict]) -> No
     for student in sorted({r.student for r in results}):
         lines = [f"# Feedback for {student}", ""]
         for r in sorted((r for r in results if r.student == student), key=lambda r: r.assignment):
-            lines += [f"## {r.assignment}", "", f"Status: {r.status}" + (f" ({r.reason})" if r.reason else ""), ""]
+            # a crash's reason is the grading process's last error line: the instructor's (grades.csv), not advice
+            reason = ("the grading process stopped before the end; your instructor has its error" if r.status == "crashed"
+                      else r.reason)
+            lines += [f"## {r.assignment}", "", f"Status: {r.status}" + (f" ({reason})" if reason else ""), ""]
             for row in (x for x in long if x["student"] == student and x["assignment"] == r.assignment):
                 if row["kind"] == "hand-graded":
                     lines.append(f"- {row['question']}: graded by hand (out of {row['possible']:g})")
@@ -447,11 +565,22 @@ def _write_feedback(folder: Path, results: list[Result], long: list[dict]) -> No
 # ---------------------------------------------------------------------------------------------
 # grade: the whole class
 
+def _keeps(result: Result, timeout: float) -> bool:
+    """Whether an earlier result stands for a rerun with this time limit (see :func:`grade`)."""
+    return result.status in ("ok", "not a notebook") or (result.status == "timeout" and result.limit >= timeout)
+
+
 def grade(submissions: Path, built: Path, out: Path, *, timeout: float = 300, jobs: int = 2,
-          progress: bool = True) -> list[dict]:
-    """Grade every (student, assignment) pair, resuming from ``out/results.jsonl``; returns
-    grades.csv's rows."""
+          regrade: bool = False, progress: bool = True) -> list[dict]:
+    """Grade every (student, assignment) pair, resuming from ``out/results.jsonl``. A result for the
+    same file and autograder is kept when it says something about the notebook (``ok``, ``not a
+    notebook``, or ``timeout`` under a limit at least as long as this one); a ``crashed`` one is
+    graded again, as a crash of the grading process may be the grader's own (its set-up, a full
+    disk); ``regrade=True`` grades everything again. Returns grades.csv's rows."""
     from tqdm import tqdm
+    # Absolute at the door: each notebook is graded in a process whose working directory is a
+    # temporary folder, where a relative path would name nothing.
+    submissions, built, out = (Path(p).resolve() for p in (submissions, built, out))
     if not submissions.is_dir():
         raise ValueError(f"submissions folder {submissions} does not exist")
     names = sorted(p.name for p in built.iterdir() if (p / "questions.json").is_file()) if built.is_dir() else []
@@ -470,8 +599,8 @@ def grade(submissions: Path, built: Path, out: Path, *, timeout: float = 300, jo
             results.append(Result(sub.student, sub.assignment, "missing", sub.note))
             continue
         key = (sub.student, sub.assignment, _sha256(sub.path), zips[sub.assignment])
-        if key in done and not (done[key].status == "timeout" and done[key].limit < timeout):
-            results.append(done[key])  # a notebook that ran out of time is graded again under a longer limit
+        if key in done and not regrade and _keeps(done[key], timeout):
+            results.append(done[key])
         else:
             todo.append(sub)
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -506,6 +635,8 @@ def main(argv=None):
     g.add_argument("--out", type=Path, default=Path("grades"), help="where the gradebook goes")
     g.add_argument("--timeout", type=float, default=300, help="seconds per notebook before it is stopped (default 300)")
     g.add_argument("--jobs", type=int, default=2, help="notebooks graded at once (default 2)")
+    g.add_argument("--regrade", action="store_true", help="grade every notebook again (without it a rerun grades "
+                   "only new or changed notebooks, crashed gradings, and timeouts under a longer --timeout)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     one = sub.add_parser("grade-one", help=argparse.SUPPRESS)
     one.add_argument("notebook", type=Path)
@@ -522,7 +653,7 @@ def main(argv=None):
             print(json.dumps(grade_here(args.notebook, args.autograder)))
         else:
             rows = grade(args.submissions, args.built, args.out, timeout=args.timeout, jobs=args.jobs,
-                         progress=not args.no_progress)
+                         regrade=args.regrade, progress=not args.no_progress)
             print((args.out / "grades.md").read_text())
             print(f"{len(rows)} rows: {args.out / 'grades.csv'}, questions.csv, canvas.csv, feedback/")
     except ValueError as err:

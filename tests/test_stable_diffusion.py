@@ -414,3 +414,22 @@ def test_bench_records_the_parts_and_resumes(tmp_path, monkeypatch):
     bench.main(["--model", "tiny", "--steps", "1", "--gradients", "adjoint", "--repeats", "1", "--out", str(tmp_path),
                 "--device", "cpu"])
     assert len(measured) == 1
+
+
+def test_bench_save_memory_all_records_live_bytes_growth_and_floor(tmp_path):
+    from stable_diffusion import bench
+    bench.main(["--model", "tiny", "--steps", "1", "2", "--gradients", "checkpoint", "--save-memory", "all",
+                "--repeats", "0", "--out", str(tmp_path), "--device", "cpu"])
+    records = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["steps"] for r in records] == [1, 2]
+    from stable_diffusion.components import open_model
+    comps = open_model("tiny", "cpu")
+    nbytes = lambda net: sum(p.numel() * p.element_size() for p in net.parameters())
+    held = nbytes(comps.unet) + nbytes(comps.vae) - nbytes(comps.vae.encoder) - nbytes(comps.vae.quant_conv)
+    for r in records:
+        assert r["checkpointing"] == ["unet", "vae-resnets"] and r["release"] == ["text-encoder", "vae-encoder"]
+        assert r["allocator"] and r["live_peak_gib"] >= 0
+        assert r["weights_held_gib"] * 2 ** 30 == pytest.approx(held, rel=1e-6)  # exactly the released parts' weights are gone
+    text = (tmp_path / "bench.md").read_text()
+    assert "+ text-encoder released + vae-encoder released + allocator" in text
+    assert "Growth per step" in text and "**Floor at 32x32**" in text

@@ -57,6 +57,16 @@ def load_state_dict(path, what: str) -> dict:
     return state
 
 
+def load_weights(module: torch.nn.Module, path, what: str) -> torch.nn.Module:
+    """``module`` with the state_dict at ``path`` loaded into it; weights of another architecture are
+    refused in one line naming the file and the module's class."""
+    try:
+        module.load_state_dict(load_state_dict(path, what))
+    except RuntimeError as err:
+        raise ValueError(f"{what} {path} do not fit {type(module).__name__}: {str(err).splitlines()[0]}") from None
+    return module
+
+
 def _load_safetensors(path: Path, what: str) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -96,13 +96,7 @@ def judges() -> Judges:
 
 
 def load_net(path=WEIGHTS) -> JudgeNet:
-    net = JudgeNet()
-    state = files.load_state_dict(path, "judge network weights")
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"judge network weights {path} do not fit JudgeNet: {str(err).splitlines()[0]}") from None
-    return net.eval()
+    return files.load_weights(JudgeNet(), path, "judge network weights").eval()
 
 
 def train_net(steps: int = 1500, batch: int = 64, lr: float = 3e-3, seed: int = 0, progress: bool = True

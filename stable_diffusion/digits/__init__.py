@@ -24,14 +24,7 @@ CLASSIFIER = WEIGHTS / "digit_classifier.safetensors"
 def load_classifier(path=CLASSIFIER) -> DigitClassifier:
     """The committed digit classifier (or one at ``path``), eval mode, frozen."""
     from adjointdpm import files
-    net = DigitClassifier()
-    state = files.load_state_dict(path, "digit classifier weights")
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"digit classifier weights {path} do not fit DigitClassifier: "
-                         f"{str(err).splitlines()[0]}") from None
-    return net.eval().requires_grad_(False)
+    return files.load_weights(DigitClassifier(), path, "digit classifier weights").eval().requires_grad_(False)
 
 
 __all__ = ["PIPELINE", "CLASSIFIER", "DigitClassifier", "ConvFeatures", "load_classifier"]

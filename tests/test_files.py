@@ -102,3 +102,15 @@ def test_fingerprint_sees_every_value():
     assert files.fingerprint(torch.zeros(2)) != files.fingerprint(torch.zeros(2, dtype=torch.float64))
     assert files.fingerprint(torch.tensor(0.5)) != files.fingerprint(torch.tensor(0.7))  # 0-d, as a scalar parameter
     assert files.fingerprint(torch.zeros(1)) != files.fingerprint(torch.tensor(0.0))
+
+
+def test_load_weights_refuses_another_architecture_in_one_line(tmp_path):
+    import torch
+    from adjointdpm import files
+    path = tmp_path / "w.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    loaded = files.load_weights(torch.nn.Linear(3, 2), path, "test weights")
+    assert torch.equal(loaded.weight, torch.load(path, weights_only=True)["weight"])
+    with pytest.raises(ValueError, match=r"^test weights .* do not fit Linear: Error\(s\) in loading") as err:
+        files.load_weights(torch.nn.Linear(4, 2), path, "test weights")
+    assert "\n" not in str(err.value)

@@ -3,7 +3,7 @@ status 2, no traceback, nothing computed (the cases of issue 15's probe list).""
 import pytest
 import torch
 
-from conftest import one_line_error
+from helpers import one_line_error
 from stable_diffusion import bench as sd_bench
 from toy import apps as toy_apps, bench as toy_bench, reproduce
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample
-from conftest import MEAN, SCALE, gaussian, loss_fn, noise, rel
+from helpers import MEAN, SCALE, gaussian, loss_fn, noise, rel
 from toy import flow_map, flow_map_vjp
 
 SCHED = VPSchedule.linear()

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from adjointdpm import CFG, Adjoint, AdjointDEIS, VPSchedule, sample
-from conftest import gaussian, noise
+from adjointdpm import CFG, Adjoint, AdjointDEIS, TorchdiffeqAdjoint, VPSchedule, sample
+from helpers import gaussian, noise
 
 SCHED = VPSchedule.linear()
 
@@ -65,15 +65,17 @@ def test_strategy_arguments():
         Adjoint(solver="rk45")
     with pytest.raises(ValueError, match="states must be"):
         Adjoint(states="keep")
-    with pytest.raises(ValueError, match="backend must be"):
-        Adjoint(backend="jax")
+    with pytest.raises(ValueError, match="states must be"):
+        AdjointDEIS(states="keep")
+    with pytest.raises(TypeError):  # the reference routes solve on the forward grid: nothing to choose
+        TorchdiffeqAdjoint(steps=8)
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         AdjointDEIS(order=3)
     x_T = noise(2).requires_grad_()
     with pytest.raises(ValueError, match="states='reuse'.*forward grid"):
         sample(gaussian(), x_T, SCHED, steps=4, gradient=Adjoint(steps=8, states="reuse"))
-    with pytest.raises(ValueError, match="backend='torchdiffeq' supports"):
-        sample(gaussian(), x_T, SCHED, steps=4, solver="dpm2", gradient=Adjoint(backend="torchdiffeq"))
+    with pytest.raises(ValueError, match="TorchdiffeqAdjoint supports"):
+        sample(gaussian(), x_T, SCHED, steps=4, solver="dpm2", gradient=TorchdiffeqAdjoint())
 
 
 def test_cfg_needs_a_condition_of_matching_shape():

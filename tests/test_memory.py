@@ -3,7 +3,7 @@ linear for backprop."""
 import pytest
 import torch
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, TorchdiffeqAdjoint, VPSchedule, sample
 from adjointdpm.memory import saved_bytes_during
 from toy import EpsMLP
 
@@ -20,7 +20,7 @@ def saved_bytes(gradient, steps, solver="dpm2"):
 
 
 @pytest.mark.parametrize("make,solver", [(Adjoint, "dpm2"), (lambda: AdjointDEIS(2), "dpm2"),
-                                         (lambda: Adjoint(backend="torchdiffeq"), "rk4")],
+                                         (lambda: TorchdiffeqAdjoint(), "rk4")],
                          ids=["Adjoint", "AdjointDEIS", "Adjoint-torchdiffeq"])
 def test_adjoint_memory_is_flat_in_steps(make, solver):
     assert saved_bytes(make(), 40, solver) == saved_bytes(make(), 10, solver)

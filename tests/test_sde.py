@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, sample
-from conftest import MEAN, SCALE, T, T_END, gaussian, loss_fn, noise, rel
+from adjointdpm import (Adjoint, AdjointDEIS, Backprop, Checkpoint, TorchdiffeqAdjoint, TorchsdeAdjoint, VPSchedule,
+                        sample)
+from helpers import MEAN, SCALE, T, T_END, gaussian, loss_fn, noise, rel
 from toy import EpsMLP, sde_map_vjp
 
 SCHED = VPSchedule.linear()
@@ -34,8 +35,8 @@ def test_noise_seed_is_required_for_sde_and_refused_for_ode():
         sample(gaussian(), noise(2), SCHED, steps=3, solver="rk4", noise_seed=1)
     with pytest.raises(ValueError, match="needs space='reparam'"):
         sample(gaussian(), noise(2), SCHED, steps=3, space="original", **SDE)
-    with pytest.raises(ValueError, match="backend='torchdiffeq' solves ODEs"):
-        sample(gaussian(), noise(2).requires_grad_(), SCHED, steps=3, gradient=Adjoint(backend="torchdiffeq"), **SDE)
+    with pytest.raises(ValueError, match="TorchdiffeqAdjoint solves ODEs"):
+        sample(gaussian(), noise(2).requires_grad_(), SCHED, steps=3, gradient=TorchdiffeqAdjoint(), **SDE)
     with pytest.raises(ValueError, match="a multiple of the forward's 4"):
         sample(gaussian(), noise(2).requires_grad_(), SCHED, steps=4, gradient=Adjoint(steps=6), **SDE)
 
@@ -145,22 +146,20 @@ def test_adjoints_on_the_mlp_approach_backprop_as_the_sampler_refines(states):
 
 
 def test_torchsde_route_samples_the_same_path_and_converges_to_the_closed_form():
-    """``Adjoint(backend="torchsde")``: torchsde's Euler on the step-indexed SDE is SDE-DPM-Solver-1
+    """``TorchsdeAdjoint()``: torchsde's Euler on the step-indexed SDE is SDE-DPM-Solver-1
     on the same noise, and its adjoint (re-solving the path, first order) reaches the closed form."""
     x_T = noise(4)
     ours = sample(gaussian(), x_T, SCHED, steps=10, **SDE)
     with torch.no_grad():
-        theirs = sample(gaussian(), x_T.clone().requires_grad_(), SCHED, steps=10, gradient=Adjoint(backend="torchsde"),
+        theirs = sample(gaussian(), x_T.clone().requires_grad_(), SCHED, steps=10, gradient=TorchsdeAdjoint(),
                         **SDE)
     assert torch.allclose(theirs, ours, rtol=1e-13, atol=1e-13)
     errors = {k: [] for k in ("x_T", "cond", "mean")}
     for steps in (40, 160, 640):
-        g, ref, _ = grads(Adjoint(backend="torchsde"), steps)
+        g, ref, _ = grads(TorchsdeAdjoint(), steps)
         for k in errors:
             errors[k].append(rel(g[k], ref[k]))
     for k in errors:  # first order: a factor 4 in steps gains more than 4^0.8
         assert all(errors[k][i] / errors[k][i + 1] > 4 ** 0.8 for i in range(2)), (k, errors[k])
-    with pytest.raises(ValueError, match="backend='torchsde' solves the SDE solvers' problems"):
-        sample(gaussian(), x_T.clone().requires_grad_(), SCHED, steps=4, gradient=Adjoint(backend="torchsde"))
-    with pytest.raises(ValueError, match="leave steps=None, solver=None"):
-        Adjoint(steps=8, backend="torchsde")
+    with pytest.raises(ValueError, match="TorchsdeAdjoint solves the SDE solvers' problems"):
+        sample(gaussian(), x_T.clone().requires_grad_(), SCHED, steps=4, gradient=TorchsdeAdjoint())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from adjointdpm import VPSchedule, sample, steps_for_nfe
-from conftest import T_END, exact, gaussian, noise, rel
+from helpers import T_END, exact, gaussian, noise, rel
 
 # (space, solver, order, step counts in the asymptotic range)
 CASES = [

@@ -14,7 +14,7 @@ from stable_diffusion import (LatentEps, add_token, decode, encode_prompt, eps_m
 from stable_diffusion import apps
 from stable_diffusion.__main__ import main
 from stable_diffusion.model import check_latents
-from conftest import one_line_error
+from helpers import one_line_error
 from stable_diffusion.nets import check_target, load_classifier, load_vgg19
 
 FAST = apps.Sampler(steps=3, solver="dpm2m", guidance_scale=3.0)

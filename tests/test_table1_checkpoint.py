@@ -9,7 +9,7 @@ import torch
 
 from cifar import DDPMpp, table1
 from cifar.inception import load_inception
-from conftest import one_line_error
+from helpers import one_line_error
 
 TINY32 = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), image_size=32)
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from cifar import table1
-from conftest import one_line_error
+from helpers import one_line_error
 
 
 def test_standin_table_end_to_end_and_resume(tmp_path):

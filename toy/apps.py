@@ -187,7 +187,7 @@ def match_threshold(F, mix: GaussianMixture, fmr: float = 1e-3, pairs: int = 200
 
 
 def morph(n: int = 64, iters: int = 60, lr: float = 0.05, seed: int = 0, progress: bool = False,
-          ode_gradient=lambda: AdjointDEIS(1), sde_gradient=lambda: Adjoint(solver="dpm1", states="reuse")) -> dict:
+          ode_gradient=lambda: AdjointDEIS(1), sde_gradient=lambda: AdjointDEIS(1, states="reuse")) -> dict:
     """DiM morphing of pairs of real points from neighbouring modes (two identities), then the
     poster's optimisation of ``(x_T, c)`` on ``L = (1 - cos(F(x0), F(a))) + (1 - cos(F(x0), F(b)))``
     through the ODE sampler (AdjointDEIS-1) and the SDE sampler (AdjointDEIS-1 on the stored SDE

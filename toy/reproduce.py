@@ -16,9 +16,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from adjointdpm import (Adjoint, AdjointDEIS, Backprop, Checkpoint, GaussianMixture, VPSchedule, cli, files, sample,
-                        steps_for_nfe)
+from adjointdpm import (Adjoint, AdjointDEIS, Backprop, Checkpoint, GaussianMixture, TorchdiffeqAdjoint, VPSchedule,
+                        cli, files, sample, steps_for_nfe)
 from adjointdpm.memory import saved_bytes_during
+from adjointdpm.report import markdown_table
 from toy.gaussian import flow_map, flow_map_vjp
 from toy.mixture import eight_modes
 
@@ -29,7 +30,7 @@ STRATEGIES = {
     "Checkpoint": Checkpoint,
     "Adjoint": Adjoint,
     "Adjoint (reuse states)": lambda: Adjoint(states="reuse"),
-    "Adjoint (torchdiffeq)": lambda: Adjoint(backend="torchdiffeq"),
+    "Adjoint (torchdiffeq)": lambda: TorchdiffeqAdjoint(),
     "AdjointDEIS-1": lambda: AdjointDEIS(1),
     "AdjointDEIS-2": lambda: AdjointDEIS(2),
 }
@@ -143,12 +144,6 @@ def table1(nfes, n: int, schedule: VPSchedule, spacings, t_end: float = 1e-3):
     return rows
 
 
-def _md_table(header, lines):
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in line) + " |" for line in lines]
-    return "\n".join(out)
-
-
 def write_gradients(rows, out: Path):
     lines = [(r["strategy"], r["steps"], f"{r['err_x_T']:.2e}", f"{r['err_cond']:.2e}", f"{r['err_theta']:.2e}",
               r["nfe_forward"], r["nfe_backward"], f"{r['saved_bytes'] / 1024:.0f}")
@@ -159,7 +154,7 @@ def write_gradients(rows, out: Path):
             "Loss: mean squared distance of x_end to a target; batch of 256; float64. `theta` = mean and "
             "log-scales of the Gaussian; `c` shifts the mean. Memory = bytes autograd keeps for backward. "
             "Time and peak memory are measured by `python -m toy.bench` (bench.md).\n\n"
-            + _md_table(header, lines) + "\n")
+            + markdown_table(header, lines) + "\n")
     (out / "gradients.md").write_text(text)
     files.write_json(out / "gradients.json", rows, significant=6)
     return text
@@ -187,7 +182,7 @@ def write_convergence(solver_rows, grad_rows, out: Path):
     axes[1].legend(fontsize=7)
     fig.savefig(out / "convergence.png", dpi=120)
     text = ("# Measured convergence orders (slope over the three finest step counts)\n\n"
-            + _md_table(["space", "solver", "order"], orders) + "\n")
+            + markdown_table(["space", "solver", "order"], orders) + "\n")
     (out / "convergence.md").write_text(text)
     files.write_json(out / "convergence.json", solver_rows, significant=6)
     return text
@@ -212,7 +207,7 @@ def write_table1(rows, out: Path):
         parts.append(f"\n## time grid: {spacing}\n\nEach cell: sliced W2 / flow-map error / NLL. "
                      f"Floors: sliced W2 between two exact sample sets {meta['sliced_w2_floor']:.4f}; "
                      f"exact NLL {meta['exact_nll']:.3f}; reference error {meta['reference_error']:.1e}.\n\n"
-                     + _md_table(["NFE"] + samplers, lines) + "\n")
+                     + markdown_table(["NFE"] + samplers, lines) + "\n")
     text = "".join(parts)
     (out / "table1.md").write_text(text)
     files.write_json(out / "table1.json", rows, significant=6)

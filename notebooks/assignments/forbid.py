@@ -22,7 +22,8 @@ import sys
 import types
 
 SAMPLE = "adjointdpm.sample:sample"
-GRADIENTS = ("adjointdpm.grad:Backprop.solve", "adjointdpm.grad:Checkpoint.solve", "adjointdpm.grad:Adjoint.solve")
+GRADIENTS = ("adjointdpm.grad:Backprop.solve", "adjointdpm.grad:Checkpoint.solve", "adjointdpm.grad:Adjoint.solve",
+             "adjointdpm.reference:TorchdiffeqAdjoint.solve", "adjointdpm.reference:TorchsdeAdjoint.solve")
 STEPPERS = ("adjointdpm.solvers:Method.step", "adjointdpm.solvers:integrate")
 FIELDS = ("adjointdpm.ode:Space.field",)
 CLOSED_FORMS = ("toy.gaussian:flow_map_vjp",)

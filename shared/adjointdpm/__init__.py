@@ -8,9 +8,11 @@ from .grad import Adjoint, AdjointDEIS, Backprop, Checkpoint, Gradient
 from .mixture import GaussianMixture
 from .model import CFG
 from .ode import SolveInfo
+from .reference import TorchdiffeqAdjoint, TorchsdeAdjoint
 from .sample import sample
 from .schedule import VPSchedule
 from .solvers import SOLVERS, steps_for_nfe
 
 __all__ = ["sample", "VPSchedule", "CFG", "Backprop", "Checkpoint", "Adjoint", "AdjointDEIS",
+           "TorchdiffeqAdjoint", "TorchsdeAdjoint",
            "Gradient", "SolveInfo", "SOLVERS", "steps_for_nfe", "GaussianMixture"]

@@ -11,6 +11,11 @@ Each strategy is an object passed as ``sample(..., gradient=...)`` (as diffrax p
 * :class:`Adjoint`    the augmented adjoint ODE solved backwards (eq. 11 in
   ``(y, rho)``, eq. 8 in ``(x, t)``); memory independent of steps.
 * :class:`AdjointDEIS` the adjoint ODE solved with exponential integrators in lambda.
+* :class:`~adjointdpm.reference.TorchdiffeqAdjoint`, :class:`~adjointdpm.reference.TorchsdeAdjoint`
+  the same adjoint through torchdiffeq's and torchsde's solvers, as references.
+
+A strategy refuses what it cannot do in one place: its arguments when it is built, the
+problem it is given at the start of ``solve``.
 
 Which to use: :class:`Checkpoint` by default. It is exact, costs one recomputed forward per
 step (1.4-1.6x Backprop's time on the toy MLP, 1.5-3x on tiny SD components: ``python -m
@@ -29,15 +34,13 @@ from ``a_z(s_end) = dL/dz_end``, ``a_c = a_theta = 0`` back to ``s_start``. In `
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torchdiffeq
 from torch.autograd.function import once_differentiable
 
-from .brownian import BrownianPath
+from .dynamics import ODE, SDE
 from .ode import ProbabilityFlow, SolveInfo, Space
 from .schedule import as_steps
 from .solvers import Method, integrate, make_method
@@ -49,38 +52,28 @@ class Problem:
 
     flow: ProbabilityFlow
     space: Space
+    dynamics: ODE | SDE
     method: Method
     times: torch.Tensor                       # t_0 = t_start > ... > t_N = t_end (float64)
     make_times: Callable[[int], torch.Tensor]  # the same spacing and ends with other steps
     rtol: float
     atol: float
-    noise: BrownianPath | None = None          # the diffusion SDE's path; None: the probability-flow ODE
+
+    def __post_init__(self):
+        # dz/ds of the dynamics for this problem's model, schedule and condition
+        self.dz_ds = self.dynamics.drift(self.space.field(self.flow))
 
     @property
     def info(self) -> SolveInfo:
         return self.flow.info
 
     def grid(self, times) -> list[float]:
-        return [self.space.coordinate(float(t)) for t in times]
-
-    @functools.cached_property
-    def dz_ds(self):
-        """The space's field ``dz/ds`` for this problem's model, schedule and condition; for the
-        diffusion SDE its drift, ``2 eps`` in ``(y, rho)`` (poster eq. 1 against eq. 2's ``eps``)."""
-        field = self.space.field(self.flow)
-        if self.noise is None:
-            return field
-        return lambda z, s: 2 * field(z, s)
-
-    def add_noise(self, i: int, z: tuple) -> tuple:
-        """After forward step ``i``: its Brownian increment."""
-        return (z[0] + self.noise.increment(i),) + tuple(z[1:])
+        return self.space.grid(times)
 
     def solve(self, z0: torch.Tensor, **kwargs) -> torch.Tensor:
-        """The forward solve from ``z0`` (``kwargs`` go to :func:`integrate`), with the SDE's noise."""
-        after = None if self.noise is None else self.add_noise
-        return integrate(self.method, self.field, (z0,), self.grid(self.times), self.times, after=after,
-                         **kwargs)[0]
+        """The forward solve from ``z0`` (``kwargs`` go to :func:`integrate`)."""
+        return integrate(self.method, self.field, (z0,), self.grid(self.times), self.times,
+                         after=self.dynamics.after_step(), **kwargs)[0]
 
     def field(self, z: tuple, s: float) -> tuple:
         return (self.dz_ds(z[0], s),)
@@ -147,11 +140,13 @@ class Adjoint(Gradient):
     is sensitive (high noise, few steps); ``states="reuse"`` removes that error for one stored
     state per step.
 
-    Behind an SDE solver (``sde-dpm1``) the adjoint is still an ODE (AdjointDEIS poster Theorem 2,
-    Proposition 2, eqs. 13-16): eq. 11 with the SDE's drift ``2 eps`` in place of ``eps``,
-    evaluated along the sampled path. ``states="reuse"`` takes that path from the stored states;
-    ``"reintegrate"`` re-solves the SDE backwards, subtracting each step's regenerated Brownian
-    increment where the forward added it (so ``steps`` must be a multiple of the forward's).
+    Behind an SDE solver (``sde-dpm1``) the adjoint is still an ODE (:mod:`adjointdpm.dynamics`):
+    ``states="reuse"`` takes the sampled path from the stored states; ``"reintegrate"`` re-solves
+    the SDE backwards, subtracting each step's regenerated Brownian increment where the forward
+    added it (so ``steps`` must be a multiple of the forward's).
+
+    The same adjoint through torchdiffeq's and torchsde's own solvers, as references:
+    :class:`adjointdpm.reference.TorchdiffeqAdjoint`, :class:`adjointdpm.reference.TorchsdeAdjoint`.
 
     Args:
         steps: steps of the backward solve (default: the forward's). The grid has the
@@ -161,91 +156,38 @@ class Adjoint(Gradient):
             from the final state only, so memory is independent of steps;
             ``"reuse"`` restarts ``y`` from the stored forward state at every grid point
             (more accurate, stores one state per step; needs the forward grid).
-        backend: ``"native"``, ``"torchdiffeq"`` (``torchdiffeq.odeint_adjoint``, the
-            paper's own route; fixed grid = the forward's; solvers euler, heun, rk4,
-            adams4, dopri5) or, behind ``sde-dpm1``, ``"torchsde"`` (``torchsde.sdeint_adjoint``
-            on the same SDE and Brownian path: :mod:`adjointdpm.sde_reference`).
     """
 
-    _TORCHDIFFEQ = {"euler": ("euler", {}), "heun": ("heun2", {}), "rk4": ("rk4", {}),
-                    "adams4": ("explicit_adams", {"max_order": 5}), "dopri5": ("dopri5", {})}
-
-    def __init__(self, steps: int | None = None, solver: str | None = None, *,
-                 states: str = "reintegrate", backend: str = "native"):
+    def __init__(self, steps: int | None = None, solver: str | None = None, *, states: str = "reintegrate"):
         steps = None if steps is None else as_steps(steps, "Adjoint steps")
         if solver is not None:
             make_method(solver)  # validates the name
         if states not in ("reintegrate", "reuse"):
             raise ValueError(f"Adjoint states must be 'reintegrate' or 'reuse', got {states!r}")
-        if backend not in ("native", "torchdiffeq", "torchsde"):
-            raise ValueError(f"Adjoint backend must be 'native', 'torchdiffeq' or 'torchsde', got {backend!r}")
-        if backend != "native" and (steps is not None or states != "reintegrate" or solver is not None):
-            raise ValueError(f"backend={backend!r} solves the adjoint on the forward grid from the final state: "
-                             "leave steps=None, solver=None and states='reintegrate'")
-        self.steps, self.solver, self.states, self.backend = steps, solver, states, backend
+        self.steps, self.solver, self.states = steps, solver, states
 
     def __repr__(self):
-        return (f"Adjoint(steps={self.steps}, solver={self.solver!r}, states={self.states!r}, "
-                f"backend={self.backend!r})")
+        return f"Adjoint(steps={self.steps}, solver={self.solver!r}, states={self.states!r})"
 
-    def _method(self, problem: Problem) -> Method:
-        if self.solver is None:
-            return problem.method
-        method = make_method(self.solver, problem.rtol, problem.atol)
-        if method.exponential and not problem.space.exponential:
-            raise ValueError(f"adjoint solver {self.solver!r} is an exponential integrator: it needs space='reparam'")
-        return method
-
-    def solve(self, problem, z0):
-        if self.backend == "torchdiffeq":
-            if problem.noise is not None:
-                raise ValueError("backend='torchdiffeq' solves ODEs: use 'native' or 'torchsde' for the SDE solvers")
-            return self._solve_torchdiffeq(problem, z0)
-        if self.backend == "torchsde":
-            if problem.noise is None:
-                raise ValueError("backend='torchsde' solves the SDE solvers' problems: use 'native' or 'torchdiffeq' "
-                                 "for the ODE")
-            from . import sde_reference
-            return sde_reference.solve(problem, z0)
+    def _plan(self, problem: Problem) -> tuple[Method, torch.Tensor]:
+        """The backward's rule and grid for ``problem``: every refusal that needs the problem is here."""
         times, forward_steps = problem.times, len(problem.times) - 1
         if self.steps is not None and self.steps != forward_steps:
             if self.states == "reuse":
                 raise ValueError("Adjoint(states='reuse') integrates on the forward grid: leave steps=None "
                                  f"or set it to the forward steps ({forward_steps})")
-            if problem.noise is not None and self.steps % forward_steps:
-                raise ValueError(f"an SDE's adjoint steps must be a multiple of the forward's {forward_steps} (got "
-                                 f"{self.steps}): its Brownian increments are undone at the forward's grid points")
             times = problem.make_times(self.steps)
-        run = _AdjointRun(problem, self._method(problem), times, self.states == "reuse")
+        if self.solver is None:
+            return problem.method, times
+        method = make_method(self.solver, problem.rtol, problem.atol)
+        if method.exponential and not problem.space.exponential:
+            raise ValueError(f"adjoint solver {self.solver!r} is an exponential integrator: it needs space='reparam'")
+        return method, times
+
+    def solve(self, problem, z0):
+        method, times = self._plan(problem)
+        run = _AdjointRun(problem, method, times, self.states == "reuse")
         return _AdjointSolve.apply(run, z0, *run.wrt)
-
-    def _solve_torchdiffeq(self, problem, z0):
-        name = problem.method.name if self.solver is None else self.solver
-        if name not in self._TORCHDIFFEQ:
-            raise ValueError(f"backend='torchdiffeq' supports solvers {tuple(self._TORCHDIFFEQ)}, got {name!r}")
-        method, options = self._TORCHDIFFEQ[name]
-        grid = torch.tensor(problem.grid(problem.times), dtype=z0.dtype, device=z0.device)
-        # Ask for the end state only (odeint_adjoint keeps every requested output for its backward), and
-        # put the steps on the forward grid both ways: fixed-grid methods build it, dopri5 must land on it.
-        if method == "dopri5":
-            options = dict(options, step_t=grid)
-        else:
-            options = dict(options, grid_constructor=functools.partial(_grid_between, grid))
-        field = problem.dz_ds
-        path = torchdiffeq.odeint_adjoint(
-            lambda s, z: field(z, float(s.detach())), z0, grid[[0, -1]], method=method, options=options,
-            rtol=problem.rtol, atol=problem.atol, adjoint_params=tuple(problem.wrt()),
-            adjoint_method=method, adjoint_options=dict(options))
-        return path[-1]
-
-
-def _grid_between(grid, func, y0, t):
-    """The forward grid between ``t[0]`` and ``t[-1]`` as torchdiffeq asks for it: run either way,
-    and negated where it integrates a reversed time internally."""
-    for candidate in (grid, grid.flip(0), -grid, -grid.flip(0)):
-        if candidate[0] == t[0] and candidate[-1] == t[-1]:
-            return candidate
-    raise ValueError(f"torchdiffeq asked for a grid from {float(t[0])} to {float(t[-1])}, not the forward's ends")
 
 
 class AdjointDEIS(Adjoint):
@@ -259,25 +201,26 @@ class AdjointDEIS(Adjoint):
     gradient: AdjointDEIS-1 280 % at 10 steps, 36 % at 100; AdjointDEIS-2 a factor 2400 at
     10, 6.6 % at 100; ``python -m toy.bench``). Do not use it at few steps; give it many
     (``steps=`` is independent of the forward's), and check it against :class:`Checkpoint`
-    once on your model.
+    once on your model. Behind an SDE solver, ``states="reuse"`` is the poster's AdjointDEIS-1
+    along the stored sampled path.
 
     In ``(y, rho)`` the adjoint ``a_y = alpha a_x`` has no linear part, and eq. 12,
     ``a_x(s) = (alpha_t/alpha_s) a_x(t) + sigma_s (e^h - 1) (alpha_t^2/alpha_s^2) a_x(t)^T deps/dx``,
     multiplied by ``alpha_s`` is ``a_y(s) = a_y(t) - (rho_s - rho_t) a_y(t)^T d eps(alpha y)/dy``:
     the exponential Euler step (DPM-Solver-1) on the adjoint system. Order 2 takes the
     vector-Jacobian products linear in lambda through the last two points
-    (DPM-Solver-2M). ``y`` is re-integrated with the same rule, so ``steps`` need not
-    equal the forward's.
+    (DPM-Solver-2M). ``y`` is re-integrated with the same rule (or, with ``states="reuse"``,
+    restarted from the stored states), so ``steps`` need not equal the forward's.
     """
 
-    def __init__(self, order: int = 1, steps: int | None = None):
+    def __init__(self, order: int = 1, steps: int | None = None, *, states: str = "reintegrate"):
         if order not in (1, 2):
             raise ValueError(f"AdjointDEIS order must be 1 or 2, got {order!r}")
-        super().__init__(steps=steps, solver="dpm1" if order == 1 else "dpm2m")
+        super().__init__(steps=steps, solver="dpm1" if order == 1 else "dpm2m", states=states)
         self.order = order
 
     def __repr__(self):
-        return f"AdjointDEIS(order={self.order}, steps={self.steps})"
+        return f"AdjointDEIS(order={self.order}, steps={self.steps}, states={self.states!r})"
 
 
 class _AdjointRun:
@@ -287,6 +230,9 @@ class _AdjointRun:
 
     def __init__(self, problem: Problem, method: Method, times, reuse: bool):
         self.problem, self.method, self.times, self.reuse = problem, method, times, reuse
+        # what the backward does to y before each step: restart from the stored state, or what the
+        # dynamics do to re-solve it backwards (an SDE subtracts its Brownian increments)
+        self.restart = None if reuse else problem.dynamics.reverse(len(times) - 1)
         self.wrt = problem.wrt()
 
     def forward(self, z0):
@@ -295,22 +241,11 @@ class _AdjointRun:
         stored = [z0] + [s[0] for s in states] if self.reuse else []  # an SDE's: before each step's noise
         return z_end, stored
 
-    def _restart(self, stored):
-        """What the backward does to ``y`` before its step ``j``: restart from the stored state, or
-        (an SDE re-solved backwards) subtract the Brownian increment of the forward step it enters."""
-        noise = self.problem.noise
-        if self.reuse:
-            stored = stored[::-1]
-            return lambda j, state: (stored[j],) + tuple(state[1:])
-        if noise is None:
-            return None
-        per = (len(self.times) - 1) // noise.steps  # adjoint steps per forward step
-
-        def undo(j, state):
-            if j % per:
-                return state
-            return (state[0] - noise.increment(noise.steps - 1 - j // per),) + tuple(state[1:])
-        return undo
+    def _before(self, stored):
+        if not self.reuse:
+            return self.restart
+        stored = stored[::-1]
+        return lambda j, state: (stored[j],) + tuple(state[1:])
 
     def backward(self, z_end, stored, a_end):
         wrt, field = self.wrt, self.problem.dz_ds
@@ -331,7 +266,7 @@ class _AdjointRun:
 
         state = (z_end, a_end) + tuple(torch.zeros_like(w) for w in wrt)
         state = integrate(self.method, augmented, state, self.problem.grid(self.times)[::-1], self.times.flip(0),
-                          before=self._restart(stored), what="adjoint state")
+                          before=self._before(stored), what="adjoint state")
         return state[1], state[2:]
 
 

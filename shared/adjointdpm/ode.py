@@ -77,6 +77,10 @@ class Space:
     def coordinate(self, t: float) -> float:
         raise NotImplementedError
 
+    def grid(self, times) -> list[float]:
+        """The coordinates ``s`` of the times ``t`` (what the solvers step along)."""
+        return [self.coordinate(float(t)) for t in times]
+
     def time(self, s: float) -> float:
         raise NotImplementedError
 

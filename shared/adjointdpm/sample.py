@@ -5,7 +5,7 @@ import functools
 
 import torch
 
-from .brownian import BrownianPath
+from .dynamics import dynamics_for
 from .grad import Gradient, NoGradient, Problem
 from .ode import SPACES, ProbabilityFlow, SolveInfo
 from .schedule import VPSchedule, as_steps
@@ -56,12 +56,6 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
     the_space = SPACES[space](schedule)
     if method.exponential and not the_space.exponential:
         raise ValueError(f"solver {solver!r} is an exponential integrator in lambda: it needs space='reparam'")
-    if method.stochastic and noise_seed is None:
-        raise ValueError(f"solver {solver!r} samples an SDE: give noise_seed (an int that fixes its Brownian path)")
-    if method.stochastic and t_start is not None and t_start < t_end:
-        raise ValueError("the SDE solvers sample, from noise to data: encode with an ODE solver (t_start < t_end)")
-    if not method.stochastic and noise_seed is not None:
-        raise ValueError(f"noise_seed is for the SDE solvers (sde-dpm1); solver {solver!r} solves the ODE")
     make_times = functools.partial(schedule.grid, spacing=spacing, t_start=t_start, t_end=t_end)
     steps = as_steps(steps)
     times = make_times(steps)
@@ -69,9 +63,9 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
     info = SolveInfo(solver=solver, space=space, steps=steps, times=times)
     t0, t1 = float(times[0]), float(times[-1])
     z0 = x_T / the_space.scale(t0)
-    problem = Problem(ProbabilityFlow(model, schedule, cond, info), the_space, method, times, make_times, rtol, atol)
-    if method.stochastic:
-        problem.noise = BrownianPath(noise_seed, problem.grid(times), z0)
+    dynamics = dynamics_for(method, noise_seed, t_start is not None and t_start < t_end, the_space.grid(times), z0)
+    problem = Problem(ProbabilityFlow(model, schedule, cond, info), the_space, dynamics, method, times, make_times,
+                      rtol, atol)
     z_end = (gradient or NoGradient()).solve(problem, z0)
     info.nfe_forward = problem.flow.calls  # calls from here on are the backward pass's recomputations
     x_end = the_space.scale(t1) * z_end

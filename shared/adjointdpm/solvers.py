@@ -182,9 +182,8 @@ class SDEDPMSolver1(DPMSolver):
         x_t = (alpha_t/alpha_s) x_s - 2 sigma_t (e^h - 1) eps(x_s, s) + sigma_t sqrt(e^{2h} - 1) z
 
     divided by ``alpha_t``: ``y_t = y_s + (rho_t - rho_s) 2 eps + sqrt(rho_s^2 - rho_t^2) z``, the
-    DPM-Solver-1 step on the SDE's drift ``2 eps`` (:class:`adjointdpm.grad.Problem` doubles the
-    field) followed by the Brownian increment (:mod:`adjointdpm.brownian`, added by
-    :func:`integrate`). No second-order SDE solver is offered: the multistep SDE-DPM-Solver++(2M)
+    DPM-Solver-1 step on the SDE's drift ``2 eps`` followed by the Brownian increment: both are
+    the dynamics' (:class:`adjointdpm.dynamics.SDE`), so this class is the step rule only. No second-order SDE solver is offered: the multistep SDE-DPM-Solver++(2M)
     is written for data prediction, and its noise-prediction analogue has no published form
     whose gradients we could check against one."""
 

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from adjointdpm import Adjoint, AdjointDEIS, files, sample
+from adjointdpm import AdjointDEIS, files, sample
 from adjointdpm.noise import slerp
 
 from ..components import SDComponents
@@ -54,7 +54,7 @@ def match_threshold(F, images: torch.Tensor, identities: torch.Tensor, fmr: floa
 
 STRATEGIES = {  # the poster's AdjointDEIS-1; behind the SDE on its stored path (re-solving an SDE backwards
     "ode": lambda: AdjointDEIS(1),  # is unusable at few steps: notebook 01, section 9)
-    "sde": lambda: Adjoint(solver="dpm1", states="reuse"),
+    "sde": lambda: AdjointDEIS(1, states="reuse"),
 }
 
 

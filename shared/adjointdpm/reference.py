@@ -1,0 +1,148 @@
+"""The adjoint through other libraries' solvers, as references for :class:`adjointdpm.Adjoint`
+(the tests compare them): the same problem, the same grid, the library's own adjoint.
+
+* :class:`TorchdiffeqAdjoint`: ``torchdiffeq.odeint_adjoint`` on the probability-flow ODE, the
+  paper's own route; fixed grid = the forward's; solvers euler, heun, rk4, adams4, dopri5.
+* :class:`TorchsdeAdjoint`: ``torchsde.sdeint_adjoint`` on the diffusion SDE behind ``sde-dpm1``.
+  torchsde steps with a fixed ``dt``, so the SDE is written over the step index ``tau`` in
+  ``[0, N]`` (``dt = 1`` lands on every grid point): on step ``i``, ``rho(tau)`` runs linearly from
+  ``rho_i`` to ``rho_{i+1}``, the Ito SDE is
+
+      dy = 2 eps(alpha y, t(rho(tau))) (rho_{i+1} - rho_i) dtau + sqrt(rho_i^2 - rho_{i+1}^2) dW_tau,
+
+  diagonal and additive (``g`` does not depend on ``y``), and ``W`` is the piecewise-linear path
+  whose increment over step ``i`` is our ``z_i`` (:class:`adjointdpm.brownian.BrownianPath`). Its
+  Euler step is then exactly SDE-DPM-Solver-1 on the same noise, and torchsde's adjoint re-solves
+  the path backwards with the same increments (``Adjoint(states="reintegrate")``), each step
+  evaluating at its upper end: a first-order scheme, compared in ``tests/test_sde.py``.
+
+Both solve the adjoint on the forward grid from the final state, so they take no arguments.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torchdiffeq
+import torchsde
+
+from .grad import Gradient
+
+
+class TorchdiffeqAdjoint(Gradient):
+    """``torchdiffeq.odeint_adjoint`` with the forward's solver on the forward's grid, both ways."""
+
+    SOLVERS = {"euler": ("euler", {}), "heun": ("heun2", {}), "rk4": ("rk4", {}),
+               "adams4": ("explicit_adams", {"max_order": 5}), "dopri5": ("dopri5", {})}
+
+    def __repr__(self):
+        return "TorchdiffeqAdjoint()"
+
+    def solve(self, problem, z0):
+        if problem.dynamics.stochastic:
+            raise ValueError("TorchdiffeqAdjoint solves ODEs: use Adjoint or TorchsdeAdjoint for the SDE solvers")
+        name = problem.method.name
+        if name not in self.SOLVERS:
+            raise ValueError(f"TorchdiffeqAdjoint supports solvers {tuple(self.SOLVERS)}, got {name!r}")
+        method, options = self.SOLVERS[name]
+        grid = torch.tensor(problem.grid(problem.times), dtype=z0.dtype, device=z0.device)
+        # Ask for the end state only (odeint_adjoint keeps every requested output for its backward), and
+        # put the steps on the forward grid both ways: fixed-grid methods build it, dopri5 must land on it.
+        if method == "dopri5":
+            options = dict(options, step_t=grid)
+        else:
+            options = dict(options, grid_constructor=functools.partial(_grid_between, grid))
+        field = problem.dz_ds
+        path = torchdiffeq.odeint_adjoint(
+            lambda s, z: field(z, float(s.detach())), z0, grid[[0, -1]], method=method, options=options,
+            rtol=problem.rtol, atol=problem.atol, adjoint_params=tuple(problem.wrt()),
+            adjoint_method=method, adjoint_options=dict(options))
+        return path[-1]
+
+
+def _grid_between(grid, func, y0, t):
+    """The forward grid between ``t[0]`` and ``t[-1]`` as torchdiffeq asks for it: run either way,
+    and negated where it integrates a reversed time internally."""
+    for candidate in (grid, grid.flip(0), -grid, -grid.flip(0)):
+        if candidate[0] == t[0] and candidate[-1] == t[-1]:
+            return candidate
+    raise ValueError(f"torchdiffeq asked for a grid from {float(t[0])} to {float(t[-1])}, not the forward's ends")
+
+
+class TorchsdeAdjoint(Gradient):
+    """``torchsde.sdeint_adjoint`` on the step-indexed SDE (Euler both ways, ``dt = 1``)."""
+
+    def __repr__(self):
+        return "TorchsdeAdjoint()"
+
+    def solve(self, problem, z0):
+        if not problem.dynamics.stochastic:
+            raise ValueError("TorchsdeAdjoint solves the SDE solvers' problems: use Adjoint or TorchdiffeqAdjoint "
+                             "for the ODE")
+        grid, steps = problem.grid(problem.times), len(problem.times) - 1
+        sde = _StepSDE(problem.dz_ds, grid, z0.shape)
+        ts = torch.tensor([0.0, float(steps)], dtype=z0.dtype, device=z0.device)
+        ys = torchsde.sdeint_adjoint(sde, z0.reshape(len(z0), -1), ts,
+                                     bm=_StepBrownian(problem.dynamics.path, len(z0)),
+                                     method="euler", adjoint_method="euler", dt=1.0,
+                                     adjoint_params=tuple(problem.wrt()))
+        return ys[-1].reshape(z0.shape)
+
+
+class _StepBrownian(torchsde.BaseBrownian):
+    """``W(tau)``: piecewise linear, ``W(i + 1) - W(i) = z_i`` (flattened to ``(batch, d)``)."""
+
+    def __init__(self, noise, batch: int):
+        self.noise, self.batch = noise, batch
+        self._z = [noise.z(i).reshape(batch, -1) for i in range(noise.steps)]
+        self._cumulative = torch.cumsum(torch.stack([torch.zeros_like(self._z[0])] + self._z), 0)
+
+    def _w(self, tau) -> torch.Tensor:
+        tau = min(max(float(tau), 0.0), float(self.noise.steps))
+        i = min(int(tau), self.noise.steps - 1)
+        return self._cumulative[i] + (tau - i) * self._z[i]
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if return_U or return_A:
+            raise ValueError("this Brownian path has no Levy area: use an Euler method")
+        return self._w(ta) if tb is None else self._w(tb) - self._w(ta)
+
+    def __repr__(self):
+        return f"_StepBrownian(steps={self.noise.steps})"
+
+    @property
+    def dtype(self):
+        return self._z[0].dtype
+
+    @property
+    def device(self):
+        return self._z[0].device
+
+    @property
+    def shape(self):
+        return self._z[0].shape
+
+    @property
+    def levy_area_approximation(self):
+        return "none"
+
+
+class _StepSDE(torch.nn.Module):
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, field, grid: list[float], shape):
+        super().__init__()
+        self.field, self.grid, self.shape = field, grid, shape
+
+    def _step(self, tau) -> tuple[int, float]:
+        tau = float(tau)
+        i = min(max(int(tau), 0), len(self.grid) - 2)
+        return i, self.grid[i] + (tau - i) * (self.grid[i + 1] - self.grid[i])
+
+    def f(self, tau, y):
+        i, rho = self._step(tau)
+        return self.field(y.reshape(self.shape), rho).reshape(y.shape) * (self.grid[i + 1] - self.grid[i])
+
+    def g(self, tau, y):
+        i, _ = self._step(tau)
+        return torch.full_like(y, (self.grid[i] ** 2 - self.grid[i + 1] ** 2) ** 0.5)

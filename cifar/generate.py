@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from adjointdpm import VPSchedule, files, sample
+from adjointdpm.seeds import mix_seed
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def shard_noise(seed: int, shard: int, batch: int, shape) -> torch.Tensor:
     """The initial noise of shard ``shard``: ``batch`` rows (a last, shorter shard takes the first rows)."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + shard)
+    gen = torch.Generator().manual_seed(mix_seed(seed, shard))
     return torch.randn(batch, *shape, generator=gen)
 
 

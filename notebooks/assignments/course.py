@@ -171,7 +171,7 @@ def write_handout(out: Path, built: dict[str, Path]) -> Path:
     for name, dest in built.items():
         shutil.copytree(dest / "student", handout / name)
     wheel = student_wheel(handout)
-    deps = " ".join(f"'{d}'" for d in TORCH)
+    deps = " ".join(f"'{d}'" for d in pins("torch"))
     (handout / "INSTRUCTIONS.md").write_text(f"""# Course assignments: instructions
 
 1. Install the library (Python 3.10 or later), in a fresh virtual environment. A CPU is all the
@@ -205,7 +205,32 @@ def write_handout(out: Path, built: dict[str, Path]) -> Path:
     return handout
 
 
-TORCH = ("torch==2.14.1",)  # the version the course is tested with
+PYPROJECT = ROOT / "pyproject.toml"  # the one home of every pinned version (the course is tested with them)
+
+
+def pins(*names: str) -> list[str]:
+    """``name==version`` for each of ``names``, as the repository's pyproject.toml pins it (its
+    dependencies or an optional group); a ValueError naming the file if it or a pin is missing."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: its backport
+        import tomli as tomllib
+    try:
+        project = tomllib.loads(PYPROJECT.read_text())["project"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"cannot read the pinned versions from {PYPROJECT} ({type(err).__name__}: {err}); "
+                         "course.py runs from the repository, beside its pyproject.toml") from None
+    found = {}
+    for req in [*project.get("dependencies", []), *sum(project.get("optional-dependencies", {}).values(), [])]:
+        name, sep, version = req.split(";")[0].partition("==")
+        if sep:
+            found[name.strip().lower()] = f"{name.strip()}=={version.strip()}"
+    missing = [n for n in names if n.lower() not in found]
+    if missing:
+        raise ValueError(f"{PYPROJECT} pins no version (name==version) of {', '.join(missing)}")
+    return [found[n.lower()] for n in names]
+
+
 READING = {  # the tutorial sections each assignment builds on
     "a1_adjoint_step": "notebook 01, sections 3 and 5 (the adjoint ODE, eq. 11; a gradient check)",
     "a2_reparameterization": "notebook 01, sections 4 and 6, and notebook 02, section 1 (eq. 10; Table 1)",
@@ -219,8 +244,8 @@ def student_wheel(folder: Path) -> Path:
         tmp = Path(tmp)
         shutil.copytree(ROOT / "shared" / "adjointdpm", tmp / "adjointdpm", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "toy", tmp / "toy", ignore=shutil.ignore_patterns("__pycache__"))
-        deps = [*TORCH, "numpy", "scipy", "matplotlib", "tqdm", "torchdiffeq", "torchsde==0.2.6", "safetensors",
-                "otter-grader==7.0.0"]
+        torch_pin, torchsde_pin, otter_pin = pins("torch", "torchsde", "otter-grader")
+        deps = [torch_pin, "numpy", "scipy", "matplotlib", "tqdm", "torchdiffeq", torchsde_pin, "safetensors", otter_pin]
         (tmp / "pyproject.toml").write_text(f"""[build-system]
 requires = ["setuptools>=64"]
 build-backend = "setuptools.build_meta"

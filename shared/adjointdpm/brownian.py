@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from .seeds import mix_seed
+
 
 class BrownianPath:
     """The increments of one SDE sample on the forward grid ``rho_0 > rho_1 > ... > rho_N``."""
@@ -31,7 +33,7 @@ class BrownianPath:
 
     def z(self, i: int) -> torch.Tensor:
         """Step ``i``'s standard normal draw."""
-        gen = torch.Generator(device=self.device).manual_seed((self.noise_seed * 1_000_003 + i) % 2 ** 63)
+        gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.noise_seed, i) % 2 ** 63)
         return torch.randn(self.shape, generator=gen, dtype=self.dtype, device=self.device)
 
     def increment(self, i: int) -> torch.Tensor:

@@ -192,6 +192,17 @@ class DiscreteVP(VPSchedule):
     def __repr__(self):
         return f"VPSchedule.discrete(<{self.betas.numel()} betas>)"
 
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, n) -> torch.Tensor:
+        """DDPM's forward noising at integer training steps ``n`` (one per row of ``x0``), what a
+        discrete-time network learns to denoise: ``sqrt(abar_n) x0 + sqrt(1 - abar_n) eps`` with
+        ``abar_n = prod_{k <= n} (1 - beta_k)``, i.e. ``alpha(t_n) x0 + sigma(t_n) eps`` at
+        ``t_n = (n + 1)/N``. As diffusers' ``DDPMScheduler.add_noise``, ``abar`` is rounded to
+        ``x0``'s dtype before the square roots: trained weights saw exactly these values."""
+        n = torch.as_tensor(n, device=self.betas.device)
+        abar = torch.cumprod(1 - self.betas, 0).to(dtype=x0.dtype)[n].to(x0.device)
+        abar = abar.view(-1, *[1] * (x0.dim() - 1))
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
     def model_time(self, t):
         """The training-step index ``n = N t - 1`` that a discrete-time network (a DDPM or Stable
         Diffusion UNet) takes at continuous ``t``: real-valued, so the network is interpolated between

@@ -28,6 +28,7 @@ from torch import nn
 
 from adjointdpm import cli, files
 from adjointdpm.frechet import distance_between, kernel_distance
+from adjointdpm.seeds import mix_seed
 
 from . import data
 
@@ -110,7 +111,7 @@ def train_net(steps: int = 1500, batch: int = 64, lr: float = 3e-3, seed: int = 
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for step in tqdm(range(steps), desc="judge network", disable=not progress):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(mix_seed(seed, step))
         idx = torch.randint(len(images), (batch,), generator=gen)
         loss = F.cross_entropy(net(data.augment(images[idx], gen)), labels[idx])
         opt.zero_grad()

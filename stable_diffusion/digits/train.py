@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from adjointdpm import files
+from adjointdpm.seeds import mix_seed
 from adjointdpm.training import Training
 from handwritten.data import augment
 
@@ -51,7 +52,7 @@ class Recipe:
 
 
 def _generator(recipe: Recipe, stage: str, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(recipe.seed * 1_000_003 + STAGES.index(stage) * 100_003 + step)
+    return torch.Generator().manual_seed(mix_seed(recipe.seed, STAGES.index(stage) * 100_003 + step))
 
 
 def _cosine(optimizer, total: int, warmup: int = 0, floor: float = 0.1):
@@ -130,7 +131,7 @@ def train_unet(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = 
     std = torch.cat([p.std for p in posteriors]) * comps.vae.config.scaling_factor
     ids = comps.tokenizer(data.captions(), padding="max_length",
                           max_length=comps.tokenizer.model_max_length, return_tensors="pt").input_ids
-    alpha_bar = torch.cumprod(1 - comps.betas, 0).float()
+    schedule = comps.schedule  # VPSchedule.discrete of the training betas: owns the forward noising
     unet, encoder = comps.unet.train(), comps.text_encoder.train()
     params = {f"unet.{n}": p for n, p in unet.named_parameters()}
     params.update({f"text_encoder.{n}": p for n, p in encoder.named_parameters()})
@@ -140,11 +141,10 @@ def train_unet(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = 
         gen = _generator(recipe, "unet", step)
         idx, caption = data.draw_examples(labels, recipe.unet_batch, recipe.generic_share, recipe.drop_prompt, gen)
         z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
-        t = torch.randint(len(alpha_bar), (recipe.unet_batch,), generator=gen)
+        t = torch.randint(len(comps.betas), (recipe.unet_batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
-        a = alpha_bar[t].view(-1, 1, 1, 1)
         cond = encoder(ids[caption])[0]
-        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=cond).sample
+        pred = unet(schedule.add_noise(z0, noise, t), t, encoder_hidden_states=cond).sample
         return F.mse_loss(pred, noise)
 
     training = Training(params, opt, out / "checkpoints" / "unet.pt", save_every=save_every, ema_decay=recipe.unet_ema,
@@ -164,10 +164,10 @@ def _tail(losses, n: int = 50) -> float:
 
 def save_pipeline(comps: SDComponents, folder: Path) -> Path:
     """The components as ``StableDiffusionPipeline.save_pretrained`` writes them (safetensors), with a
-    DPM-Solver++ multistep scheduler on Stable Diffusion's betas."""
+    DPM-Solver++ multistep scheduler on the components' own training betas (float64 text)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=len(comps.betas), beta_start=0.00085, beta_end=0.012,
-                                            beta_schedule="scaled_linear", prediction_type="epsilon", steps_offset=1)
+    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=len(comps.betas), trained_betas=comps.betas.tolist(),
+                                            prediction_type="epsilon", steps_offset=1)
     pipe = StableDiffusionPipeline(vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer,
                                    unet=comps.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

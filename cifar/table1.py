@@ -42,6 +42,7 @@ import torch
 
 from adjointdpm import VPSchedule, cli, files, sample, steps_for_nfe
 from adjointdpm.frechet import feature_statistics, frechet_distance
+from adjointdpm.report import markdown_table
 from cifar.fid import load_statistics
 from cifar.generate import generate, read_shards, shard_noise, to_uint8
 
@@ -56,6 +57,15 @@ SAMPLERS = {  # each run at an exact NFE budget: steps_for_nfe(solver, nfe)
     "eq. 10 + AB4": dict(space="reparam", solver="adams4"),
 }
 GRID = dict(spacing="logSNR", t_end=1e-3)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shown(path) -> str:
+    """A path as the results name it: relative to the repository when inside it (the same on every machine)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def sampler(name: str, nfe: int) -> dict:
@@ -121,7 +131,7 @@ def digits_setup(checkpoint=None, device="cpu", **net_kwargs) -> Setup:
     real = {split: to_uint8(data.load(split, size=size)[0]) for split in ("train", "heldout")}
     reference = feature_statistics(features(real["heldout"]).numpy())
     return Setup(model, VPSchedule.linear(), features, reference, (3, size, size),
-                 f"digits_ddpmpp ({checkpoint})", "digits", real=real["train"])
+                 f"digits_ddpmpp ({shown(checkpoint)})", "digits", real=real["train"])
 
 
 def _folder(name: str, nfe: int) -> str:
@@ -230,15 +240,27 @@ def ordering(rows) -> str:
     return "The paper's ordering, eq. 10 + AB4 below eq. 4 + AB4: " + "; ".join(parts) + "."
 
 
-def write(result: dict, out: Path) -> str:
+def below_floor(rows, floors: dict) -> str:
+    """How many cells lie below the converged solve's FID, and whether any by more than twice its
+    bootstrap spread, in words generated from the numbers."""
+    below = [r for r in rows if r["distance"] < floors["converged"]]
+    beyond = [f"{r['sampler']} at NFE {r['nfe']}" for r in below
+              if floors["converged"] - r["distance"] > 2 * r.get("fid_spread", 0.0)]
+    return (f"{len(below)} of the {len(rows)} cells lie below the converged solve's FID, "
+            + (f"{len(beyond)} by more than twice the cell's bootstrap spread ({', '.join(beyond)})." if beyond else
+               "none by more than twice the cell's bootstrap spread."))
+
+
+def markdown(result: dict) -> str:
+    """The Markdown of a run, from its result (what ``table1.json`` holds) alone."""
     rows, names, mode = result["rows"], list(SAMPLERS), result["mode"]
     metric = "Frechet distance (stand-in features)" if mode == "stand-in" else "FID"
-    lines = ["| NFE | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    table = []
     for nfe in dict.fromkeys(r["nfe"] for r in rows):
         cell = {r["sampler"]: r for r in rows if r["nfe"] == nfe}
-        lines.append(f"| {nfe} | " + " | ".join(
+        table.append([nfe] + [
             f"{cell[n]['distance']:.3g}" + (f" ± {cell[n]['fid_spread']:.2g}" if "fid_spread" in cell[n] else "")
-            + f" / {cell[n]['rmse_vs_fine']:.2e} (paper FID {cell[n]['paper_fid'] or '-'})" for n in names) + " |")
+            + f" / {cell[n]['rmse_vs_fine']:.2e} (paper FID {cell[n]['paper_fid'] or '-'})" for n in names])
     what = {"stand-in": "Exact-epsilon mixture of 3x32x32 images in place of DDPM++, random conv features in place "
                         "of Inception.",
             "checkpoint": f"Model {result['label']}; TF Inception-v3 pool_3 via torch-fidelity.",
@@ -250,15 +272,23 @@ def write(result: dict, out: Path) -> str:
             f"Each cell: {metric}{SPREAD if mode == 'digits' else ''} / median per-image RMSE against a converged "
             "solve from the same noise "
             f"(200 DPM-Solver-3 steps{'; the exact flow map' if mode == 'stand-in' else ''}); the paper's FID "
-            "(CIFAR-10) beside.\n\n" + "\n".join(lines) + "\n")
+            "(CIFAR-10) beside.\n\n" + markdown_table(["NFE", *names], table) + "\n")
     if "floors" in result:
         f = result["floors"]
         text += (f"\nFloors, in the same features against the same reference: the FID of a converged solve, "
                  f"{f['converged_solver']} (median RMSE {f['converged_rmse_vs_fine']:.1e} against the 200-step solve: "
-                 f"the model's own FID, which no sampler goes below by more than chance), {f['converged']:.3g}; "
-                 f"the {f['real_train_images']} real training digits, {f['real_train']:.3g}.\n")
+                 f"the model's own FID, without the sampler's error), {f['converged']:.3g}; "
+                 f"the {f['real_train_images']} real training digits, {f['real_train']:.3g}. "
+                 + below_floor(rows, f) + "\n")
     if mode != "stand-in":
         text += "\n" + ordering(rows) + "\n"
+    return text
+
+
+def write(result: dict, out: Path) -> str:
+    """``table1.md/json`` (``table1_digits.*`` for the digits model, with a plot); returns the Markdown."""
+    text = markdown(result)
+    mode = result["mode"]
     out.mkdir(parents=True, exist_ok=True)
     name = FILENAMES[mode]
     (out / f"{name}.md").write_text(text)

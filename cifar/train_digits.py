@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from adjointdpm import VPSchedule, cli, files
+from adjointdpm.seeds import mix_seed
 from adjointdpm.training import Training
 from handwritten import data
 
@@ -71,7 +72,8 @@ def score_sde_checkpoint(net: DDPMpp, training: Training) -> dict:
 def train(out: Path, recipe: Recipe = Recipe(), export: Path | None = None, progress: bool = True,
           command: str = "cifar.train_digits.train()", save_every: int = 200) -> dict:
     """Train in ``out`` (resuming what is there; the folder is keyed by the recipe) and export
-    ``checkpoint.pth`` and ``recipe.json`` to ``export`` (default ``out/export``)."""
+    ``checkpoint.pth`` and ``recipe.json`` to ``export`` (default ``out/export``); the run's times go
+    to ``out/timing.json`` and into the returned record."""
     if recipe.config not in CONFIGS:
         raise ValueError(f"config must be one of {tuple(CONFIGS)}, got {recipe.config!r}")
     out = Path(out)
@@ -85,7 +87,7 @@ def train(out: Path, recipe: Recipe = Recipe(), export: Path | None = None, prog
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / recipe.warmup))
 
     def step_loss(step):
-        gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(mix_seed(recipe.seed, step))
         x0 = images[torch.randint(len(images), (recipe.batch,), generator=gen)]
         return loss_fn(net, schedule, x0, gen, recipe.t_min)
 
@@ -100,10 +102,13 @@ def train(out: Path, recipe: Recipe = Recipe(), export: Path | None = None, prog
     record = {"command": command, "recipe": asdict(recipe), "parameters": sum(p.numel() for p in params.values()),
               "image_size": net.image_size, "training_images": len(images),
               "first_loss": sum(losses[:50]) / len(losses[:50]), "final_loss": sum(tail) / len(tail),
-              "seconds": training.seconds, "wall_seconds_of_last_run": time.perf_counter() - start,
               "threads": torch.get_num_threads(), "torch": torch.__version__}
     files.write_json(export / "recipe.json", record, significant=6)
-    return record
+    # Times differ on every run: kept in the training folder (and printed), not in the exported recipe,
+    # so that a rerun making the same weights rewrites the same recipe.
+    timing = {"seconds": training.seconds, "wall_seconds_of_last_run": time.perf_counter() - start}
+    files.write_json(out / "timing.json", timing, significant=6)
+    return {**record, **timing}
 
 
 def main(argv=None):

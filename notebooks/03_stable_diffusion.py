@@ -75,8 +75,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from stable_diffusion import apps, open_model
+from stable_diffusion import apps
 from stable_diffusion.digits import ConvFeatures, data, experiments, load_classifier
+from stable_diffusion.registry import open_model
 
 torch.manual_seed(0)
 if REAL:

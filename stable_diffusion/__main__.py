@@ -1,13 +1,10 @@
-"""python -m stable_diffusion {guided,audit,stylize,invert} --model MODEL ...
+"""python -m stable_diffusion {guided,audit,stylize,invert,morph} --model MODEL ...
 
 The paper's applications through adjointdpm.sample(..., gradient=...). MODEL is
 
-  digits     the small text-to-image model trained here on real handwritten digits (CPU,
-             seconds to minutes; its digit classifier is the default classifier and its
-             convolutions the default style features)
-  tiny       tiny randomly initialised components (shows the plumbing, not pictures)
-  DIR or ID  a local Stable Diffusion v1.x in diffusers' layout, or a model id already in the
-             Hugging Face cache (nothing is downloaded; CUDA recommended)
+{models}
+  DIR or ID   a local Stable Diffusion v1.x in diffusers' layout, or a model id already in
+              the Hugging Face cache (nothing is downloaded; CUDA recommended)
 
 Every subcommand writes JSON and PNG results to --out. Arguments are checked before any
 compute: a mistake gets one line naming the argument.
@@ -21,8 +18,9 @@ import torch
 
 from adjointdpm import SOLVERS, cli
 
-from . import apps
-from .components import model_argument, open_model, save_memory
+from . import apps, registry
+from .components import save_memory
+from .registry import model_argument, open_model
 
 ODE_SOLVERS = [s for s in SOLVERS if s != "dopri5"]  # a fixed grid: the applications' budgets are NFE counts
 APP_SAVINGS = ("unet", "vae", "vae-resnets", "allocator")
@@ -58,14 +56,15 @@ def template(text: str) -> str:
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("model and sampling")
-    g.add_argument("--model", required=True, type=model_argument, help="digits, tiny, a local diffusers folder, or a "
-                   "cached model id")
+    g.add_argument("--model", required=True, type=model_argument, help=f"{', '.join(registry.MODELS)}, a local diffusers "
+                   "folder, or a cached model id")
     g.add_argument("--device", type=cli.device, default=cli.default_device(),
                    help="cpu, cuda or cuda:N (default: cuda if present)")
     g.add_argument("--steps", type=cli.positive_int, default=20, help="sampler steps (default 20)")
     g.add_argument("--solver", default="dpm2m", choices=ODE_SOLVERS, help="adjointdpm solver on eq. 10 (default dpm2m)")
     g.add_argument("--guidance-scale", type=cli.finite_float, default=None,
-                   help="classifier-free guidance scale (default 4 for digits, 7.5 otherwise)")
+                   help="classifier-free guidance scale (default: the model's, "
+                   + ", ".join(f"{m.guidance_scale:g} for {n}" for n, m in registry.MODELS.items()) + "; 7.5 otherwise)")
     g.add_argument("--gradient", default="adjoint", choices=list(apps.GRADIENTS),
                    help="gradient strategy (default adjoint: RK4 on the adjoint ODE, as many steps as the sampler)")
     g.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=[0, 1], help="one x_T per seed")
@@ -86,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--num-classes", type=cli.positive_int, default=1000, help="torchvision classifier's classes")
     c.add_argument("--classifier-size", type=cli.positive_int, default=224, help="its input resolution (default 224)")
 
-    top = cli.Parser(prog="python -m stable_diffusion", description=__doc__,
+    top = cli.Parser(prog="python -m stable_diffusion", description=__doc__.replace("{models}", registry.models_help()),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="app", required=True)
     p = sub.add_parser("guided", parents=[common, clf], help="guided sampling toward a classifier's class (Sec. 4.1.1)")
@@ -110,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stylize", parents=[common], help="fine-tune cross-attention to a reference style (Sec. 4.2)")
     p.add_argument("--style-image", type=style_image, required=True,
                    help="an image file, or sklearn:china.jpg / sklearn:flower.jpg (photographs bundled with scikit-learn)")
-    p.add_argument("--features", choices=["vgg19", "digits"], help="style features: VGG-19 (needs --vgg-weights; "
+    p.add_argument("--features", choices=registry.FEATURES, help="style features: VGG-19 (needs --vgg-weights; "
                    "default for SD) or the digit classifier's convolutions (default with --model digits)")
     p.add_argument("--vgg-weights", type=cli.existing_file, help="torchvision vgg19 state_dict (vgg19-dcbb9e9d.pth)")
     p.add_argument("--prompts", nargs="+", required=True)
@@ -151,31 +150,31 @@ def parser() -> argparse.ArgumentParser:
 
 def _check(args, parser_):
     """The constraints between arguments, before anything loads."""
-    digits = args.model == "digits"
+    model = registry.describe(args.model)
     if args.app in ("guided", "audit"):
-        args.classifier_arch = args.classifier_arch or ("digits" if digits else "resnet50")
-        if args.classifier_arch != "digits" and args.classifier_weights is None:
+        args.classifier_arch = args.classifier_arch or model.classifier
+        if args.classifier_arch not in registry.CLASSIFIERS and args.classifier_weights is None:
             parser_.error(f"argument --classifier-weights: required for the {args.classifier_arch} classifier")
     if args.app == "stylize":
-        args.features = args.features or ("digits" if digits else "vgg19")
+        args.features = args.features or model.features
         if args.features == "vgg19" and args.vgg_weights is None:
             parser_.error("argument --vgg-weights: required for VGG-19 style features (or --features digits)")
     if args.app == "invert":
         if args.target_images and len(args.target_images) != len(args.seeds):
             parser_.error(f"argument --target-images: {len(args.target_images)} images for {len(args.seeds)} seeds "
                           "(give one seed per image)")
-        if args.target_digit is not None and not digits:
-            parser_.error("argument --target-digit: only with --model digits")
+        if args.target_digit is not None and model.digit_images is None:
+            parser_.error("argument --target-digit: only with a model of digits (--model digits)")
     if args.app == "morph":
-        if digits and (args.image_a or args.image_b):
+        if model.morph_heldout and (args.image_a or args.image_b):
             parser_.error("argument --image-a: with --model digits the references are held-out digits")
-        if not digits and (not args.image_a or not args.image_b or len(args.image_a) != len(args.image_b)):
+        if not model.morph_heldout and (not args.image_a or not args.image_b or len(args.image_a) != len(args.image_b)):
             parser_.error("argument --image-a/--image-b: give the same number of reference images for a and b")
-        args.classifier_arch = args.classifier_arch or ("digits" if digits else "resnet50")
-        if args.classifier_arch != "digits" and args.classifier_weights is None:
+        args.classifier_arch = args.classifier_arch or model.classifier
+        if args.classifier_arch not in registry.CLASSIFIERS and args.classifier_weights is None:
             parser_.error(f"argument --classifier-weights: required for the {args.classifier_arch} identity model")
     if args.guidance_scale is None:
-        args.guidance_scale = 4.0 if digits else 7.5
+        args.guidance_scale = model.guidance_scale
     if "all" in args.save_memory:
         args.save_memory = ["unet", "vae-resnets", "allocator"]
     if {"vae", "vae-resnets"} <= set(args.save_memory):
@@ -200,8 +199,7 @@ def main(argv=None):
         sampler = apps.Sampler(args.steps, args.solver, args.guidance_scale, args.gradient)
         progress, out = not args.no_progress, args.out
         if args.app in ("guided", "audit"):
-            from .nets import load_classifier
-            classifier = load_classifier(args.classifier_arch, args.classifier_weights, args.num_classes,
+            classifier = registry.load_classifier(args.classifier_arch, args.classifier_weights, args.num_classes,
                                          args.classifier_size).to(args.device)
         if args.app == "guided":
             restraints = apps.Restraints(**(dict(momentum=0.9, clip=0.01, kick=1e-3) if args.restraints == "doodl"
@@ -217,29 +215,21 @@ def main(argv=None):
             summary = (out / "audit.md").read_text()
         elif args.app == "stylize":
             style = apps.read_image(args.style_image, comps.image_size)
-            if args.features == "digits":
-                from .digits import ConvFeatures, load_classifier as load_digit_classifier
-                features = ConvFeatures(load_digit_classifier())
-            else:
-                from .nets import load_vgg19
-                features = load_vgg19(args.vgg_weights)
+            features = registry.load_features(args.features, args.vgg_weights)
             result = apps.stylize(comps, features.to(args.device), style, args.prompts, args.seeds,
                                   epochs=args.epochs, lr=args.lr, w_style=args.w_style, w_content=args.w_content,
                                   sampler=sampler, out=out, save_every=args.save_every, accelerator=accelerator,
                                   lora_rank=args.lora_rank, progress=progress)
             saved = f"LoRA saved to {out / 'lora'}" if args.lora_rank else f"UNet saved to {out / 'unet'}"
             summary = f"loss {result['losses'][0]:.4g} -> {result['losses'][-1]:.4g}; {saved}"
-        elif args.app == "morph" and args.model == "digits":
-            from .digits import load_classifier as load_digit_classifier
-            from .digits.experiments import morph_table
-            morph_table(comps, load_digit_classifier().to(args.device), out, pairs=args.pairs, iters=args.iters,
-                        lr=args.lr, steps=args.steps, seed=args.seeds[0], progress=progress)
+        elif args.app == "morph" and registry.describe(args.model).morph_heldout:
+            registry.describe(args.model).morph_heldout(comps, out, pairs=args.pairs, iters=args.iters, lr=args.lr,
+                                                        steps=args.steps, seed=args.seeds[0], progress=progress)
             summary = (out / "morph.md").read_text()
         elif args.app == "morph":
             from .apps.morph import embedding, morph_table
             from .model import encode_prompt
-            from .nets import load_classifier
-            F = embedding(load_classifier(args.classifier_arch, args.classifier_weights, args.num_classes,
+            F = embedding(registry.load_classifier(args.classifier_arch, args.classifier_weights, args.num_classes,
                                           args.classifier_size).to(args.device))
             a, b = (torch.cat([apps.read_image(str(p), comps.image_size) for p in paths]).to(args.device)
                     for paths in (args.image_a, args.image_b))
@@ -252,12 +242,7 @@ def main(argv=None):
             if args.target_prompt:
                 targets = apps.generate(comps, [args.target_prompt] * len(args.seeds), args.seeds, sampler)
             elif args.target_digit is not None:
-                from .digits import data
-                real, _ = data.load("train", [args.target_digit])
-                if len(real) < len(args.seeds):
-                    raise ValueError(f"--target-digit {args.target_digit}: {len(real)} training images for "
-                                     f"{len(args.seeds)} seeds")
-                targets = data.to_unit(real[: len(args.seeds)])
+                targets = registry.describe(args.model).digit_images(args.target_digit, len(args.seeds))
             else:
                 targets = torch.cat([apps.read_image(str(p), comps.image_size) for p in args.target_images])
             result = apps.invert_embedding(comps, targets, args.seeds, token=args.token, init_token=args.init_token,

@@ -36,16 +36,17 @@ from tqdm import tqdm
 from adjointdpm import cli, files
 from adjointdpm.memory import (LivePeak, live_bytes, peak, reset_peak, return_freed_memory, run_in_fresh_process,
                                saved_bytes_during, trim)
+from adjointdpm.report import markdown_table
 
-from .apps import GRADIENTS, Sampler, noise
-from .components import ATTENTION, CHECKPOINTING, model_argument, open_model, release, save_memory
+from .apps import GRADIENTS, Pipeline, Sampler, noise
+from .components import ATTENTION, CHECKPOINTING, release, save_memory
+from .registry import model_argument, open_model
 from .model import decode, encode_prompt, eps_model
 
 PROMPT = "a photo of a dog"
 GUIDANCE = 7.5
 GIB = 2 ** 30
 PARTS = ("weights", "unet-vjp", "vae-backward")  # the breakdown's cases
-MACHINE_GIB = 24  # this machine's memory, for Backprop's extrapolation
 PAPER = {"AdjointDPM": 19.63, "DOODL": 23.24}  # GB, App. B: SD 1.5, fp32, V100
 # --save-memory: every saving that keeps the gradient exact, and what it costs (the bench's own measurements)
 SAVINGS = {
@@ -61,6 +62,14 @@ SAVINGS = {
                  "follows the live bytes; costs fresh pages for every large tensor",
 }
 ALL_SAVINGS = ("unet", "vae-resnets", "text-encoder", "vae-encoder", "allocator")
+
+
+def machine_gib(device: str) -> float:
+    """The memory a case on ``device`` can fill, in GiB, on the machine running now: the GPU's for CUDA
+    (where peaks are CUDA allocations), else the machine's physical memory. For Backprop's extrapolation."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory / GIB
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
 
 
 def _sync(device):
@@ -94,7 +103,10 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
     save_memory(comps, case["attention"], case["checkpointing"])
     weights = {name: sum(p.numel() * p.element_size() for p in getattr(comps, name).parameters())
                for name in ("unet", "vae", "text_encoder")}
-    eps = eps_model(comps, GUIDANCE)
+    # bound before release: the guidance's null condition is encoded now, as is the prompt below
+    pipe = Pipeline(comps, Sampler(case["steps"], guidance_scale=GUIDANCE, gradient=case["strategy"])) \
+        if case["strategy"] in GRADIENTS else None
+    eps = pipe.model if pipe else eps_model(comps, GUIDANCE)
     with torch.no_grad():
         cond = encode_prompt(comps, [PROMPT])
     release(comps, case.get("release", []))
@@ -103,7 +115,7 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
                for p in getattr(comps, name).parameters() if p.device.type != "meta")
     record = dict(case, case=case, resolution=comps.image_size, model=model, device=device, dtype=dtype, repeats=repeats,
                   setup_gib=reset_peak(device) / GIB, live_setup_gib=(live_bytes() or 0) / GIB,
-                  weights_held_gib=held / GIB, threads=torch.get_num_threads())
+                  weights_held_gib=held / GIB, threads=torch.get_num_threads(), machine_gib=machine_gib(device))
     if case["strategy"] == "weights":
         return dict(record, peak_gib=sum(weights.values()) / GIB, seconds=None,
                     parts_gib={k: v / GIB for k, v in weights.items()})
@@ -116,8 +128,7 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
             return eps(x, t, cond)
         if case["strategy"] == "vae-backward":
             return decode(comps, x)
-        sampler = Sampler(steps=case["steps"], guidance_scale=GUIDANCE, gradient=case["strategy"])
-        return decode(comps, sampler.run(comps, eps, x, cond))
+        return pipe.images(x, cond)
 
     def run():
         output(x_T.clone().requires_grad_()).square().mean().backward()
@@ -177,7 +188,8 @@ def in_order(records: list[dict]) -> list[dict]:
 def growth(records: list[dict]) -> list[dict]:
     """Per resolution, strategy and savings measured at two or more step counts: the least-squares growth
     of the peak per step (resident and, where measured, live), and for a growing one the step count at
-    which set-up plus peak would pass this machine's memory."""
+    which set-up plus peak would pass the memory of the machine that measured it (``machine_gib``: the
+    records' own; records written before they carried it, the machine running now)."""
     out = []
     groups = {}
     for r in records:
@@ -190,11 +202,12 @@ def growth(records: list[dict]) -> list[dict]:
         slope, intercept = map(float, np.polyfit(steps, [r["peak_gib"] for r in rows], 1))
         live = [r.get("live_peak_gib") for r in rows]
         setup = max(r["setup_gib"] for r in rows)
-        passes = int((MACHINE_GIB - setup - intercept) // slope) + 1 if slope > 0.05 else None
+        memory = min(r.get("machine_gib") or machine_gib(r["device"]) for r in rows)
+        passes = int((memory - setup - intercept) // slope) + 1 if slope > 0.05 else None
         out.append({"resolution": resolution, "strategy": strategy, "savings": savings, "steps": steps,
                     "gib_per_step": slope, "intercept_gib": intercept,
                     "live_gib_per_step": float(np.polyfit(steps, live, 1)[0]) if None not in live else None,
-                    f"steps_past_{MACHINE_GIB}_gib": passes})
+                    "machine_gib": memory, "steps_past_machine_gib": passes})
     return out
 
 
@@ -223,42 +236,46 @@ def markdown(records: list[dict]) -> str:
              f"classifier-free guidance {GUIDANCE:g} (the UNet sees batch 2), DPM-Solver-2M, loss on the decoded "
              "image. `adjoint` solves eq. 11 backwards with RK4 at the sampler's steps, `adjointdeis` is "
              "AdjointDEIS-1; both must be flat in steps. Paper (App. B, SD 1.5 fp32, V100 32 GB): "
-             f"{PAPER['AdjointDPM']} GB AdjointDPM, {PAPER['DOODL']} GB DOODL.", "",
-             "| resolution | strategy | steps | memory savings | set-up GiB | peak above set-up GiB | "
-             "live tensors' peak above set-up GiB | set-up + peak GiB | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+             f"{PAPER['AdjointDPM']} GB AdjointDPM, {PAPER['DOODL']} GB DOODL.", ""]
     gradients = [r for r in records if r["strategy"] not in PARTS]
-    for r in gradients:
-        live = f"{r['live_peak_gib']:.3g}" if "live_peak_gib" in r else "-"
-        lines.append(f"| {r['resolution']} | {r['strategy']} | {r['steps']} | {_savings(r)} | {r['setup_gib']:.3g} | "
-                     f"{r['peak_gib']:.3g} | {live} | {r['setup_gib'] + r['peak_gib']:.3g} | {r['seconds']:.3g} |")
+    lines.append(markdown_table(
+        ["resolution", "strategy", "steps", "memory savings", "set-up GiB", "peak above set-up GiB",
+         "live tensors' peak above set-up GiB", "set-up + peak GiB", "seconds"],
+        [[r["resolution"], r["strategy"], r["steps"], _savings(r), f"{r['setup_gib']:.3g}", f"{r['peak_gib']:.3g}",
+          f"{r['live_peak_gib']:.3g}" if "live_peak_gib" in r else "-", f"{r['setup_gib'] + r['peak_gib']:.3g}",
+          f"{r['seconds']:.3g}"] for r in gradients]))
     rows = growth(gradients)
     if rows:
+        memory = " or ".join(sorted({f"{g['machine_gib']:.3g}" for g in rows}, key=float))
         lines += ["", f"Growth per step (least squares over the steps measured), of the resident peak and of the live "
                   f"tensors' peak, and for a growing strategy the step count at which set-up plus peak would pass "
-                  f"this machine's {MACHINE_GIB} GiB:", "",
-                  "| resolution | strategy | memory savings | steps | GiB per step (resident) | GiB per step (live) | "
-                  f"passes {MACHINE_GIB} GiB at |", "|---|---|---|---|---|---|---|"]
+                  f"the measuring machine's {memory} GiB:", ""]
+        table = []
         for g in rows:
             live = "-" if g["live_gib_per_step"] is None else f"{g['live_gib_per_step']:.3g}"
-            passes = g[f"steps_past_{MACHINE_GIB}_gib"]
-            lines.append(f"| {g['resolution']} | {g['strategy']} | {g['savings']} | {', '.join(map(str, g['steps']))} | "
-                         f"{g['gib_per_step']:.3g} | {live} | {'-' if passes is None else f'{passes} steps'} |")
+            passes = g["steps_past_machine_gib"]
+            at = "-" if passes is None else f"{passes} steps ({g['machine_gib']:.3g} GiB)"
+            table.append([g["resolution"], g["strategy"], g["savings"], ", ".join(map(str, g["steps"])),
+                          f"{g['gib_per_step']:.3g}", live, at])
+        lines.append(markdown_table(["resolution", "strategy", "memory savings", "steps", "GiB per step (resident)",
+                                     "GiB per step (live)", "passes the machine's memory at"], table))
     lines += floor(gradients)
     parts = [r for r in records if r["strategy"] in PARTS]
     if parts:
         lines += ["", "The parts, each in its own process. `weights`: parameter bytes (UNet, VAE, text encoder). "
                   "`unet-vjp`: one guided UNet evaluation (batch 2) and its backward. `vae-backward`: decoding one "
                   "latent and its backward. `kept for backward`: the bytes autograd saves, counted exactly with "
-                  "saved-tensor hooks, weights excluded.", "",
-                  "| resolution | part | memory savings | kept for backward GiB | peak above set-up GiB | seconds |",
-                  "|---|---|---|---|---|---|"]
+                  "saved-tensor hooks, weights excluded.", ""]
+        table = []
         for r in parts:
             if r["strategy"] == "weights":
                 detail = ", ".join(f"{k} {v:.3g}" for k, v in r["parts_gib"].items())
-                lines.append(f"| {r['resolution']} | weights ({detail}) | | | {r['peak_gib']:.3g} (their bytes) | |")
+                table.append([r["resolution"], f"weights ({detail})", "", "", f"{r['peak_gib']:.3g} (their bytes)", ""])
             else:
-                lines.append(f"| {r['resolution']} | {r['strategy']} | {_savings(r)} | {r['saved_gib']:.3g} | "
-                             f"{r['peak_gib']:.3g} | {r['seconds']:.3g} |")
+                table.append([r["resolution"], r["strategy"], _savings(r), f"{r['saved_gib']:.3g}",
+                              f"{r['peak_gib']:.3g}", f"{r['seconds']:.3g}"])
+        lines.append(markdown_table(["resolution", "part", "memory savings", "kept for backward GiB",
+                                     "peak above set-up GiB", "seconds"], table))
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,6 @@ model directory has diffusers' layout (``unet/``, ``vae/``, ``text_encoder/``,
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from dataclasses import dataclass
@@ -89,39 +88,8 @@ def check_model_dir(model) -> None:
                              f"({', '.join(s + '/' for s in SUBFOLDERS)})")
 
 
-BUILT = ("tiny", "digits", "sd15-random")  # models --model names without a folder
-
-
-def model_argument(text: str) -> str:
-    """``--model``'s type: one of :data:`BUILT`, a folder with diffusers' layout, or a Hugging Face cache id
-    (checked when it loads)."""
-    if text not in BUILT and Path(text).exists():
-        try:
-            check_model_dir(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return text
-
-
-def _default_device(device) -> torch.device:
+def default_device(device=None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def open_model(model: str | Path, device=None, dtype: torch.dtype | None = None) -> SDComponents:
-    """What the commands' ``--model`` names: ``"tiny"`` (:func:`tiny_components`, float32),
-    ``"digits"`` (the committed digits model), ``"sd15-random"`` (:func:`sd15_random_components`)
-    or anything :func:`load_components` reads; on ``device``, UNet and VAE in ``dtype``
-    (default float32 for the models built here)."""
-    built = {"tiny": tiny_components, "sd15-random": sd15_random_components}.get(str(model))
-    if built:
-        comps = freeze(built(), _default_device(device))
-        comps.unet.to(dtype or torch.float32)
-        comps.vae.to(dtype or torch.float32)
-        return comps
-    if str(model) == "digits":
-        from .digits import PIPELINE
-        return load_components(PIPELINE, device, dtype or torch.float32)
-    return load_components(model, device, dtype)
 
 
 def load_components(model: str | Path, device=None, dtype: torch.dtype | None = None) -> SDComponents:
@@ -133,7 +101,7 @@ def load_components(model: str | Path, device=None, dtype: torch.dtype | None = 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    device = _default_device(device)
+    device = default_device(device)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     check_model_dir(model)
     kw = dict(local_files_only=True)

@@ -27,12 +27,8 @@ class Classifier(nn.Module):
 
 def load_classifier(arch: str, weights=None, num_classes: int = 1000, size: int = 224) -> nn.Module:
     """``torchvision.models.get_model(arch, num_classes=...)`` with a local weights file;
-    a file made for another number of classes gets an error that says so. ``arch="digits"``
-    is the digits model's classifier (:mod:`stable_diffusion.digits`; ``weights`` defaults to
-    the committed file). Every classifier takes images in ``[0, 1]``."""
-    if arch == "digits":
-        from .digits import CLASSIFIER, load_classifier as load_digit_classifier
-        return load_digit_classifier(weights or CLASSIFIER)
+    a file made for another number of classes gets an error that says so (the classifiers the
+    project ships are in :mod:`stable_diffusion.registry`). Every classifier takes images in ``[0, 1]``."""
     if weights is None:
         raise ValueError(f"classifier {arch!r} needs a local weights file (e.g. torchvision's {arch}-*.pth)")
     import torchvision

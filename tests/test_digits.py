@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from stable_diffusion import apps, open_model
+from stable_diffusion import apps
 from stable_diffusion.digits import CLASSIFIER, PIPELINE, data, experiments, load_classifier
 from stable_diffusion.digits import train as digits_train
 from stable_diffusion.digits.__main__ import main
+from stable_diffusion.registry import open_model
 from stable_diffusion.model import encode_prompt, eps_model
 
 FAST = apps.Sampler(steps=5, solver="dpm2m", guidance_scale=4.0)  # plumbing tests
@@ -103,6 +104,30 @@ def test_committed_pipeline_loads_with_diffusers_and_ours():
         assert torch.allclose(eps_model(comps, 1.0)(x, t, ours), theirs, atol=1e-6)
     recipe = json.loads((PIPELINE / "recipe.json").read_text())
     assert recipe["classifier"]["heldout_accuracy"] >= 0.97 and recipe["seconds"] < 20 * 60
+
+
+def test_training_noising_and_exported_betas_are_the_schedule_s(tmp_path):
+    """The UNet's training input comes from the library's schedule, bit for bit what the inline formula
+    (``alpha_bar`` in float32, then square roots) gave; it is alpha(t_n) x0 + sigma(t_n) eps; and the
+    exported scheduler carries the components' betas, as close as float32 allows to the committed one."""
+    from diffusers import DPMSolverMultistepScheduler
+    from stable_diffusion.components import _betas
+    comps = open_model("tiny", "cpu")
+    gen = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(6, 4, 8, 8, generator=gen), torch.randn(6, 4, 8, 8, generator=gen)
+    t = torch.tensor([0, 1, 10, 500, 998, 999])
+    a = torch.cumprod(1 - comps.betas, 0).float()[t].view(-1, 1, 1, 1)  # the formula train_unet had inline
+    noised = comps.schedule.add_noise(z0, noise, t)
+    assert torch.equal(noised, a.sqrt() * z0 + (1 - a).sqrt() * noise)
+    t_n = (t.double() + 1) / len(comps.betas)
+    s = lambda f: f(t_n).view(-1, 1, 1, 1).float()
+    assert torch.allclose(noised, s(comps.schedule.alpha) * z0 + s(comps.schedule.sigma) * noise, rtol=1e-4, atol=1e-6)
+
+    digits_train.save_pipeline(comps, tmp_path / "pipeline")
+    ours = DPMSolverMultistepScheduler.from_pretrained(tmp_path / "pipeline" / "scheduler")
+    committed = DPMSolverMultistepScheduler.from_pretrained(PIPELINE / "scheduler")
+    assert torch.equal(_betas(ours.config), comps.betas) and torch.equal(_betas(committed.config), comps.betas)
+    assert torch.allclose(ours.alphas_cumprod, committed.alphas_cumprod, rtol=1e-6, atol=0)
 
 
 def test_classifier_reads_real_held_out_digits(classifier):
@@ -221,8 +246,8 @@ def test_every_application_command_takes_the_digits_model(tmp_path, capsys):
 
 
 def test_morph_raises_the_similarity_to_both_references(tmp_path):
-    from stable_diffusion.digits.experiments import morph_table
-    r = morph_table(open_model("digits", "cpu"), load_classifier(), tmp_path, pairs=4, iters=4, lr=0.1, steps=4,
+    from stable_diffusion.digits.experiments import morph_heldout
+    r = morph_heldout(open_model("digits", "cpu"), load_classifier(), tmp_path, pairs=4, iters=4, lr=0.1, steps=4,
                     progress=False)
     rows = {row["attack"]: row for row in r["rows"]}
     both = lambda row: row["mean_similarity_a"] + row["mean_similarity_b"]  # noqa: E731

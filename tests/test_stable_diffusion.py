@@ -1,6 +1,7 @@
 """Stable Diffusion scale on tiny components of the real architectures (built in code):
 the time map, v-prediction, gradients of every kind against Checkpoint, offline loading,
 the four applications (two optimisation steps each, loss falls), and the errors."""
+import dataclasses
 import json
 from unittest import mock
 
@@ -106,7 +107,9 @@ def test_errors(comps, tmp_path, classifier_file):
     with pytest.raises(ValueError, match=r"latents must have shape \(batch, 4, 8, 8\)"):
         check_latents(comps, torch.randn(1, 4, 16, 16))
     with pytest.raises(ValueError, match=r"latents must have shape"):  # every application samples through here
-        FAST.run(comps, eps_model(comps), torch.randn(1, 4, 16, 16), encode_prompt(comps, ["a dog"]))
+        apps.Pipeline(comps, FAST).images(torch.randn(1, 4, 16, 16), encode_prompt(comps, ["a dog"]))
+    with pytest.raises(dataclasses.FrozenInstanceError):  # settings, safe as a default argument
+        FAST.steps = 4
     with pytest.raises(ValueError, match="another number of classes"):
         load_classifier("resnet18", classifier_file, num_classes=1000)
     with pytest.raises(ValueError, match="target class 12 is not a class of this classifier, which has 10"):
@@ -422,7 +425,7 @@ def test_bench_save_memory_all_records_live_bytes_growth_and_floor(tmp_path):
                 "--repeats", "0", "--out", str(tmp_path), "--device", "cpu"])
     records = json.loads((tmp_path / "bench.json").read_text())
     assert [r["steps"] for r in records] == [1, 2]
-    from stable_diffusion.components import open_model
+    from stable_diffusion.registry import open_model
     comps = open_model("tiny", "cpu")
     nbytes = lambda net: sum(p.numel() * p.element_size() for p in net.parameters())
     held = nbytes(comps.unet) + nbytes(comps.vae) - nbytes(comps.vae.encoder) - nbytes(comps.vae.quant_conv)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from adjointdpm import Adjoint, AdjointDEIS, GaussianMixture, Gradient, VPSchedule, cli, files, sample
 from adjointdpm.noise import slerp
+from adjointdpm.report import markdown_table
 from toy.mixture import eight_modes, three_modes
 from toy.mlp import train_eps_mlp
 
@@ -238,21 +239,25 @@ def morph(n: int = 64, iters: int = 60, lr: float = 0.05, seed: int = 0, progres
             "a": a, "b": b, "points": points, "mixture": mix}
 
 
-def write_morph(r: dict, out: Path) -> str:
-    lines = ["| attack | NFE per morph | MMPMR (ours, toy) | mean cos to a / b | poster MMPMR (AdaFace / ArcFace / "
-             "ElasticFace) |", "|---|---|---|---|---|"]
-    for row in r["rows"]:
-        poster = " / ".join(f"{v:.2f}" for v in row["poster"]) if row["poster"] else "-"
-        lines.append(f"| {row['attack']} | {row['nfe']} | {100 * row['mmpmr']:.1f}% | "
-                     f"{row['mean_similarity_a']:.3f} / {row['mean_similarity_b']:.3f} | {poster} |")
-    text = (f"# Morphing on the toy (AdjointDEIS poster, Table 1)\n\n{r['pairs']} pairs of real points from "
+def morph_markdown(r: dict) -> str:
+    """``app_morph.md`` from the measured data (what ``app_morph.json`` holds)."""
+    header = ["attack", "NFE per morph", "MMPMR (ours, toy)", "mean cos to a / b",
+              "poster MMPMR (AdaFace / ArcFace / ElasticFace)"]
+    rows = [[row["attack"], row["nfe"], f"{100 * row['mmpmr']:.1f}%",
+             f"{row['mean_similarity_a']:.3f} / {row['mean_similarity_b']:.3f}",
+             " / ".join(f"{v:.2f}" for v in row["poster"]) if row["poster"] else "-"] for row in r["rows"]]
+    return (f"# Morphing on the toy (AdjointDEIS poster, Table 1)\n\n{r['pairs']} pairs of real points from "
             "neighbouring modes of the eight-Gaussian mixture (two identities each); F: the mixture's posterior "
             f"over its modes, p(k | x); success when F matches the morph to both at the threshold "
             f"{r['threshold']:.3f}, where it falsely matches 0.1 % of real impostor pairs. DiM: DDIM-encode both, "
             f"slerp the noises, decode ({MORPH_SAMPLING['steps']} steps). The optimised rows run {r['iters']} AdamW "
             f"steps (lr {r['lr']}) on (x_T, c): ODE with AdjointDEIS-1, SDE (sde-dpm1, one noise seed) with "
             "AdjointDEIS-1's rule on the stored SDE path. NFE per morph counts model evaluations and VJPs. The poster's "
-            "MMPMR is on faces (SYN-MAD 2022), beside for its ordering only.\n\n" + "\n".join(lines) + "\n")
+            "MMPMR is on faces (SYN-MAD 2022), beside for its ordering only.\n\n" + markdown_table(header, rows) + "\n")
+
+
+def write_morph(r: dict, out: Path) -> str:
+    text = morph_markdown(r)
     (out / "app_morph.md").write_text(text)
     fig = Figure(figsize=(7, 6.5), layout="tight")
     ax = fig.subplots()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, cli, sample
 from adjointdpm.memory import peak as peak_bytes, reset_peak, run_in_fresh_process
+from adjointdpm.report import markdown_table
 from toy.mixture import eight_modes
 from toy.mlp import EpsMLP, train_eps_mlp
 from toy.reproduce import STRATEGIES
@@ -107,30 +108,42 @@ def prepare(setup: Path, batch: int, train_iters: int, ref_steps: int, device: s
     torch.save((g_x.cpu(), g_theta.cpu()), setup / "reference.pt")
 
 
-def write(rows, out: Path, meta: dict):
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
+def _unit(meta: dict) -> str:
+    return "CUDA max allocated" if meta["device"] == "cuda" else "resident memory above set-up"
+
+
+def markdown(rows, meta: dict) -> str:
+    """``bench.md`` from the records (``bench.json``'s ``rows`` and ``meta``)."""
     family = lambda name: "SDE" if name in SDE_STRATEGIES else "ODE"
     base = {(family(r["strategy"]), r["steps"]): r for r in rows if r["strategy"] in ("Backprop", "SDE Backprop")}
     err = lambda v: "-" if v is None else f"{v:.2e}"
-    unit = "CUDA max allocated" if meta["device"] == "cuda" else "resident memory above set-up"
-    lines = ["| strategy | steps | rel. err dL/dx_T | rel. err dL/dtheta | off Checkpoint dL/dx_T | off Checkpoint "
-             f"dL/dtheta | ms (median) | time / Backprop | peak MiB ({unit}) | memory / Backprop | NFE fwd | NFE bwd |",
-             "|" + "---|" * 12]
+    header = ["strategy", "steps", "rel. err dL/dx_T", "rel. err dL/dtheta", "off Checkpoint dL/dx_T",
+              "off Checkpoint dL/dtheta", "ms (median)", "time / Backprop", f"peak MiB ({_unit(meta)})",
+              "memory / Backprop", "NFE fwd", "NFE bwd"]
+    table = []
     for r in rows:
         b = base[(family(r["strategy"]), r["steps"])]
-        lines.append(f"| {r['strategy']} | {r['steps']} | {err(r['err_x_T'])} | {err(r['err_theta'])} | "
-                     f"{r['vs_checkpoint_x_T']:.1e} | {r['vs_checkpoint_theta']:.1e} | "
-                     f"{r['seconds'] * 1e3:.0f} | {r['seconds'] / b['seconds']:.2f} | {r['peak_bytes'] / 2**20:.1f} | "
-                     f"{r['peak_bytes'] / max(b['peak_bytes'], 1):.2f} | {r['nfe_forward']} | {r['nfe_backward']} |")
-    text = (f"# Gradient strategies on the toy MLP (forward {SOLVER}, batch {meta['batch']}, MLP {DEPTH}x{HIDDEN}, "
+        table.append([r["strategy"], r["steps"], err(r["err_x_T"]), err(r["err_theta"]),
+                      f"{r['vs_checkpoint_x_T']:.1e}", f"{r['vs_checkpoint_theta']:.1e}", f"{r['seconds'] * 1e3:.0f}",
+                      f"{r['seconds'] / b['seconds']:.2f}",
+                      f"{r['peak_bytes'] / 2**20:.1f}", f"{r['peak_bytes'] / max(b['peak_bytes'], 1):.2f}",
+                      r["nfe_forward"], r["nfe_backward"]])
+    return (f"# Gradient strategies on the toy MLP (forward {SOLVER}, batch {meta['batch']}, MLP {DEPTH}x{HIDDEN}, "
             f"{meta['device']}, {meta['threads']} threads)\n\nErrors against Checkpoint() with {meta['ref_steps']} "
             "steps (the sampler's own error included), and how far each strategy is off the exact gradient of the "
             "same sampler (Checkpoint() at the same steps: the backward solver's own error). "
             f"Time: median of {meta['repeats']} repeats. Memory: each case in a fresh process. Ratios against "
             "Backprop of the same sampler. SDE rows: `sde-dpm1` with one noise_seed; no fine-step reference exists "
             "for them (another grid is another Brownian path).\n\n"
-            + "\n".join(lines) + "\n")
+            + markdown_table(header, table) + "\n")
+
+
+def write(rows, out: Path, meta: dict):
+    """``bench.md``, ``bench.json`` and ``bench.png``; returns the Markdown."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+    unit = _unit(meta)
+    text = markdown(rows, meta)
     (out / "bench.md").write_text(text)
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     fig = Figure(figsize=(12, 4.5), layout="tight")

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..components import SDComponents
-from ..model import decode, encode_prompt, eps_model
 from ..nets import check_target
-from .common import Sampler, noise, percent, save_images, write_result
+from .common import Pipeline, Sampler, percent, save_images, write_result
 
 
 def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, tau: float = 0.8,
@@ -34,13 +33,12 @@ def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, ta
     if target is not None:
         check_target(classifier, target, comps.device)
     step = step or 2.5 * tau / iters  # PGD's usual step: the box is crossable in iters / 2.5 steps
-    model = eps_model(comps, sampler.guidance_scale)
+    pipe = Pipeline(comps, sampler)
     x_T, cond, labels, clean, counts = [], [], [], [], {}
     with torch.no_grad():
         for label, prompt in classes.items():
-            c = encode_prompt(comps, [prompt] * len(seeds))
-            z = noise(comps, seeds)
-            images = decode(comps, sampler.run(comps, model, z, c, grad=False))
+            c, z = pipe.encode([prompt] * len(seeds)), pipe.noise(seeds)
+            images = pipe.images(z, c, grad=False)
             keep = torch.nonzero(classifier(images).argmax(1) == label).flatten()[:per_class]
             counts[label] = len(keep)
             x_T.append(z[keep]), cond.append(c[keep]), clean.append(images[keep])
@@ -53,7 +51,7 @@ def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, ta
     history = []  # per step: how many were still searched, how many flipped, their mean cross-entropy
     for _ in tqdm(range(iters if len(x_T) else 0), desc=f"audit tau={tau}", disable=not progress):
         d = delta[active].requires_grad_()
-        logits = classifier(decode(comps, sampler.run(comps, model, x_T[active] + d, cond[active]))).float()
+        logits = classifier(pipe.images(x_T[active] + d, cond[active])).float()
         done = (logits.argmax(1) != labels[active]) if target is None else (logits.argmax(1) == target)
         ce = F.cross_entropy(logits, goal[active], reduction="sum")
         history.append({"searched": len(active), "flipped": int(done.sum()), "ce": ce.item() / len(active)})
@@ -65,7 +63,7 @@ def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, ta
         if not len(active):
             break
     with torch.no_grad():
-        attacked = decode(comps, sampler.run(comps, model, x_T + delta, cond, grad=False)) if len(x_T) else clean
+        attacked = pipe.images(x_T + delta, cond, grad=False) if len(x_T) else clean
         pred = classifier(attacked).argmax(1) if len(x_T) else labels
     success = (pred != labels) if target is None else (pred == target)
     rows = []

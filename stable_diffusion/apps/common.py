@@ -1,5 +1,5 @@
-"""What every application shares: how it samples (:class:`Sampler`), its initial noise, and
-how it writes results (image grids, strict JSON)."""
+"""What every application shares: how it samples (:class:`Sampler`, bound to the components as a
+:class:`Pipeline`), its initial noise, and how it writes results (image grids, strict JSON)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,11 +24,12 @@ GRADIENTS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sampler:
     """How every application samples: ``steps`` of ``solver`` on eq. 10 (logSNR grid, from
     t = 1 down to the first training step), guidance scale, and the gradient strategy by name
-    (:data:`GRADIENTS`: ``adjoint`` solves the adjoint ODE backwards with ``steps`` RK4 steps)."""
+    (:data:`GRADIENTS`: ``adjoint`` solves the adjoint ODE backwards with ``steps`` RK4 steps).
+    Settings only, frozen (so it is a safe default argument); :class:`Pipeline` binds it to components."""
     steps: int = 20
     solver: str = "dpm2m"
     guidance_scale: float = 7.5
@@ -38,10 +39,40 @@ class Sampler:
         if self.gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {tuple(GRADIENTS)}, got {self.gradient!r}")
 
-    def run(self, comps: SDComponents, model, x_T, cond, grad: bool = True):
-        check_latents(comps, x_T)
-        return sample(model, x_T, comps.schedule, cond, steps=self.steps, solver=self.solver,
-                      t_end=comps.schedule.t_min, gradient=GRADIENTS[self.gradient](self.steps) if grad else None)
+
+class Pipeline:
+    """A :class:`Sampler` bound to Stable Diffusion's components and its guided model: noise and
+    prompts in, latents or images out, with or without a gradient. Each application's body then
+    says only what it optimises: ``pipe.images(x_T, pipe.encode(prompts))``."""
+
+    def __init__(self, comps: SDComponents, sampler: Sampler = Sampler()):
+        self.comps, self.sampler = comps, sampler
+        self.model = eps_model(comps, sampler.guidance_scale)
+
+    def noise(self, seeds, dtype=torch.float32) -> torch.Tensor:
+        """One latent ``x_T`` per seed, the same on every device."""
+        return noise(self.comps, seeds, dtype)
+
+    def encode(self, prompts: list[str], embedding_row=None, token_id=None) -> torch.Tensor:
+        """The prompts' text embeddings (with ``embedding_row`` as token ``token_id``'s, if given)."""
+        return encode_prompt(self.comps, list(prompts), embedding_row, token_id)
+
+    def latents(self, x_T: torch.Tensor, cond, grad: bool = True) -> torch.Tensor:
+        """``x_0``'s latents from ``x_T``; differentiable by the sampler's strategy if ``grad``."""
+        check_latents(self.comps, x_T)
+        sampler, schedule = self.sampler, self.comps.schedule
+        gradient = GRADIENTS[sampler.gradient](sampler.steps) if grad else None
+        return sample(self.model, x_T, schedule, cond, steps=sampler.steps, solver=sampler.solver,
+                      t_end=schedule.t_min, gradient=gradient)
+
+    def images(self, x_T: torch.Tensor, cond, grad: bool = True) -> torch.Tensor:
+        """The decoded images in [0, 1]."""
+        return decode(self.comps, self.latents(x_T, cond, grad))
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seeds, embedding_row=None, token_id=None) -> torch.Tensor:
+        """Images in [0, 1] for ``prompts[i]`` from seed ``seeds[i]``, no graph."""
+        return self.images(self.noise(seeds), self.encode(prompts, embedding_row, token_id), grad=False)
 
 
 def noise(comps: SDComponents, seeds, dtype=torch.float32) -> torch.Tensor:
@@ -50,13 +81,9 @@ def noise(comps: SDComponents, seeds, dtype=torch.float32) -> torch.Tensor:
                                     dtype=dtype) for s in seeds]).to(comps.device)
 
 
-@torch.no_grad()
-def generate(comps: SDComponents, prompts: list[str], seeds, sampler: Sampler = Sampler(), model=None,
-             embedding_row=None, token_id=None) -> torch.Tensor:
+def generate(comps: SDComponents, prompts: list[str], seeds, sampler: Sampler = Sampler()) -> torch.Tensor:
     """Images in [0, 1] for ``prompts[i]`` from seed ``seeds[i]``, no graph."""
-    model = model or eps_model(comps, sampler.guidance_scale)
-    cond = encode_prompt(comps, list(prompts), embedding_row, token_id)
-    return decode(comps, sampler.run(comps, model, noise(comps, seeds), cond, grad=False))
+    return Pipeline(comps, sampler).generate(prompts, seeds)
 
 
 def save_images(path: Path, rows: dict[str, torch.Tensor]) -> None:

@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..components import SDComponents
-from ..model import decode, encode_prompt, eps_model
 from ..nets import check_target
-from .common import Sampler, noise, save_images, write_result
+from .common import Pipeline, Sampler, save_images, write_result
 
 
 @dataclass(frozen=True)
@@ -80,10 +79,10 @@ def guided_sampling(comps: SDComponents, classifier, prompt: str, target: int, s
     any batch size. The step's randomness (shifts, kicks) comes from a generator seeded by the step,
     so a run is repeatable."""
     check_target(classifier, target, comps.device)
-    model = eps_model(comps, sampler.guidance_scale)
+    pipe = Pipeline(comps, sampler)
     with torch.no_grad():
-        cond = encode_prompt(comps, [prompt] * len(seeds))
-    x_T = noise(comps, seeds).requires_grad_()
+        cond = pipe.encode([prompt] * len(seeds))
+    x_T = pipe.noise(seeds).requires_grad_()
     norm = x_T.detach().flatten(1).norm(dim=1).view(-1, *[1] * (x_T.dim() - 1))
     opt = restraints.optimizer(x_T, lr)
 
@@ -91,13 +90,13 @@ def guided_sampling(comps: SDComponents, classifier, prompt: str, target: int, s
         return torch.log_softmax(classifier(images).float(), 1)[:, target]
 
     with torch.no_grad():
-        before = decode(comps, sampler.run(comps, model, x_T, cond, grad=False))
+        before = pipe.images(x_T, cond, grad=False)
         p_before = log_prob(before).exp()
     losses = []
     for step in tqdm(range(iters), desc="guided sampling", disable=not progress):
         gen = torch.Generator().manual_seed(step)
         opt.zero_grad()
-        images = decode(comps, sampler.run(comps, model, x_T, cond))
+        images = pipe.images(x_T, cond)
         per_image = -log_prob(restraints.views(images, gen)).view(-1, len(seeds)).mean(0)
         per_image.sum().backward()  # each x_T's gradient is its own image's, whatever the batch size
         loss = per_image.mean()
@@ -111,7 +110,7 @@ def guided_sampling(comps: SDComponents, classifier, prompt: str, target: int, s
                 x_T.mul_(norm / x_T.flatten(1).norm(dim=1).view_as(norm))
         losses.append(loss.item())
     with torch.no_grad():
-        after = decode(comps, sampler.run(comps, model, x_T, cond, grad=False))
+        after = pipe.images(x_T, cond, grad=False)
         p_after = log_prob(after).exp()
     result = {"prompt": prompt, "target": target, "seeds": list(map(int, seeds)), "lr": lr, "iters": iters,
               "restraints": asdict(restraints), "losses": losses,

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from adjointdpm.seeds import mix_seed
+
 from ..components import SDComponents
-from ..model import add_token, decode, encode_prompt, eps_model
-from .common import Sampler, generate, noise, save_images, write_result
+from ..model import add_token
+from .common import Pipeline, Sampler, save_images, write_result
 
 
 def check_template(text: str, what: str = "template") -> str:
@@ -46,7 +48,7 @@ def invert_embedding(comps: SDComponents, targets: torch.Tensor, seeds, *, token
         raise ValueError(f"{len(targets)} target images for {len(seeds)} seeds: give one seed per target")
     token_id = add_token(comps, token, init_token)
     row = comps.text_encoder.get_input_embeddings().weight[token_id].detach().clone().requires_grad_()
-    model = eps_model(comps, sampler.guidance_scale)
+    pipe = Pipeline(comps, sampler)
     targets = targets.to(comps.device).float()
     prompts = [template.format(token)] * len(seeds)
     if features is not None:
@@ -56,9 +58,9 @@ def invert_embedding(comps: SDComponents, targets: torch.Tensor, seeds, *, token
     losses = []
     for step in tqdm(range(iters), desc="invert embedding", disable=not progress):
         opt.zero_grad()
-        cond = encode_prompt(comps, prompts, row, token_id)
-        fresh = seeds if features is None else [int(s) * 1_000_003 + step + 1 for s in seeds]
-        images = decode(comps, sampler.run(comps, model, noise(comps, fresh), cond))
+        cond = pipe.encode(prompts, row, token_id)
+        fresh = seeds if features is None else [mix_seed(s, step + 1) for s in seeds]
+        images = pipe.images(pipe.noise(fresh), cond)
         if features is None:
             loss = F.mse_loss(F.interpolate(images, size=targets.shape[-2:], mode="bilinear", align_corners=False)
                               if images.shape[-2:] != targets.shape[-2:] else images, targets)
@@ -76,9 +78,9 @@ def invert_embedding(comps: SDComponents, targets: torch.Tensor, seeds, *, token
         from safetensors.torch import save_file
         out.mkdir(parents=True, exist_ok=True)
         save_file({token: row.detach().float().cpu().contiguous()}, out / "learned_embeds.safetensors")
-        rows = {"targets": targets[:len(seeds)], "learned": generate(comps, prompts, seeds, sampler, model)}
+        rows = {"targets": targets[:len(seeds)], "learned": pipe.generate(prompts, seeds)}
         for prompt in reuse_prompts:
-            rows[prompt.format(token)] = generate(comps, [prompt.format(token)] * len(seeds), seeds, sampler, model)
+            rows[prompt.format(token)] = pipe.generate([prompt.format(token)] * len(seeds), seeds)
         save_images(out / "invert.png", rows)
         write_result(out, "invert", result)
     return result

@@ -13,9 +13,8 @@ from adjointdpm import files
 from adjointdpm.training import Training
 
 from ..components import SDComponents
-from ..model import decode, encode_prompt, eps_model
 from ..nets import gram
-from .common import Sampler, generate, noise, write_result
+from .common import Pipeline, Sampler, write_result
 
 
 # The paper's target modules (App. D): the cross-attention projections of every transformer block.
@@ -106,12 +105,12 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
     params = add_lora(comps.unet, lora_rank) if lora_rank else cross_attention_parameters(comps.unet)
     files.claim(out, settings, "stylization folder")
     with files.exclusive(out, f".lock.{rank}"):
-        model = eps_model(comps, sampler.guidance_scale)
+        pipe = Pipeline(comps, sampler)
         (out / "content").mkdir(exist_ok=True)
         content = {}
         for i in mine:  # content targets from the original weights, before any update
             image = files.cached(out / "content" / f"pair_{i:05d}.pt", "content target",
-                                 lambda: generate(comps, [pairs[i][0]], [pairs[i][1]], sampler, model).cpu())
+                                 lambda: pipe.generate([pairs[i][0]], [pairs[i][1]]).cpu())
             with torch.no_grad():
                 content[i] = features(image.to(comps.device))[1]
         if accelerator:
@@ -123,8 +122,8 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
             i = mine[step % len(mine)]
             prompt, seed = pairs[i]
             with torch.no_grad():
-                cond = encode_prompt(comps, [prompt])
-            style, content_now = features(decode(comps, sampler.run(comps, model, noise(comps, [seed]), cond)))
+                cond = pipe.encode([prompt])
+            style, content_now = features(pipe.images(pipe.noise([seed]), cond))
             return (w_style * sum(F.mse_loss(gram(f), g) for f, g in zip(style, style_target))
                     + w_content * F.mse_loss(content_now, content[i]))
 

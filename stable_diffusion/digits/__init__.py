@@ -14,11 +14,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from ..components import SDComponents, load_components
 from .classifier import ConvFeatures, DigitClassifier
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 PIPELINE = WEIGHTS / "digits"
 CLASSIFIER = WEIGHTS / "digit_classifier.safetensors"
+
+
+def load_model(folder=PIPELINE, device="cpu") -> SDComponents:
+    """The committed digits model (or the one trained in ``folder``), float32, frozen."""
+    return load_components(folder, device, torch.float32)
 
 
 def load_classifier(path=CLASSIFIER) -> DigitClassifier:
@@ -27,4 +35,4 @@ def load_classifier(path=CLASSIFIER) -> DigitClassifier:
     return files.load_weights(DigitClassifier(), path, "digit classifier weights").eval().requires_grad_(False)
 
 
-__all__ = ["PIPELINE", "CLASSIFIER", "DigitClassifier", "ConvFeatures", "load_classifier"]
+__all__ = ["PIPELINE", "CLASSIFIER", "DigitClassifier", "ConvFeatures", "load_model", "load_classifier"]

@@ -14,27 +14,29 @@ it is: the share of images the guide reads as its target while every judge reads
 2. audit (Table 3): flip the guide's decision with ``||delta||_inf <= tau`` on ``x_T``; a success, as
    the paper means it, is flipped *and* still the original digit to the judges;
 3. stylization: cross-attention weights fine-tuned toward a style the gray digits can show (bold ink);
-4. inversion: a new token learned from 16 real nines;
+4. inversion: a new token learned from real nines (``Sizes.invert_targets`` of them);
 5. (``morph`` command) the AdjointDEIS poster's morphing, with the judges' reading of each morph.
 
-Measuring returns data; :mod:`stable_diffusion.digits.report` turns it into Markdown.
+Each experiment measures first (``measure_*``: the result, the figure's rows, the raw arrays), then
+:func:`write` saves them; :mod:`stable_diffusion.digits.report` turns the result alone into Markdown.
 """
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from adjointdpm import files
+from adjointdpm.seeds import mix_seed
 from handwritten.judges import judges
 
 from .. import apps
-from ..components import SDComponents, open_model
-from ..model import decode, encode_prompt, eps_model
-from . import data, load_classifier, report
+from ..components import SDComponents
+from ..model import encode_prompt
+from . import PIPELINE, data, load_classifier, load_model, report
 from .classifier import ConvFeatures
 
 # The applications' sampler: DPM-Solver-2M on eq. 10, guidance 4 (the quality bar's), an RK4 adjoint.
@@ -58,8 +60,8 @@ class Sizes:
     audit_per_class: int = 32
     audit_candidates: int = 36
     audit_iters: int = 6
-    taus: tuple = (0.2, 0.4, 0.8)
-    curve_per_class: int = 6   # samples per class for the taus other than the paper's 0.8
+    taus: tuple = (0.2, 0.4, 0.8)  # the main tau is the paper's (PAPER_TAU) if among them, else the closest
+    curve_per_class: int = 6   # samples per class for the taus other than the main one
     style_seeds: int = 2
     style_epochs: int = 3
     style_lr: float = 3e-3
@@ -110,6 +112,27 @@ def save_arrays(path: Path, **arrays) -> None:
     np.savez_compressed(path, **out)
 
 
+@dataclass
+class Measured:
+    """What one experiment measured: ``result`` (saved as JSON: all its Markdown is made from), the
+    figure's rows (caption -> images) and the raw arrays saved beside them."""
+    result: dict
+    figure: dict
+    arrays: dict = field(default_factory=dict)
+
+
+def write(out: Path, name: str, measured: Measured, markdown=None) -> dict:
+    """The one writer of an experiment's files: ``name.json``, ``name.md`` (``markdown(result)``, from the
+    JSON's data alone; none without ``markdown``), ``name.png`` and, with arrays, ``name_images.npz``."""
+    apps.save_images(out / f"{name}.png", measured.figure)
+    if measured.arrays:
+        save_arrays(out / f"{name}_images.npz", **measured.arrays)
+    files.write_json(out / f"{name}.json", measured.result, significant=6)
+    if markdown is not None:
+        (out / f"{name}.md").write_text(markdown(measured.result))
+    return measured.result
+
+
 @dataclass(frozen=True)
 class Route:
     """One row of the vocabulary-expansion ablation: a prompt, and how its ``x_T`` is guided toward
@@ -148,7 +171,12 @@ def guide_route(comps: SDComponents, guide, route: Route, seeds, iters: int, sam
 
 def vocabulary_expansion(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler, out: Path,
                          progress: bool = True) -> dict:
-    """Table 2's analogue: guide the generic caption's ``x_T`` toward a nine (Table 2's route)."""
+    """Table 2's analogue (table2.*): guide the generic caption's ``x_T`` toward a nine (Table 2's route)."""
+    return write(out, "table2", measure_vocabulary_expansion(comps, guide, sizes, sampler, progress), report.table2)
+
+
+def measure_vocabulary_expansion(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler,
+                                 progress: bool = True) -> Measured:
     route = next(r for r in ROUTES if "(Table 2)" in r.name)
     seeds = list(range(1000, 1000 + sizes.guided_seeds))
     images = guide_route(comps, guide, route, seeds, sizes.guided_iters, sampler, progress)
@@ -160,18 +188,19 @@ def vocabulary_expansion(comps: SDComponents, guide, sizes: Sizes, sampler: apps
               "heldout_real_nines": len(data.load("heldout", [route.target])[0]), "losses": images["losses"],
               "paper_fid_change_percent": PAPER_TABLE2, "sampler": asdict(sampler)}
     real, _ = data.load("heldout", [route.target])
-    apps.save_images(out / "table2.png", {f"before (\"{route.prompt}\")": images["before"][:10],
-                                          "after guidance toward nine": images["after"][:10],
-                                          "real held-out nines": data.to_unit(real[:10])})
-    save_arrays(out / "table2_images.npz", before=images["before"], after=images["after"])
-    files.write_json(out / "table2.json", result, significant=6)
-    (out / "table2.md").write_text(report.table2(result))
-    return result
+    figure = {f"before (\"{route.prompt}\")": images["before"][:10], "after guidance toward nine": images["after"][:10],
+              "real held-out nines": data.to_unit(real[:10])}
+    return Measured(result, figure, {"before": images["before"], "after": images["after"]})
 
 
 def ablation(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler, out: Path,
              progress: bool = True) -> dict:
-    """Every route of :data:`ROUTES` on the same seeds, read by every reader."""
+    """Every route of :data:`ROUTES` on the same seeds, read by every reader (table2_ablation.*)."""
+    return write(out, "table2_ablation", measure_ablation(comps, guide, sizes, sampler, progress), report.ablation)
+
+
+def measure_ablation(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler,
+                     progress: bool = True) -> Measured:
     seeds = list(range(1000, 1000 + sizes.ablation_seeds))
     rows, grid = [], {}
     for route in ROUTES:
@@ -181,23 +210,32 @@ def ablation(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler, ou
                      **judged(images["after"], guide, route.target)})
         grid[route.name] = images["after"][:10]
     result = {"seeds": len(seeds), "iters": sizes.guided_iters, "rows": rows, "sampler": asdict(sampler)}
-    apps.save_images(out / "table2_ablation.png", grid)
-    files.write_json(out / "table2_ablation.json", result, significant=6)
-    (out / "table2_ablation.md").write_text(report.ablation(result))
-    return result
+    return Measured(result, grid)
+
+
+def main_tau(taus) -> float:
+    """The audit's main tau: the paper's if among ``taus``, else the closest (the output says it stands in)."""
+    if not taus:
+        raise ValueError("the audit needs at least one tau")
+    return min(taus, key=lambda tau: abs(tau - PAPER_TAU))
 
 
 def audit_table(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler, out: Path,
                 progress: bool = True) -> dict:
-    """Table 3's analogue: untargeted bounded-noise audit per digit, over tau. Among the flipped
-    decisions, the share each judge still reads as the digit drawn; and the KID of the clean and the
-    attacked images to the held-out real digits (do the attacked images still look like digits?)."""
+    """Table 3's analogue (table3.*): untargeted bounded-noise audit per digit, over tau. Among the
+    flipped decisions, the share each judge still reads as the digit drawn; and the KID of the clean and
+    the attacked images to the held-out real digits (do the attacked images still look like digits?)."""
+    return write(out, "table3", measure_audit(comps, guide, sizes, sampler, progress), report.table3)
+
+
+def measure_audit(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler, progress: bool = True) -> Measured:
+    tau_main = main_tau(sizes.taus)
     classes = {k: data.prompt(k) for k in range(10) if k != data.UNSEEN}
     seeds = list(range(2000, 2000 + sizes.audit_candidates))
     real = data.to_unit(data.load("heldout", list(classes))[0])
     runs = {}
     for tau in sizes.taus:  # the same candidate seeds: the smaller runs audit the first samples of the main one
-        per_class = sizes.audit_per_class if tau == PAPER_TAU else sizes.curve_per_class
+        per_class = sizes.audit_per_class if tau == tau_main else sizes.curve_per_class
         run = apps.audit(comps, guide, classes, seeds, tau=tau, iters=sizes.audit_iters, per_class=per_class,
                          sampler=sampler, progress=progress)
         images = run["images"]
@@ -221,7 +259,7 @@ def audit_table(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler,
             "success_flipped_and_original_to_every_judge":
                 float((flipped & still["every judge"]).float().mean()) if len(flipped) else None,
             "rows": per_digit, "images": images}
-    main = runs[PAPER_TAU]
+    main = runs[tau_main]
     grid = {}
     for label in list(classes)[:4]:
         mine = main["images"]["labels"] == label
@@ -229,16 +267,12 @@ def audit_table(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler,
         read = judges().read(main["images"]["attacked"][mine][:6])
         names = ", ".join(f"{data.NAMES[int(g)]}/{data.NAMES[int(j)]}"
                           for g, j in zip(main["images"]["read_as"][mine][:6], read["net"]))
-        grid[f"{data.NAMES[label]}: tau {PAPER_TAU} (guide/net judge read {names})"] = main["images"]["attacked"][mine][:6]
-    apps.save_images(out / "table3.png", grid)
-    save_arrays(out / "table3_images.npz", **{k: main["images"][k] for k in ("clean", "attacked", "labels", "read_as")})
-    result = {"tau": PAPER_TAU, "iters": sizes.audit_iters, "candidate_seeds": len(seeds),
+        grid[f"{data.NAMES[label]}: tau {tau_main} (guide/net judge read {names})"] = main["images"]["attacked"][mine][:6]
+    result = {"tau": tau_main, "paper_tau": PAPER_TAU, "iters": sizes.audit_iters, "candidate_seeds": len(seeds),
               "audit_per_class": sizes.audit_per_class, "curve_per_class": sizes.curve_per_class,
               "by_tau": {str(tau): {k: v for k, v in r.items() if k != "images"} for tau, r in runs.items()},
               "paper_success_percent": PAPER_TABLE3, "sampler": asdict(sampler)}
-    files.write_json(out / "table3.json", result, significant=6)
-    (out / "table3.md").write_text(report.table3(result))
-    return result
+    return Measured(result, grid, {k: main["images"][k] for k in ("clean", "attacked", "labels", "read_as")})
 
 
 def bold_ink(images: torch.Tensor, width: int = 5) -> torch.Tensor:
@@ -258,7 +292,12 @@ def stylization(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler,
                 progress: bool = True) -> dict:
     """Eq. 13 with the guide's convolutions as the feature network (VGG-19 cannot be downloaded here)
     toward bold ink, measured on unseen noise-prompt pairs by ink statistics, by the Gram distance in
-    the judge network's features, and by the judges' reading."""
+    the judge network's features, and by the judges' reading (stylize.json and .png)."""
+    return write(out, "stylize", measure_stylization(comps, guide, sizes, sampler, progress))
+
+
+def measure_stylization(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler,
+                        progress: bool = True) -> Measured:
     from ..nets import gram
     features = ConvFeatures(guide)
     real, _ = data.load("guide", range(9))
@@ -303,19 +342,22 @@ def stylization(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler,
               **{f"{k}_after": v for k, v in measured_after.items()},
               "style_loss_unseen_before": style_loss["before"], "style_loss_unseen_after": style_loss["after"],
               "train_losses": r["losses"], "sampler": asdict(sampler)}
-    apps.save_images(out / "stylize.png", {"style reference (bold ink)": style,
-                                           "unseen pairs, original model": before[::sizes.style_unseen][:9],
-                                           "unseen pairs, stylized model": after[::sizes.style_unseen][:9]})
-    files.write_json(out / "stylize.json", result, significant=6)
-    return result
+    return Measured(result, {"style reference (bold ink)": style,
+                             "unseen pairs, original model": before[::sizes.style_unseen][:9],
+                             "unseen pairs, stylized model": after[::sizes.style_unseen][:9]})
 
 
 def inversion(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler, out: Path,
               progress: bool = True) -> dict:
     """App. A: a new token learned from real nines, read by the judges from noises it never saw. Two
     losses: the paper's (MSE to the targets from fixed noises) and the targets' mean guide features
-    from fresh noises (what asks the token to draw nines from any noise); and, as an upper bound on
-    what any text can do, the whole conditioning optimised freely with the second loss."""
+    from fresh noises (what asks the token to draw nines from any noise); and, with more freedom than
+    any token has, the whole conditioning optimised freely with the second loss (invert.*)."""
+    return write(out, "invert", measure_inversion(comps, guide, sizes, sampler, progress), report.invert)
+
+
+def measure_inversion(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler,
+                      progress: bool = True) -> Measured:
     token = "<nine>"
     real, _ = data.load("guide", [data.UNSEEN])
     targets = data.to_unit(real[: sizes.invert_targets])
@@ -323,15 +365,15 @@ def inversion(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler, o
     eval_seeds = list(range(6000, 6000 + sizes.invert_eval))
 
     def read(prompt=None, cond=None, comps_=comps):
-        images = apps.generate(comps_, [prompt] * len(eval_seeds), eval_seeds, sampler) if cond is None else \
-            decode(comps_, sampler.run(comps_, eps_model(comps_, sampler.guidance_scale),
-                                       apps.noise(comps_, eval_seeds), cond.expand(len(eval_seeds), -1, -1), grad=False))
+        pipe = apps.Pipeline(comps_, sampler)
+        images = pipe.generate([prompt] * len(eval_seeds), eval_seeds) if cond is None else \
+            pipe.images(pipe.noise(eval_seeds), cond.expand(len(eval_seeds), -1, -1), grad=False)
         return images, judged(images, guide, data.UNSEEN)
 
     rows = {"the word \"nine\"": read(data.prompt(data.UNSEEN)), "the generic caption": read(data.GENERIC)}
     for name, features in (("token, the paper's MSE from fixed noises", None),
                            ("token, mean guide features from fresh noises", guide.embed)):
-        learner = open_model("digits", "cpu")  # the token is added to a fresh tokenizer each time
+        learner = load_model()  # the token is added to a fresh tokenizer each time
         r = apps.invert_embedding(learner, targets, seeds, token=token, init_token="<|endoftext|>",
                                   template=data.TEMPLATE, iters=sizes.invert_iters, lr=sizes.invert_lr,
                                   features=features, sampler=sampler, progress=progress)
@@ -345,13 +387,9 @@ def inversion(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler, o
               "targets": f"{len(targets)} real nines of the guide's split", "iters": sizes.invert_iters,
               "lr": sizes.invert_lr, "eval_seeds": len(eval_seeds), "chosen": chosen,
               "rows": {name: m for name, (_, m) in rows.items()}, "sampler": asdict(sampler)}
-    save_arrays(out / "invert_images.npz", samples=rows[chosen][0])
     grid = {"targets (real nines)": targets[:8]}
     grid.update({name: images[:8] for name, (images, _) in rows.items()})
-    apps.save_images(out / "invert.png", grid)
-    files.write_json(out / "invert.json", result, significant=6)
-    (out / "invert.md").write_text(report.invert(result))
-    return result
+    return Measured(result, grid, {"samples": rows[chosen][0]})
 
 
 def free_conditioning(comps: SDComponents, features, targets, seeds, sizes: Sizes, sampler: apps.Sampler,
@@ -359,15 +397,15 @@ def free_conditioning(comps: SDComponents, features, targets, seeds, sizes: Size
     """The generic caption's text embeddings, every entry optimised (AdamW) so that images from fresh noises
     have the targets' mean ``features``: more freedom than any token has."""
     from tqdm import tqdm
-    model = eps_model(comps, sampler.guidance_scale)
+    pipe = apps.Pipeline(comps, sampler)
     with torch.no_grad():
-        cond = encode_prompt(comps, [data.GENERIC]).requires_grad_()
+        cond = pipe.encode([data.GENERIC]).requires_grad_()
         target = features(targets).mean(0)
     opt = torch.optim.AdamW([cond], lr=sizes.invert_lr, weight_decay=0.0)
     losses = []
     for step in tqdm(range(sizes.invert_iters), desc="free conditioning", disable=not progress):
-        x_T = apps.noise(comps, [int(s) * 1_000_003 + step + 1 for s in seeds])
-        loss = ((features(decode(comps, sampler.run(comps, model, x_T, cond.expand(len(seeds), -1, -1)))).mean(0)
+        x_T = pipe.noise([mix_seed(s, step + 1) for s in seeds])
+        loss = ((features(pipe.images(x_T, cond.expand(len(seeds), -1, -1))).mean(0)
                  - target) ** 2).sum()
         opt.zero_grad()
         loss.backward()
@@ -376,7 +414,7 @@ def free_conditioning(comps: SDComponents, features, targets, seeds, sizes: Size
     return cond.detach(), losses
 
 
-def run_all(out: Path, quick: bool = False, progress: bool = True, model: str = "digits") -> str:
+def run_all(out: Path, quick: bool = False, progress: bool = True, model=PIPELINE) -> str:
     """Every experiment on the committed digits model; returns the summary (also ``README.md`` in ``out``)."""
     sizes, out = (QUICK if quick else Sizes()), Path(out)
     sampler = replace(SAMPLER, steps=4) if quick else SAMPLER
@@ -385,21 +423,21 @@ def run_all(out: Path, quick: bool = False, progress: bool = True, model: str = 
     results = {}
     for name, experiment in (("table2", vocabulary_expansion), ("table3", audit_table), ("stylize", stylization),
                              ("invert", inversion)):
-        comps = open_model(model, "cpu")  # fresh weights and tokenizer for each experiment
+        comps = load_model(model)  # fresh weights and tokenizer for each experiment
         results[name] = experiment(comps, guide, sizes, sampler, out, progress)
     text = report.summary(results)
     (out / "README.md").write_text(text)
     return text
 
 
-def run_ablation(out: Path, quick: bool = False, progress: bool = True, model: str = "digits") -> str:
+def run_ablation(out: Path, quick: bool = False, progress: bool = True, model=PIPELINE) -> str:
     sizes, out = (QUICK if quick else Sizes()), Path(out)
     sampler = replace(SAMPLER, steps=4) if quick else SAMPLER
-    result = ablation(open_model(model, "cpu"), load_classifier(), sizes, sampler, out, progress)
+    result = ablation(load_model(model), load_classifier(), sizes, sampler, out, progress)
     return report.ablation(result)
 
 
-def morph_table(comps: SDComponents, guide, out: Path, pairs: int = 16, iters: int = 60, lr: float = 0.1,
+def morph_heldout(comps: SDComponents, guide, out: Path, pairs: int = 16, iters: int = 60, lr: float = 0.1,
                 steps: int = 10, seed: int = 0, progress: bool = True) -> dict:
     """The poster's Table 1 on the digits model: pairs of real held-out digits of two different
     classes (the identities), F the guide's penultimate features, the threshold at 0.1 % FMR over

@@ -3,9 +3,11 @@
 32x32), read by the guide (the digit classifier) and by both independent judges
 (:mod:`handwritten.judges`), and compared with held-out real digits by judge-FID and KID.
 
-The bar: every reader recognises the prompted digit in at least 90 % of the samples of each digit
-zero to eight; "a handwritten digit nine" draws no nines (the model never saw the word with an
-image); the generic caption "a handwritten digit" draws every digit, nines among them.
+The output says whether the bar is met (every reader recognises the prompted digit in at least
+:data:`BAR` of the samples of each digit zero to eight) and how often "a handwritten digit nine" (a
+word the model never saw with an image) and the generic caption "a handwritten digit" are drawn as
+nines. Measuring (:func:`evaluate`) returns data; :func:`stable_diffusion.digits.report.quality`
+turns it into Markdown.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 
 from adjointdpm import files
 
-from . import data
+from . import data, report
 
 BAR = 0.9
 
@@ -77,35 +79,7 @@ def evaluate(pipe, classifier, n: int = 64, seed: int = 0, steps: int = 20, guid
 def write(result: dict, grids: dict, out: Path) -> str:
     from ..apps.common import save_images
     out.mkdir(parents=True, exist_ok=True)
-    readers = list(result["rows"][0]["read_as"])
-    lines = ["| prompt | " + " | ".join(f"{who} reads it" for who in readers) + " | the net judge reads | "
-             "judge-FID / KID to held-out real | real train vs held-out |", "|---|" + "---|" * (len(readers) + 3)]
-    for r in result["rows"]:
-        counts = r["read_as"]["net"]
-        read = ", ".join(f"{data.NAMES[k]} {c}" for k, c in sorted(enumerate(counts), key=lambda kc: -kc[1]) if c)
-        if r["digit"] is None:
-            shares = " | ".join("-" for _ in readers)
-            fid = floor = "-"
-        else:
-            shares = " | ".join(f"{100 * r['recognised'][who]:.0f}%" for who in readers)
-            fid = f"{r['judge_fid']:.2f} / {r['judge_kid']:.3f}"
-            floor = f"{r['judge_fid_real_train_vs_heldout']:.2f} / {r['judge_kid_real_train_vs_heldout']:.3f}"
-        note = " (never named in training)" if r["digit"] == data.UNSEEN else " (generic caption)" if r["digit"] is None else ""
-        lines.append(f"| {r['prompt']}{note} | {shares} | {read} | {fid} | {floor} |")
-    n = result["rows"][0]["samples"]
-    text = (f"# Does the digits model draw the prompted digit?\n\n{result['sampler']}; {n} samples per prompt, read "
-            "by the guide (the digit classifier that guided sampling and the audit differentiate through) and by the "
-            "two judges that never guide (handwritten.judges: an SVC on the 8x8 pixels, a LeNet-5 trained on other "
-            "digits). Judge-FID and KID in the LeNet's 84-d features against the held-out real digits of the class "
-            f"(about {sum(r.get('heldout_real', 0) for r in result['rows']) // 10} per digit, so the floor is not 0)."
-            "\n\n" + "\n".join(lines) +
-            f"\n\nBar: every reader recognises at least {100 * BAR:.0f}% of each digit zero to eight: "
-            f"{'met' if result['meets_bar'] else 'NOT met'} (lowest: "
-            + ", ".join(f"{who} {100 * v:.0f}%" for who, v in result["lowest_recognised_named"].items()) + "). "
-            "\"a handwritten digit nine\" is drawn as a nine by "
-            + ", ".join(f"{who} {100 * v:.0f}%" for who, v in result["nine_prompt_drawn_as_nine"].items())
-            + f" of the time; the generic caption \"{data.GENERIC}\" draws nines in "
-            + ", ".join(f"{who} {100 * v:.0f}%" for who, v in result["generic_drawn_as_nine"].items()) + ".\n")
+    text = report.quality(result)
     (out / "quality.md").write_text(text)
     files.write_json(out / "quality.json", result, significant=6)
     save_images(out / "quality.png", grids)

@@ -3,6 +3,8 @@ number in a table or sentence here is read from the result it describes, so a re
 outcomes writes other words, never a claim its numbers contradict."""
 from __future__ import annotations
 
+from adjointdpm.report import markdown_table
+
 from . import data
 
 READERS = ("guide", "judge_svc", "judge_net")
@@ -11,13 +13,6 @@ READER_NAMES = {"guide": "guide", "judge_svc": "SVC judge", "judge_net": "LeNet 
 
 def pct(value) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    """A Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _reads(result: dict, name: str, suffix: str = "") -> list[str]:
@@ -45,7 +40,7 @@ def table2(r: dict) -> str:
             f"({r['sampler']['steps']} DPM-Solver-2M steps, guidance {r['sampler']['guidance_scale']}). Read by the "
             "guide and by two judges trained on other images (handwritten.judges). Judge-FID and KID: the LeNet "
             f"judge's 84-d features against the {r['heldout_real_nines']} held-out real nines (the paper: "
-            "Inception FID against Stanford Dogs).\n\n" + table(header, rows) + "\n\n"
+            "Inception FID against Stanford Dogs).\n\n" + markdown_table(header, rows) + "\n\n"
             f"Images: table2.png; raw arrays (float32, N x 32 x 32 x 3 in [0, 1]): table2_images.npz. How each "
             "route and restraint does: table2_ablation.md.\n")
 
@@ -58,12 +53,20 @@ def ablation(r: dict) -> str:
         name = data.NAMES[row["target"]]
         rows.append([row["route"], name] + _reads(row, name) + [pct(row["adversarial_rate"]),
                                                                 f"{row['judge_fid']:.3f}", f"{row['judge_kid']:.4f}"])
-    return ("# Table 2's routes: what makes guided nines that the judges read as nines\n\n"
+    return ("# Table 2's routes side by side: how often each reader reads the target\n\n"
             f"{r['seeds']} seeds each (the same seeds in every row), {r['iters']} steps on x_T, gradients through the "
             f"adjoint ({r['sampler']['steps']} DPM-Solver-2M steps, guidance {r['sampler']['guidance_scale']}). "
             "\"Not guided\" rows are the prompts' own samples. Adversarial: the guide reads the target while every "
             "judge reads something else. Judge-FID and KID in the LeNet judge's features against the held-out real "
-            "images of the target.\n\n" + table(header, rows) + "\n\nThe images, ten per route: table2_ablation.png.\n")
+            "images of the target.\n\n" + markdown_table(header, rows)
+            + "\n\nThe images, ten per route: table2_ablation.png.\n")
+
+
+def stand_in(r: dict) -> str:
+    """Nothing when the audit's main tau is the paper's; else which tau it stands in for."""
+    if r["tau"] == r["paper_tau"]:
+        return ""
+    return f", standing in for the paper's {r['paper_tau']} (not among the taus run)"
 
 
 def table3(r: dict) -> str:
@@ -93,12 +96,12 @@ def table3(r: dict) -> str:
             "class but flips the classifier: a success here is a flipped decision on an image that both judges "
             "(which never guided the attack) still read as the digit drawn. Pixel change: the mean absolute "
             "difference between the clean and the attacked image, in [0, 1]. KID in the LeNet judge's features against "
-            "the held-out real digits zero to eight: how far each set is from real digits (the judges were trained on "
-            "clean scans, so an image far from them is read less reliably).\n\n"
-            f"At the paper's tau = {r['tau']}:\n\n" + table(header, rows) +
+            "the held-out real digits zero to eight: how far each set is from real digits.\n\n"
+            + (f"At tau = {r['tau']}{stand_in(r)}" if stand_in(r) else f"At the paper's tau = {r['tau']}")
+            + ":\n\n" + markdown_table(header, rows) +
             f"\n\nOver tau (the taus other than {r['tau']} on the first {r['curve_per_class']} audited samples of each "
-            "digit):\n\n" + table(curve_header, curve) +
-            f"\n\nPaper (ImageNet diffusion model + ResNet-50, tau = 0.8, success = flipped): {paper}.\n\n"
+            "digit):\n\n" + markdown_table(curve_header, curve) +
+            f"\n\nPaper (ImageNet diffusion model + ResNet-50, tau = {r['paper_tau']}, success = flipped): {paper}.\n\n"
             "Images: table3.png; raw arrays: table3_images.npz (clean, attacked, labels = the digit drawn, "
             "read_as = the guide's decision after the attack).\n")
 
@@ -114,8 +117,8 @@ def summary(results: dict) -> str:
             f"{pct(t2['guide_reads_nine_before'])} -> {pct(t2['guide_reads_nine_after'])}); adversarial "
             f"{pct(t2['adversarial_rate_after'])}; judge-FID to real nines {t2['judge_fid_change_percent']:+.1f}% "
             f"(paper, dogs: {t2['paper_fid_change_percent']['AdjointDPM']:+.1f}%).\n"
-            f"- Audit (table3.md), tau = {t3['tau']}: the guide's decision flipped on {pct(main3['rate'])} of correctly "
-            f"drawn digits; flipped and still the digit to every judge (the paper's success): "
+            f"- Audit (table3.md), tau = {t3['tau']}{stand_in(t3)}: the guide's decision flipped on "
+            f"{pct(main3['rate'])} of correctly drawn digits; flipped and still the digit to every judge (the paper's success): "
             f"{pct(main3['success_flipped_and_original_to_every_judge'])} (paper: "
             f"{t3['paper_success_percent']['average (10 classes)']}%).\n"
             f"- Stylization (stylize.png): inked share of unseen samples {pct(st['inked_share_before'])} -> "
@@ -142,5 +145,39 @@ def invert(r: dict) -> str:
             f"in {r['iters']} AdamW steps (lr {r['lr']}), then drawn from {r['eval_seeds']} noises it never saw. The "
             "paper's loss fits the images from fixed noises to the targets; the second loss matches the mean of the "
             "guide's features of images from fresh noises to the targets'. The last row optimises the whole "
-            "conditioning (every text embedding) with the second loss: what no token can exceed.\n\n"
-            + table(header, rows) + "\n")
+            "conditioning (every text embedding) with the second loss and as many steps: more freedom than a token "
+            "has, though not a bound on what a token reaches.\n\n"
+            + markdown_table(header, rows) + "\n")
+
+
+def quality(r: dict) -> str:
+    """``quality.md`` from the result of :func:`stable_diffusion.digits.quality.evaluate`."""
+    readers = list(r["rows"][0]["read_as"])
+    header = ["prompt", *(f"{who} reads it" for who in readers), "the net judge reads",
+              "judge-FID / KID to held-out real", "real train vs held-out"]
+    rows = []
+    for row in r["rows"]:
+        counts = row["read_as"]["net"]
+        read = ", ".join(f"{data.NAMES[k]} {c}" for k, c in sorted(enumerate(counts), key=lambda kc: -kc[1]) if c)
+        if row["digit"] is None:
+            shares, fid, floor = ["-"] * len(readers), "-", "-"
+        else:
+            shares = [f"{100 * row['recognised'][who]:.0f}%" for who in readers]
+            fid = f"{row['judge_fid']:.2f} / {row['judge_kid']:.3f}"
+            floor = f"{row['judge_fid_real_train_vs_heldout']:.2f} / {row['judge_kid_real_train_vs_heldout']:.3f}"
+        note = (" (never named in training)" if row["digit"] == data.UNSEEN else
+                " (generic caption)" if row["digit"] is None else "")
+        rows.append([row["prompt"] + note, *shares, read, fid, floor])
+    held = [row["heldout_real"] for row in r["rows"] if row["digit"] is not None]
+    shares = lambda key: ", ".join(f"{who} {100 * v:.0f}%" for who, v in r[key].items())  # noqa: E731
+    return (f"# Does the digits model draw the prompted digit?\n\n{r['sampler']}; {r['rows'][0]['samples']} samples "
+            "per prompt, read by the guide (the digit classifier that guided sampling and the audit differentiate "
+            "through) and by the two judges that never guide (handwritten.judges: an SVC on the 8x8 pixels, a LeNet-5 "
+            "trained on other digits). Judge-FID and KID in the LeNet's 84-d features against the held-out real "
+            f"digits of the class ({min(held)} to {max(held)} per digit); the last column compares the real training "
+            "digits of the class with the same held-out ones: the floor at these sample sizes.\n\n"
+            + markdown_table(header, rows) +
+            f"\n\nBar: every reader recognises at least {100 * r['bar']:.0f}% of each digit zero to eight: "
+            f"{'met' if r['meets_bar'] else 'NOT met'} (lowest: {shares('lowest_recognised_named')}). "
+            f"\"{data.prompt(data.UNSEEN)}\" is drawn as a nine by {shares('nine_prompt_drawn_as_nine')} of the "
+            f"time; the generic caption \"{data.GENERIC}\" draws nines in {shares('generic_drawn_as_nine')}.\n")

@@ -82,6 +82,10 @@ def test_training_loss_falls_and_an_interrupted_run_resumes_to_the_same_weights(
         a = getattr(open_model(tmp_path / "full" / "pipeline", "cpu"), part).state_dict()
         b = getattr(open_model(tmp_path / "cut" / "pipeline", "cpu"), part).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), part
+    # the same weights, the same exported recipe: its times are in the training folder's timing.json
+    assert (tmp_path / "cut" / "pipeline" / "recipe.json").read_text() == \
+        (tmp_path / "full" / "pipeline" / "recipe.json").read_text()
+    assert json.loads((tmp_path / "cut" / "timing.json").read_text())["seconds"] > 0
     with pytest.raises(ValueError, match="holds work made with other settings: seed=0 \\(now 1\\); give another"):
         digits_train.train(tmp_path / "full", dataclasses.replace(recipe, seed=1), progress=False)
 
@@ -103,7 +107,8 @@ def test_committed_pipeline_loads_with_diffusers_and_ours():
         theirs = pipe.unet(x, comps.schedule.model_time(t), encoder_hidden_states=ours).sample
         assert torch.allclose(eps_model(comps, 1.0)(x, t, ours), theirs, atol=1e-6)
     recipe = json.loads((PIPELINE / "recipe.json").read_text())
-    assert recipe["classifier"]["heldout_accuracy"] >= 0.97 and recipe["seconds"] < 20 * 60
+    assert recipe["classifier"]["heldout_accuracy"] >= 0.97
+    assert "seconds" not in json.dumps(recipe)  # run times stay out of tracked files: a rerun rewrites the same recipe
 
 
 def test_training_noising_and_exported_betas_are_the_schedule_s(tmp_path):

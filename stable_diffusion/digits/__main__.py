@@ -62,7 +62,7 @@ def main(argv=None):
             from .train import Recipe, train
             record = train(args.out, Recipe(seed=args.seed), args.export, progress=not args.no_progress,
                            command="python -m stable_diffusion.digits " + shlex.join(argv))
-            print(f"trained in {record['seconds'] / 60:.1f} min; classifier held-out accuracy "
+            print(f"trained in {record['timing']['seconds'] / 60:.1f} min; classifier held-out accuracy "
                   f"{100 * record['classifier']['heldout_accuracy']:.1f}%; pipeline in {args.export or args.out / 'pipeline'}")
         elif args.command == "quality":
             from . import load_classifier

@@ -179,9 +179,10 @@ def train(out: Path, recipe: Recipe = Recipe(), export: Path | None = None, prog
           command: str = "stable_diffusion.digits.train.train()", checkpoint_every: int = 100) -> dict:
     """Train all three stages in ``out`` (resuming whatever is there) and write the pipeline
     to ``export`` (default ``out/pipeline``), the classifier beside it, and ``recipe.json``:
-    the command, the recipe, each stage's final loss and seconds (``seconds``: the training
-    steps' time summed over every run that contributed; ``wall_seconds_of_last_run``: this
-    call's, set-up and export included)."""
+    the command, the recipe, each stage's final loss. The times differ on every run, so they go to
+    ``out/timing.json`` (untracked) and the returned record's ``timing``, not into the exported
+    recipe: each stage's training steps summed over every run that contributed, their total
+    (``seconds``), and ``wall_seconds_of_last_run`` (this call's, set-up and export included)."""
     from safetensors.torch import save_file
     start = time.perf_counter()
     out = Path(out)
@@ -194,11 +195,12 @@ def train(out: Path, recipe: Recipe = Recipe(), export: Path | None = None, prog
     export = Path(export or out / "pipeline")
     save_pipeline(comps, export)
     save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, export.parent / CLASSIFIER_FILE)
-    record = {"command": command, "recipe": asdict(recipe),
-        "classifier": record_classifier, "vae": record_vae, "unet": record_unet,
-        "seconds": record_classifier["seconds"] + record_vae["seconds"] + record_unet["seconds"],
-        "wall_seconds_of_last_run": time.perf_counter() - start,
-        "threads": torch.get_num_threads(), "torch": torch.__version__}
+    stages = {"classifier": record_classifier, "vae": record_vae, "unet": record_unet}
+    timing = {name: stage.pop("seconds") for name, stage in stages.items()}
+    timing.update(seconds=sum(timing.values()), wall_seconds_of_last_run=time.perf_counter() - start)
+    record = {"command": command, "recipe": asdict(recipe), **stages,
+              "threads": torch.get_num_threads(), "torch": torch.__version__}
     files.write_json(export / "recipe.json", record, significant=6)
-    return record
+    files.write_json(out / "timing.json", timing, significant=6)
+    return {**record, "timing": timing}
 

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from adjointdpm.report import markdown_table
+
 from ..components import SDComponents
 from ..nets import check_target
 from .common import Pipeline, Sampler, percent, save_images, write_result
@@ -86,13 +88,18 @@ def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, ta
             mine = labels == label
             grid[f"class {label} clean"], grid[f"class {label} attacked"] = clean[mine][:6], attacked[mine][:6]
         save_images(out / "audit.png", {k: v for k, v in grid.items() if len(v)} or {"none audited": clean[:0]})
-        lines = ["| class | prompt | seeds | audited (labelled correctly) | decision changed | rate | mean pixel change |",
-                 "|---|---|---|---|---|---|---|"]
-        change = lambda r: "-" if r["image_change"] is None else f"{r['image_change']:.3f}"  # noqa: E731
-        lines += [f"| {r['label']} | {r['prompt']} | {r['seeds']} | {r['audited']} | {r['changed']} | "
-                  f"{percent(r['rate'])} | {change(r)} |" for r in rows]
-        (out / "audit.md").write_text(f"# Audit: ||delta||_inf <= {tau}, "
-                                      f"{'untargeted' if target is None else f'target {target}'}\n\n"
-                                      + "\n".join(lines) + "\n")
+        (out / "audit.md").write_text(markdown(result))
         write_result(out, "audit", result)
     return result
+
+
+def markdown(result: dict) -> str:
+    """``audit.md``: one row per class, from the result's data alone."""
+    change = lambda r: "-" if r["image_change"] is None else f"{r['image_change']:.3f}"  # noqa: E731
+    table = markdown_table(
+        ["class", "prompt", "seeds", "audited (labelled correctly)", "decision changed", "rate", "mean pixel change"],
+        [[r["label"], r["prompt"], r["seeds"], r["audited"], r["changed"], percent(r["rate"]), change(r)]
+         for r in result["rows"]])
+    target = result["target"]
+    return (f"# Audit: ||delta||_inf <= {result['tau']}, {'untargeted' if target is None else f'target {target}'}"
+            f"\n\n{table}\n")

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from adjointdpm import AdjointDEIS, files, sample
+from adjointdpm.report import markdown_table
 from adjointdpm.noise import slerp
 
 from ..components import SDComponents
@@ -117,27 +118,33 @@ def morph_table(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tens
         real = float(cosine(F, a, b).mean())
     result = {"pairs": len(a), "iters": iters, "lr": lr, "steps": steps, "threshold": threshold, "fmr": 1e-3,
               "mean_similarity_of_the_references": real, "rows": rows, **(record or {})}
-    judged = list(rows[0]["judged"])
-    lines = ["| attack | NFE per morph | MMPMR (ours) | mean cos to a / b | " + "".join(f"{c} | " for c in judged)
-             + "poster MMPMR (AdaFace / ArcFace / ElasticFace), NFE |", "|---|---|---|---|" + "---|" * len(judged) + "---|"]
-    for row in rows:
-        mmpmr = "-" if row["mmpmr"] is None else f"{100 * row['mmpmr']:.1f}%"
-        cells = "".join(" / ".join(f"{100 * v:.0f}%" for v in row["judged"][c]) + " | " for c in judged)
-        lines.append(f"| {row['attack']} | {row['nfe']} | {mmpmr} | {row['mean_similarity_a']:.3f} / "
-                     f"{row['mean_similarity_b']:.3f} | {cells}{' / '.join(f'{v:.2f}' for v in row['poster'])}, "
-                     f"{row['poster_nfe']} |")
-    success = ("no threshold given, so no MMPMR" if threshold is None else
-               f"a morph succeeds when F matches it to both at cos >= {threshold:.3f}")
-    text = (f"# Morphing (AdjointDEIS poster, Table 1)\n\n{len(a)} pairs {what}; {success} (the references "
-            f"themselves have mean cos {real:.3f}). DiM: DDIM-encode both with their prompts ({steps} steps, guidance "
-            f"1), slerp the noises, average the prompt embeddings, decode. Optimised: {iters} AdamW steps (lr {lr}) "
-            "on (x_T, c); ODE with AdjointDEIS-1, SDE (sde-dpm1) with AdjointDEIS-1's rule on the stored SDE path. "
-            "The poster's numbers are on faces, beside for their ordering only.\n\n" + "\n".join(lines) + "\n")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "morph.md").write_text(text)
+    (out / "morph.md").write_text(markdown(result, what))
     files.write_json(out / "morph.json", result, significant=6)
     save_images(out / "morph.png", grid)
     return result
+
+
+def markdown(result: dict, what: str = "") -> str:
+    """``morph.md``: the table of :func:`morph_table`'s result, from its data alone."""
+    rows, threshold = result["rows"], result["threshold"]
+    judged = list(rows[0]["judged"])
+    percent = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    table = markdown_table(
+        ["attack", "NFE per morph", "MMPMR (ours)", "mean cos to a / b", *judged,
+         "poster MMPMR (AdaFace / ArcFace / ElasticFace), NFE"],
+        [[row["attack"], row["nfe"], percent(row["mmpmr"]),
+          f"{row['mean_similarity_a']:.3f} / {row['mean_similarity_b']:.3f}",
+          *(" / ".join(f"{100 * v:.0f}%" for v in row["judged"][c]) for c in judged),
+          f"{' / '.join(f'{v:.2f}' for v in row['poster'])}, {row['poster_nfe']}"] for row in rows])
+    success = ("no threshold given, so no MMPMR" if threshold is None else
+               f"a morph succeeds when F matches it to both at cos >= {threshold:.3f}")
+    return (f"# Morphing (AdjointDEIS poster, Table 1)\n\n{result['pairs']} pairs {what}; {success} (the references "
+            f"themselves have mean cos {result['mean_similarity_of_the_references']:.3f}). DiM: DDIM-encode both "
+            f"with their prompts ({result['steps']} steps, guidance 1), slerp the noises, average the prompt "
+            f"embeddings, decode. Optimised: {result['iters']} AdamW steps (lr {result['lr']}) on (x_T, c); ODE with "
+            "AdjointDEIS-1, SDE (sde-dpm1) with AdjointDEIS-1's rule on the stored SDE path. The poster's numbers "
+            f"are on faces, beside for their ordering only.\n\n{table}\n")
 
 
 def embedding(classifier: torch.nn.Module) -> Callable:

@@ -18,7 +18,9 @@ from .components import SDComponents
 class LatentEps(nn.Module):
     """``model(x, t, cond)``: epsilon over latents ``x`` at continuous ``t`` with prompt
     embeddings ``cond`` of shape ``(batch, tokens, dim)``. The UNet may run in half
-    precision; inputs and outputs keep the latents' dtype."""
+    precision; inputs and outputs keep the latents' dtype. A half-precision UNet whose trained
+    parameters were upcast to float32 (as diffusers' ``cast_training_params``) runs under autocast
+    in its half dtype, so the float32 parameters take part in every op and keep their small updates."""
 
     def __init__(self, unet: nn.Module, schedule: VPSchedule, prediction_type: str = "epsilon"):
         super().__init__()
@@ -28,9 +30,11 @@ class LatentEps(nn.Module):
     def forward(self, x, t, cond):
         if cond is None:
             raise ValueError("Stable Diffusion needs prompt embeddings as cond")
-        dtype = self.unet.dtype
+        dtypes = {p.dtype for p in self.unet.parameters()}
+        dtype = min(dtypes, key=lambda d: torch.finfo(d).bits)  # the half dtype of a partly upcast UNet
         timestep = self.schedule.model_time(t)  # in the solve's dtype, not the UNet's: fp16 spacing is 0.5 near 999
-        out = self.unet(x.to(dtype), timestep, encoder_hidden_states=cond.to(dtype)).sample
+        with torch.autocast(x.device.type, dtype=dtype, enabled=len(dtypes) > 1):
+            out = self.unet(x.to(dtype), timestep, encoder_hidden_states=cond.to(dtype)).sample
         out = out.to(x.dtype)
         if self.prediction_type == "v_prediction":  # v = alpha eps - sigma x_0  =>  eps = sigma x_t + alpha v
             shape = (-1,) + (1,) * (x.dim() - 1)

@@ -50,7 +50,7 @@ def test_unet_sees_interpolated_timesteps_and_v_prediction_converts(comps):
         alpha, sigma = schedule.alpha(t).view(-1, 1, 1, 1), schedule.sigma(t).view(-1, 1, 1, 1)
         x_0 = (sample - sigma * eps_true) / alpha
         return mock.Mock(sample=alpha * eps_true - sigma * x_0)
-    unet = mock.Mock(side_effect=fake_unet, dtype=torch.float64)
+    unet = mock.Mock(side_effect=fake_unet, dtype=torch.float64, parameters=lambda: iter([torch.zeros(1, dtype=torch.float64)]))
     model = LatentEps(unet, comps.schedule, "v_prediction")
     out = model(x, t, torch.zeros(2, 77, 16, dtype=torch.float64))
     assert torch.allclose(seen[0], torch.tensor([499.5, 249.0], dtype=torch.float64))  # N t - 1, not rounded
@@ -158,6 +158,23 @@ def test_stylize_resumes_and_saves_a_loadable_unet(tmp_path):
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "part" / "unet", local_files_only=True)
     trained = apps.cross_attention_parameters(resumed.unet)
     assert all(torch.equal(p, trained[n]) for n, p in apps.cross_attention_parameters(unet).items())
+
+
+def test_stylize_upcasts_only_the_trained_weights_of_a_half_precision_unet(tmp_path):
+    """As diffusers' cast_training_params: the trained cross-attention weights train in float32, the rest of
+    the UNet stays in half precision (bfloat16: what CPU autocast runs), and the loss still falls."""
+    vgg = load_vgg19(_vgg_file(tmp_path / "vgg.pth"))
+    style = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    comps = tiny_components(sample_size=8)
+    comps.unet.to(torch.bfloat16)
+    before = {n: p.float().clone() for n, p in apps.cross_attention_parameters(comps.unet).items()}
+    r = apps.stylize(comps, vgg, style, prompts=["a house"], seeds=[0], lr=1e-3, sampler=FAST, progress=False,
+                     epochs=3, out=tmp_path / "half")
+    trained = apps.cross_attention_parameters(comps.unet)
+    assert {p.dtype for p in trained.values()} == {torch.float32}
+    assert {p.dtype for n, p in comps.unet.named_parameters() if n not in trained} == {torch.bfloat16}
+    assert all((p - before[n]).abs().max() > 0 for n, p in trained.items())
+    assert r["losses"][-1] < r["losses"][0]
 
 
 def test_stylize_lora_resumes_and_loads_through_diffusers(tmp_path):

@@ -96,13 +96,14 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
     mine = list(range(rank, len(pairs), world))
     if not mine:
         raise ValueError(f"{len(pairs)} noise-prompt pairs for {world} processes: give at least one per process")
-    comps.unet.float()  # AdamW on half-precision weights loses the small updates
     settings = {"unet": files.fingerprint(comps.unet), "features": files.fingerprint(features),
                 "style": files.fingerprint(style_image), "prompts": list(prompts), "seeds": list(map(int, seeds)),
                 "lr": lr, "w_style": w_style, "w_content": w_content, "sampler": asdict(sampler), "processes": world}
     if lora_rank is not None:  # a new key only when used: folders made before LoRA keep resuming
         settings["lora_rank"] = lora_rank
     params = add_lora(comps.unet, lora_rank) if lora_rank else cross_attention_parameters(comps.unet)
+    for p in params.values():  # AdamW on half-precision weights loses the small updates: the trained ones
+        p.data = p.data.float()  # alone go to float32, as diffusers' cast_training_params (LatentEps autocasts)
     files.claim(out, settings, "stylization folder")
     with files.exclusive(out, f".lock.{rank}"):
         pipe = Pipeline(comps, sampler)

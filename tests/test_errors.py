@@ -67,6 +67,8 @@ def test_strategy_arguments():
         Adjoint(states="keep")
     with pytest.raises(ValueError, match="states must be"):
         AdjointDEIS(states="keep")
+    with pytest.raises(ValueError, match="its solver must be an ODE rule"):
+        Adjoint(solver="sde-dpm1")
     with pytest.raises(TypeError):  # the reference routes solve on the forward grid: nothing to choose
         TorchdiffeqAdjoint(steps=8)
     with pytest.raises(ValueError, match="order must be 1 or 2"):

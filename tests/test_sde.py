@@ -58,7 +58,8 @@ def test_one_step_is_sde_dpm_solver_1_in_x():
 def test_the_same_seed_gives_the_same_sample_under_every_strategy():
     x_T = noise(4)
     ref = sample(gaussian(), x_T, SCHED, steps=6, **SDE)
-    for strategy in (Backprop(), Checkpoint(), Adjoint(), Adjoint(states="reuse"), AdjointDEIS(1)):
+    for strategy in (Backprop(), Checkpoint(), Adjoint(), Adjoint(states="reuse"), AdjointDEIS(1),
+                     AdjointDEIS(1, states="reuse")):
         assert torch.equal(sample(gaussian(), x_T.clone().requires_grad_(), SCHED, steps=6, gradient=strategy, **SDE),
                            ref)
     assert not torch.allclose(sample(gaussian(), x_T, SCHED, steps=6, solver="sde-dpm1", noise_seed=8), ref)
@@ -116,8 +117,35 @@ def test_adjoint_on_stored_states_equals_the_reintegrated_one_for_a_gaussian():
         h, _, _ = grads(Adjoint(steps=n, solver="rk4"), n)
         for k in g:
             assert torch.allclose(g[k], h[k], rtol=1e-9, atol=1e-15), k
+        d, _, _ = grads(AdjointDEIS(1, states="reuse"), n)  # the poster's AdjointDEIS-1 on the sampled path
+        e, _, _ = grads(AdjointDEIS(1, steps=n), n)
+        for k in d:
+            assert torch.allclose(d[k], e[k], rtol=1e-9, atol=1e-15), k
         errors.append(rel(g["x_T"], ref["x_T"]))
     assert all(s > 3.7 for s in slopes(errors)), errors
+
+
+def test_sde_dynamics_double_the_drift_and_undo_their_noise_backwards():
+    """The SDE's three parts (adjointdpm.dynamics): the drift 2F; after each forward step its Brownian
+    increment; and a backward of twice the steps subtracting, at every forward grid point, the increment of
+    the forward step it enters, so it returns to the start. The ODE has none of them."""
+    from adjointdpm.brownian import BrownianPath
+    from adjointdpm.dynamics import ODE, SDE
+    z0 = torch.randn(2, 3, dtype=torch.float64)
+    sde = SDE(BrownianPath(3, [1.0, 0.5, 0.2, 0.1], z0))
+    assert torch.equal(sde.drift(lambda z, s: z * s)(z0, 0.5), z0)
+    add, z = sde.after_step(), (z0,)
+    for i in range(3):
+        z = add(i, z)
+    undo = sde.reverse(6)
+    for j in range(6):
+        z = undo(j, z)
+    torch.testing.assert_close(z[0], z0, rtol=0, atol=1e-15)
+    assert not torch.allclose(add(0, (z0,))[0], z0)
+    with pytest.raises(ValueError, match="a multiple of the forward's 3"):
+        sde.reverse(4)
+    ode = ODE()
+    assert ode.after_step() is None and ode.reverse(7) is None and ode.drift(abs) is abs
 
 
 def _mlp(seed=0):

@@ -160,8 +160,9 @@ class Adjoint(Gradient):
 
     def __init__(self, steps: int | None = None, solver: str | None = None, *, states: str = "reintegrate"):
         steps = None if steps is None else as_steps(steps, "Adjoint steps")
-        if solver is not None:
-            make_method(solver)  # validates the name
+        if solver is not None and make_method(solver).stochastic:  # make_method validates the name
+            raise ValueError(f"the adjoint is an ODE, also behind an SDE sampler: its solver must be an ODE rule, "
+                             f"got {solver!r}")
         if states not in ("reintegrate", "reuse"):
             raise ValueError(f"Adjoint states must be 'reintegrate' or 'reuse', got {states!r}")
         self.steps, self.solver, self.states = steps, solver, states
@@ -169,24 +170,24 @@ class Adjoint(Gradient):
     def __repr__(self):
         return f"Adjoint(steps={self.steps}, solver={self.solver!r}, states={self.states!r})"
 
-    def _plan(self, problem: Problem) -> tuple[Method, torch.Tensor]:
-        """The backward's rule and grid for ``problem``: every refusal that needs the problem is here."""
+    def _plan(self, problem: Problem) -> tuple[Method, torch.Tensor, object]:
+        """The backward's rule, grid and restart for ``problem``: every refusal that needs the problem is here
+        (the last one the dynamics': an SDE re-solved backwards must land on every forward grid point)."""
         times, forward_steps = problem.times, len(problem.times) - 1
         if self.steps is not None and self.steps != forward_steps:
             if self.states == "reuse":
                 raise ValueError("Adjoint(states='reuse') integrates on the forward grid: leave steps=None "
                                  f"or set it to the forward steps ({forward_steps})")
             times = problem.make_times(self.steps)
-        if self.solver is None:
-            return problem.method, times
-        method = make_method(self.solver, problem.rtol, problem.atol)
+        method = problem.method if self.solver is None else make_method(self.solver, problem.rtol, problem.atol)
         if method.exponential and not problem.space.exponential:
             raise ValueError(f"adjoint solver {self.solver!r} is an exponential integrator: it needs space='reparam'")
-        return method, times
+        # before each backward step, y restarts from the stored state or is re-solved as the dynamics say
+        restart = None if self.states == "reuse" else problem.dynamics.reverse(len(times) - 1)
+        return method, times, restart
 
     def solve(self, problem, z0):
-        method, times = self._plan(problem)
-        run = _AdjointRun(problem, method, times, self.states == "reuse")
+        run = _AdjointRun(problem, *self._plan(problem), reuse=self.states == "reuse")
         return _AdjointSolve.apply(run, z0, *run.wrt)
 
 
@@ -209,8 +210,8 @@ class AdjointDEIS(Adjoint):
     multiplied by ``alpha_s`` is ``a_y(s) = a_y(t) - (rho_s - rho_t) a_y(t)^T d eps(alpha y)/dy``:
     the exponential Euler step (DPM-Solver-1) on the adjoint system. Order 2 takes the
     vector-Jacobian products linear in lambda through the last two points
-    (DPM-Solver-2M). ``y`` is re-integrated with the same rule (or, with ``states="reuse"``,
-    restarted from the stored states), so ``steps`` need not equal the forward's.
+    (DPM-Solver-2M). ``y`` is re-integrated with the same rule, so ``steps`` need not equal the
+    forward's (with ``states="reuse"`` it restarts from the stored states, on the forward grid).
     """
 
     def __init__(self, order: int = 1, steps: int | None = None, *, states: str = "reintegrate"):
@@ -228,11 +229,8 @@ class _AdjointRun:
     tensors that receive gradients (``wrt``) are fixed here, once, so the backward matches them
     to the forward's inputs even if ``requires_grad`` changes in between."""
 
-    def __init__(self, problem: Problem, method: Method, times, reuse: bool):
-        self.problem, self.method, self.times, self.reuse = problem, method, times, reuse
-        # what the backward does to y before each step: restart from the stored state, or what the
-        # dynamics do to re-solve it backwards (an SDE subtracts its Brownian increments)
-        self.restart = None if reuse else problem.dynamics.reverse(len(times) - 1)
+    def __init__(self, problem: Problem, method: Method, times, restart, *, reuse: bool):
+        self.problem, self.method, self.times, self.restart, self.reuse = problem, method, times, restart, reuse
         self.wrt = problem.wrt()
 
     def forward(self, z0):

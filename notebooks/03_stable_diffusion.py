@@ -292,8 +292,8 @@ assert ink["after"] > ink["before"]
 # drawn from fixed noises and the targets; it fits those pairs, and nothing asks the token to draw
 # a nine from other noises. Matching the mean features of images from fresh noises to the targets'
 # asks exactly that (`features=` of `apps.invert_embedding`). The committed run
-# (`results/stable_diffusion/digits/invert.md`), with an upper bound: the whole conditioning
-# optimised freely.
+# (`results/stable_diffusion/digits/invert.md`), with the whole conditioning optimised
+# freely beside it: more freedom than one token has.
 
 # %%
 if not REAL:
@@ -301,7 +301,7 @@ if not REAL:
     for name, m in inv["rows"].items():
         print(f"{name:48s} read as nine by the SVC judge {100 * m['judge_svc_reads_nine']:3.0f}%, "
               f"the LeNet judge {100 * m['judge_net_reads_nine']:3.0f}%")
-    bound = inv["rows"]["upper bound: the whole conditioning, free"]
+    bound = inv["rows"]["the whole conditioning, free"]
     assert max(bound["judge_svc_reads_nine"], bound["judge_net_reads_nine"]) < 0.5
 
 # %% [markdown]

@@ -109,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stylize", parents=[common], help="fine-tune cross-attention to a reference style (Sec. 4.2)")
     p.add_argument("--style-image", type=style_image, required=True,
                    help="an image file, or sklearn:china.jpg / sklearn:flower.jpg (photographs bundled with scikit-learn)")
-    p.add_argument("--features", choices=registry.FEATURES, help="style features: VGG-19 (needs --vgg-weights; "
+    p.add_argument("--features", choices=list(registry.FEATURES), help="style features: VGG-19 (needs --vgg-weights; "
                    "default for SD) or the digit classifier's convolutions (default with --model digits)")
     p.add_argument("--vgg-weights", type=cli.existing_file, help="torchvision vgg19 state_dict (vgg19-dcbb9e9d.pth)")
     p.add_argument("--prompts", nargs="+", required=True)

@@ -188,8 +188,8 @@ def in_order(records: list[dict]) -> list[dict]:
 def growth(records: list[dict]) -> list[dict]:
     """Per resolution, strategy and savings measured at two or more step counts: the least-squares growth
     of the peak per step (resident and, where measured, live), and for a growing one the step count at
-    which set-up plus peak would pass the memory of the machine that measured it (``machine_gib``: the
-    records' own; records written before they carried it, the machine running now)."""
+    which set-up plus peak would pass the memory of the machine that measured it (``machine_gib``, in the
+    records since they carry it: older records get no such count, as the machine running now may not be theirs)."""
     out = []
     groups = {}
     for r in records:
@@ -202,8 +202,9 @@ def growth(records: list[dict]) -> list[dict]:
         slope, intercept = map(float, np.polyfit(steps, [r["peak_gib"] for r in rows], 1))
         live = [r.get("live_peak_gib") for r in rows]
         setup = max(r["setup_gib"] for r in rows)
-        memory = min(r.get("machine_gib") or machine_gib(r["device"]) for r in rows)
-        passes = int((memory - setup - intercept) // slope) + 1 if slope > 0.05 else None
+        known = [r["machine_gib"] for r in rows if r.get("machine_gib")]
+        memory = min(known) if len(known) == len(rows) else None
+        passes = int((memory - setup - intercept) // slope) + 1 if slope > 0.05 and memory else None
         out.append({"resolution": resolution, "strategy": strategy, "savings": savings, "steps": steps,
                     "gib_per_step": slope, "intercept_gib": intercept,
                     "live_gib_per_step": float(np.polyfit(steps, live, 1)[0]) if None not in live else None,
@@ -246,7 +247,7 @@ def markdown(records: list[dict]) -> str:
           f"{r['seconds']:.3g}"] for r in gradients]))
     rows = growth(gradients)
     if rows:
-        memory = " or ".join(sorted({f"{g['machine_gib']:.3g}" for g in rows}, key=float))
+        memory = " or ".join(sorted({f"{g['machine_gib']:.3g}" for g in rows if g["machine_gib"]}, key=float)) or "?"
         lines += ["", f"Growth per step (least squares over the steps measured), of the resident peak and of the live "
                   f"tensors' peak, and for a growing strategy the step count at which set-up plus peak would pass "
                   f"the measuring machine's {memory} GiB:", ""]

@@ -217,7 +217,12 @@ def release(comps: SDComponents, parts) -> SDComponents:
     return comps
 
 
-def scaled_linear_betas(n: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+# Stable Diffusion's training betas as a diffusers scheduler's config names them: the one definition.
+SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+def scaled_linear_betas(n: int = SD_BETAS["num_train_timesteps"], beta_start: float = SD_BETAS["beta_start"],
+                        beta_end: float = SD_BETAS["beta_end"]) -> torch.Tensor:
     """Stable Diffusion's training betas: ``linspace(sqrt(b0), sqrt(b1), n)^2``."""
     return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float64) ** 2
 

@@ -25,7 +25,7 @@ from .components import (SDComponents, check_model_dir, default_device, freeze, 
 class Model:
     """One model the commands know by name, with the defaults its applications take."""
     about: str
-    build: Callable[[], SDComponents]  # float32 components on the CPU
+    build: Callable[[], SDComponents] | None  # float32 components on the CPU (None: loaded from a folder)
     guidance_scale: float = 7.5
     classifier: str = "resnet50"       # the default classifier (guided, audit) and identity model (morph)
     features: str = "vgg19"            # the default style features
@@ -59,7 +59,7 @@ MODELS = {
     "sd15-random": Model("Stable Diffusion 1.5's architecture with random weights (memory and time at the real "
                          "shapes)", sd15_random_components),
 }
-OTHER = Model("a Stable Diffusion v1.x loaded from a folder or the Hugging Face cache", lambda: None)
+OTHER = Model("a Stable Diffusion v1.x loaded from a folder or the Hugging Face cache", build=None)
 
 
 def models_help() -> str:
@@ -96,25 +96,28 @@ def open_model(model: str | Path, device=None, dtype: torch.dtype | None = None)
     return comps
 
 
-CLASSIFIERS = ("digits",)  # classifiers shipped with their weights; any other name is torchvision's
+# Classifiers shipped with their weights, by name: ``weights=None`` takes the committed file. Any other
+# name is a torchvision architecture with a local weights file (:func:`stable_diffusion.nets.load_classifier`).
+CLASSIFIERS = {"digits": lambda weights: digits.load_classifier(weights or digits.CLASSIFIER)}
 
 
 def load_classifier(arch: str, weights=None, num_classes: int = 1000, size: int = 224) -> torch.nn.Module:
-    """``arch="digits"``: the digits model's classifier (``weights`` default to the committed file);
-    any other name: :func:`stable_diffusion.nets.load_classifier` (torchvision, a local weights file)."""
-    if arch == "digits":
-        return digits.load_classifier(weights or digits.CLASSIFIER)
+    """A classifier of :data:`CLASSIFIERS`, or torchvision's ``arch`` with a local weights file."""
+    if arch in CLASSIFIERS:
+        return CLASSIFIERS[arch](weights)
     from .nets import load_classifier as load_torchvision
     return load_torchvision(arch, weights, num_classes, size)
 
 
-FEATURES = ("vgg19", "digits")
+def _vgg19(vgg_weights):
+    from .nets import load_vgg19
+    return load_vgg19(vgg_weights)
+
+
+# Style features by name: the digit classifier's convolutions, or VGG-19's (a local weights file).
+FEATURES = {"digits": lambda vgg_weights: digits.ConvFeatures(digits.load_classifier()), "vgg19": _vgg19}
 
 
 def load_features(name: str, vgg_weights=None) -> torch.nn.Module:
-    """Style features: ``"digits"``, the digit classifier's convolutions; ``"vgg19"``, VGG-19's
-    (``vgg_weights``, a local file)."""
-    if name == "digits":
-        return digits.ConvFeatures(digits.load_classifier())
-    from .nets import load_vgg19
-    return load_vgg19(vgg_weights)
+    """Style features of :data:`FEATURES` (``vgg_weights`` for VGG-19's)."""
+    return FEATURES[name](vgg_weights)

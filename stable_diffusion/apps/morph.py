@@ -116,17 +116,18 @@ def morph_table(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tens
         grid[name] = r["images"]
     with torch.no_grad():
         real = float(cosine(F, a, b).mean())
-    result = {"pairs": len(a), "iters": iters, "lr": lr, "steps": steps, "threshold": threshold, "fmr": 1e-3,
+    result = {"pairs": len(a), "what": what, "iters": iters, "lr": lr, "steps": steps, "threshold": threshold, "fmr": 1e-3,
               "mean_similarity_of_the_references": real, "rows": rows, **(record or {})}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "morph.md").write_text(markdown(result, what))
+    (out / "morph.md").write_text(markdown(result))
     files.write_json(out / "morph.json", result, significant=6)
     save_images(out / "morph.png", grid)
     return result
 
 
-def markdown(result: dict, what: str = "") -> str:
+def markdown(result: dict) -> str:
     """``morph.md``: the table of :func:`morph_table`'s result, from its data alone."""
+    what = result.get("what", "")  # results written before they carried it: the pairs, unqualified
     rows, threshold = result["rows"], result["threshold"]
     judged = list(rows[0]["judged"])
     percent = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731

@@ -131,8 +131,8 @@ def summary(results: dict) -> str:
             f"{pct(tok['judge_net_reads_nine'])} of fresh samples (the generic caption: "
             f"{pct(inv['rows']['the generic caption']['judge_svc_reads_nine'])} / "
             f"{pct(inv['rows']['the generic caption']['judge_net_reads_nine'])}; the whole conditioning optimised "
-            f"freely: {pct(inv['rows']['upper bound: the whole conditioning, free']['judge_svc_reads_nine'])} / "
-            f"{pct(inv['rows']['upper bound: the whole conditioning, free']['judge_net_reads_nine'])}).\n")
+            f"freely: {pct(inv['rows']['the whole conditioning, free']['judge_svc_reads_nine'])} / "
+            f"{pct(inv['rows']['the whole conditioning, free']['judge_net_reads_nine'])}).\n")
 
 
 def invert(r: dict) -> str:

@@ -22,7 +22,7 @@ from adjointdpm.seeds import mix_seed
 from adjointdpm.training import Training
 from handwritten.data import augment
 
-from ..components import SDComponents
+from ..components import SD_BETAS, SDComponents, scaled_linear_betas
 from . import data
 from .classifier import DigitClassifier
 from .model import build
@@ -164,10 +164,12 @@ def _tail(losses, n: int = 50) -> float:
 
 def save_pipeline(comps: SDComponents, folder: Path) -> Path:
     """The components as ``StableDiffusionPipeline.save_pretrained`` writes them (safetensors), with a
-    DPM-Solver++ multistep scheduler on the components' own training betas (float64 text)."""
+    DPM-Solver++ multistep scheduler on the components' own training betas: named as Stable Diffusion's
+    (:data:`~stable_diffusion.components.SD_BETAS`) when they are those, listed (float64 text) otherwise."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-    scheduler = DPMSolverMultistepScheduler(num_train_timesteps=len(comps.betas), trained_betas=comps.betas.tolist(),
-                                            prediction_type="epsilon", steps_offset=1)
+    betas = SD_BETAS if torch.equal(comps.betas, scaled_linear_betas()) else \
+        {"num_train_timesteps": len(comps.betas), "trained_betas": comps.betas.tolist()}
+    scheduler = DPMSolverMultistepScheduler(**betas, prediction_type="epsilon", steps_offset=1)
     pipe = StableDiffusionPipeline(vae=comps.vae, text_encoder=comps.text_encoder, tokenizer=comps.tokenizer,
                                    unet=comps.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

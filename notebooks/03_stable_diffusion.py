@@ -134,7 +134,7 @@ from handwritten.judges import judges
 
 judge = judges()
 prompts = [data.prompt(k) for k in range(10)] + [data.GENERIC] if not REAL else [PROMPT]
-grid = {p: apps.generate(comps, [p] * 8, range(8), sampler) for p in prompts}
+grid = {p: apps.Pipeline(comps, sampler).generate([p] * 8, range(8)) for p in prompts}
 show(grid, "what the model draws (8 DPM-Solver-2M steps, guidance 4)")
 if not REAL:
     readers = {p: experiments.readings(images, guide) for p, images in grid.items()}
@@ -273,10 +273,10 @@ real, _ = data.load("guide", range(9))
 style = experiments.bold_ink(data.to_unit(real[::40]), 5)[:1]
 train_prompts = [data.prompt(k) for k in range(9)] if not REAL else [PROMPT]
 unseen = [(p, 100 + i) for i, p in enumerate(train_prompts)]
-before = apps.generate(comps, [p for p, _ in unseen], [s for _, s in unseen], sampler)
+before = apps.Pipeline(comps, sampler).generate([p for p, _ in unseen], [s for _, s in unseen])
 result = apps.stylize(comps, features, style, train_prompts, [0], epochs=2, lr=3e-3, w_style=100, sampler=sampler,
                       out=out / "stylize", progress=False)
-after = apps.generate(comps, [p for p, _ in unseen], [s for _, s in unseen], sampler)
+after = apps.Pipeline(comps, sampler).generate([p for p, _ in unseen], [s for _, s in unseen])
 ink = {when: experiments.ink_statistics(x)["inked_share"] for when, x in (("before", before), ("after", after))}
 print(f"{result['trained_parameters']} cross-attention weights trained on {result['pairs']} pairs; inked share "
       f"of unseen samples {100 * ink['before']:.0f}% -> {100 * ink['after']:.0f}% "

@@ -240,7 +240,7 @@ def main(argv=None):
             summary = (out / "morph.md").read_text()
         else:
             if args.target_prompt:
-                targets = apps.generate(comps, [args.target_prompt] * len(args.seeds), args.seeds, sampler)
+                targets = apps.Pipeline(comps, sampler).generate([args.target_prompt] * len(args.seeds), args.seeds)
             elif args.target_digit is not None:
                 targets = registry.describe(args.model).digit_images(args.target_digit, len(args.seeds))
             else:

@@ -91,8 +91,9 @@ def open_model(model: str | Path, device=None, dtype: torch.dtype | None = None)
     if str(model) not in MODELS:
         return load_components(model, device, dtype)
     comps = freeze(MODELS[str(model)].build(), default_device(device))
-    comps.unet.to(dtype or torch.float32)
-    comps.vae.to(dtype or torch.float32)
+    for net in (comps.unet, comps.vae):
+        if net.dtype != (dtype or torch.float32):  # diffusers warns on every cast, even a no-op one
+            net.to(dtype or torch.float32)
     return comps
 
 

@@ -128,7 +128,7 @@ def test_guided_sampling_raises_target_probability(comps, classifier_file, tmp_p
 
 def test_audit_keeps_the_bound(comps, classifier_file, tmp_path):
     clf = _classifier(classifier_file)
-    label = int(clf(apps.generate(comps, ["a photo of a cat"], [0], FAST)).argmax())  # labelled "correctly"
+    label = int(clf(apps.Pipeline(comps, FAST).generate(["a photo of a cat"], [0])).argmax())  # labelled "correctly"
     result = apps.audit(comps, clf, {label: "a photo of a cat"}, [0, 1], tau=0.5, iters=2, sampler=FAST,
                         out=tmp_path, progress=False)
     row = result["rows"][0]

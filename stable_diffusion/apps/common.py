@@ -81,11 +81,6 @@ def noise(comps: SDComponents, seeds, dtype=torch.float32) -> torch.Tensor:
                                     dtype=dtype) for s in seeds]).to(comps.device)
 
 
-def generate(comps: SDComponents, prompts: list[str], seeds, sampler: Sampler = Sampler()) -> torch.Tensor:
-    """Images in [0, 1] for ``prompts[i]`` from seed ``seeds[i]``, no graph."""
-    return Pipeline(comps, sampler).generate(prompts, seeds)
-
-
 def save_images(path: Path, rows: dict[str, torch.Tensor]) -> None:
     """A grid: one row per entry of ``rows`` (images in [0, 1])."""
     from matplotlib.figure import Figure

@@ -162,7 +162,7 @@ def guide_route(comps: SDComponents, guide, route: Route, seeds, iters: int, sam
                 progress: bool = True) -> dict:
     """Images before and after guiding one route (the same images twice for a control)."""
     if route.restraints is None:
-        before = apps.generate(comps, [route.prompt] * len(seeds), seeds, sampler)
+        before = apps.Pipeline(comps, sampler).generate([route.prompt] * len(seeds), seeds)
         return {"before": before, "after": before, "losses": []}
     r = apps.guided_sampling(comps, guide, route.prompt, route.target, seeds, iters=iters, lr=route.lr,
                              restraints=route.restraints, sampler=sampler, progress=progress)
@@ -316,7 +316,7 @@ def measure_stylization(comps: SDComponents, guide, sizes: Sizes, sampler: apps.
     style_gram = judge_gram(style)
 
     def measure():
-        images = apps.generate(comps, [p for p, _ in unseen], [s for _, s in unseen], sampler)
+        images = apps.Pipeline(comps, sampler).generate([p for p, _ in unseen], [s for _, s in unseen])
         read = readings(images, guide)
         return images, {**ink_statistics(images),
                         "judge_gram_distance_to_style": float(((judge_gram(images) - style_gram) ** 2).mean()),

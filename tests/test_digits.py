@@ -4,6 +4,7 @@ the guide classifier, each application on it at small sizes with its outcome rea
 and the committed results' raw arrays against their tables."""
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -263,3 +264,12 @@ def test_morph_raises_the_similarity_to_both_references(tmp_path):
     assert both(rows["DiM + AdjointDEIS-1 (ODE)"]) > both(rows["DiM (no optimisation)"])
     assert rows["DiM + AdjointDEIS-1 (ODE)"]["nfe"] == 3 * 4 + 4 * (4 + 4)
     assert 0 < r["threshold"] < 1 and (tmp_path / "morph.png").exists() and (tmp_path / "morph.md").exists()
+
+
+def test_readme_python_example_runs():
+    """The README's Python example of the bound pipeline, as written there."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("From Python, a `Sampler`", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["x_T"].grad is not None and namespace["x_T"].grad.abs().sum() > 0

@@ -185,6 +185,7 @@ def main(argv=None):
     parser_ = parser()
     args = parser_.parse_args(argv)
     _check(args, parser_)
+    model = registry.describe(args.model)
     accelerator = None
     if args.app == "stylize":  # data-parallel under `accelerate launch`, a single process otherwise
         from accelerate import Accelerator
@@ -200,7 +201,7 @@ def main(argv=None):
         progress, out = not args.no_progress, args.out
         if args.app in ("guided", "audit"):
             classifier = registry.load_classifier(args.classifier_arch, args.classifier_weights, args.num_classes,
-                                         args.classifier_size).to(args.device)
+                                                  args.classifier_size).to(args.device)
         if args.app == "guided":
             restraints = apps.Restraints(**(dict(momentum=0.9, clip=0.01, kick=1e-3) if args.restraints == "doodl"
                                             else {}), shifts=args.shifts, max_shift=max(1, 3 * comps.image_size // 32))
@@ -222,15 +223,15 @@ def main(argv=None):
                                   lora_rank=args.lora_rank, progress=progress)
             saved = f"LoRA saved to {out / 'lora'}" if args.lora_rank else f"UNet saved to {out / 'unet'}"
             summary = f"loss {result['losses'][0]:.4g} -> {result['losses'][-1]:.4g}; {saved}"
-        elif args.app == "morph" and registry.describe(args.model).morph_heldout:
-            registry.describe(args.model).morph_heldout(comps, out, pairs=args.pairs, iters=args.iters, lr=args.lr,
-                                                        steps=args.steps, seed=args.seeds[0], progress=progress)
+        elif args.app == "morph" and model.morph_heldout:
+            model.morph_heldout(comps, out, pairs=args.pairs, iters=args.iters, lr=args.lr, steps=args.steps,
+                                seed=args.seeds[0], progress=progress)
             summary = (out / "morph.md").read_text()
         elif args.app == "morph":
             from .apps.morph import embedding, morph_table
             from .model import encode_prompt
             F = embedding(registry.load_classifier(args.classifier_arch, args.classifier_weights, args.num_classes,
-                                          args.classifier_size).to(args.device))
+                                                   args.classifier_size).to(args.device))
             a, b = (torch.cat([apps.read_image(str(p), comps.image_size) for p in paths]).to(args.device)
                     for paths in (args.image_a, args.image_b))
             with torch.no_grad():
@@ -242,7 +243,7 @@ def main(argv=None):
             if args.target_prompt:
                 targets = apps.Pipeline(comps, sampler).generate([args.target_prompt] * len(args.seeds), args.seeds)
             elif args.target_digit is not None:
-                targets = registry.describe(args.model).digit_images(args.target_digit, len(args.seeds))
+                targets = model.digit_images(args.target_digit, len(args.seeds))
             else:
                 targets = torch.cat([apps.read_image(str(p), comps.image_size) for p in args.target_images])
             result = apps.invert_embedding(comps, targets, args.seeds, token=args.token, init_token=args.init_token,

@@ -247,10 +247,11 @@ def markdown(records: list[dict]) -> str:
           f"{r['seconds']:.3g}"] for r in gradients]))
     rows = growth(gradients)
     if rows:
-        memory = " or ".join(sorted({f"{g['machine_gib']:.3g}" for g in rows if g["machine_gib"]}, key=float)) or "?"
+        memory = " or ".join(sorted({f"{g['machine_gib']:.3g}" for g in rows if g["machine_gib"]}, key=float))
+        memory = f"{memory} GiB" if memory else "memory (where the records carry it)"
         lines += ["", f"Growth per step (least squares over the steps measured), of the resident peak and of the live "
                   f"tensors' peak, and for a growing strategy the step count at which set-up plus peak would pass "
-                  f"the measuring machine's {memory} GiB:", ""]
+                  f"the measuring machine's {memory}:", ""]
         table = []
         for g in rows:
             live = "-" if g["live_gib_per_step"] is None else f"{g['live_gib_per_step']:.3g}"

@@ -49,7 +49,7 @@ CONVERGENCE = {
     "Checkpoint": (Checkpoint, "rk4", 4, (10, 20, 40)),
     "Adjoint": (Adjoint, "rk4", 4, (10, 20, 40)),
     "Adjoint-reuse": (lambda: Adjoint(states="reuse"), "rk4", 4, (10, 20, 40)),
-    "Adjoint-torchdiffeq": (lambda: TorchdiffeqAdjoint(), "rk4", 4, (10, 20, 40)),
+    "Adjoint-torchdiffeq": (TorchdiffeqAdjoint, "rk4", 4, (10, 20, 40)),
     "AdjointDEIS-1": (lambda: AdjointDEIS(1), "dpm1", 1, (80, 160, 320)),
     "AdjointDEIS-2": (lambda: AdjointDEIS(2), "dpm2m", 2, (80, 160, 320)),
 }
@@ -180,7 +180,7 @@ def test_cfg_is_the_papers_combination():
 @pytest.mark.parametrize("make,solver,backward", [
     (Backprop, "rk4", lambda n: 4 * n), (Checkpoint, "rk4", lambda n: 4 * n),
     (lambda: Adjoint(steps=3), "rk4", lambda n: 4 * 3), (lambda: Adjoint(steps=5, solver="heun"), "rk4", lambda n: 10),
-    (lambda: Adjoint(states="reuse"), "dpm2", lambda n: 2 * n), (lambda: TorchdiffeqAdjoint(), "rk4",
+    (lambda: Adjoint(states="reuse"), "dpm2", lambda n: 2 * n), (TorchdiffeqAdjoint, "rk4",
                                                                    lambda n: 4 * n),
     (lambda: AdjointDEIS(2, steps=7), "dpm2", lambda n: 7)],
     ids=["Backprop", "Checkpoint", "Adjoint", "Adjoint-heun", "Adjoint-reuse", "Adjoint-torchdiffeq", "AdjointDEIS-2"])
@@ -193,7 +193,7 @@ def test_nfe_backward_counts_the_vector_jacobian_products(make, solver, backward
     assert info.nfe_backward == backward(6)
 
 
-@pytest.mark.parametrize("make", [Backprop, Checkpoint, Adjoint, lambda: TorchdiffeqAdjoint(),
+@pytest.mark.parametrize("make", [Backprop, Checkpoint, Adjoint, TorchdiffeqAdjoint,
                                   lambda: AdjointDEIS(2, steps=6)],
                          ids=["Backprop", "Checkpoint", "Adjoint", "Adjoint-torchdiffeq", "AdjointDEIS-2"])
 def test_a_plain_function_is_a_model_without_parameters(make):

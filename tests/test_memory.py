@@ -20,7 +20,7 @@ def saved_bytes(gradient, steps, solver="dpm2"):
 
 
 @pytest.mark.parametrize("make,solver", [(Adjoint, "dpm2"), (lambda: AdjointDEIS(2), "dpm2"),
-                                         (lambda: TorchdiffeqAdjoint(), "rk4")],
+                                         (TorchdiffeqAdjoint, "rk4")],
                          ids=["Adjoint", "AdjointDEIS", "Adjoint-torchdiffeq"])
 def test_adjoint_memory_is_flat_in_steps(make, solver):
     assert saved_bytes(make(), 40, solver) == saved_bytes(make(), 10, solver)

@@ -30,7 +30,7 @@ STRATEGIES = {
     "Checkpoint": Checkpoint,
     "Adjoint": Adjoint,
     "Adjoint (reuse states)": lambda: Adjoint(states="reuse"),
-    "Adjoint (torchdiffeq)": lambda: TorchdiffeqAdjoint(),
+    "Adjoint (torchdiffeq)": TorchdiffeqAdjoint,
     "AdjointDEIS-1": lambda: AdjointDEIS(1),
     "AdjointDEIS-2": lambda: AdjointDEIS(2),
 }

@@ -183,8 +183,9 @@ class SDEDPMSolver1(DPMSolver):
 
     divided by ``alpha_t``: ``y_t = y_s + (rho_t - rho_s) 2 eps + sqrt(rho_s^2 - rho_t^2) z``, the
     DPM-Solver-1 step on the SDE's drift ``2 eps`` followed by the Brownian increment: both are
-    the dynamics' (:class:`adjointdpm.dynamics.SDE`), so this class is the step rule only. No second-order SDE solver is offered: the multistep SDE-DPM-Solver++(2M)
-    is written for data prediction, and its noise-prediction analogue has no published form
+    the dynamics' (:class:`adjointdpm.dynamics.SDE`), so this class is the step rule only. No
+    second-order SDE solver is offered: the multistep SDE-DPM-Solver++(2M) is written for data
+    prediction, and its noise-prediction analogue has no published form
     whose gradients we could check against one."""
 
     stochastic = True

@@ -116,8 +116,8 @@ def morph_table(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tens
         grid[name] = r["images"]
     with torch.no_grad():
         real = float(cosine(F, a, b).mean())
-    result = {"pairs": len(a), "what": what, "iters": iters, "lr": lr, "steps": steps, "threshold": threshold, "fmr": 1e-3,
-              "mean_similarity_of_the_references": real, "rows": rows, **(record or {})}
+    result = {"pairs": len(a), "what": what, "iters": iters, "lr": lr, "steps": steps, "threshold": threshold,
+              "fmr": 1e-3, "mean_similarity_of_the_references": real, "rows": rows, **(record or {})}
     out.mkdir(parents=True, exist_ok=True)
     (out / "morph.md").write_text(markdown(result))
     files.write_json(out / "morph.json", result, significant=6)

@@ -40,7 +40,7 @@ from adjointdpm.report import markdown_table
 
 from .apps import GRADIENTS, Pipeline, Sampler, noise
 from .components import ATTENTION, CHECKPOINTING, release, save_memory
-from .registry import model_argument, open_model
+from .registry import MODELS, model_argument, open_model
 from .model import decode, encode_prompt, eps_model
 
 PROMPT = "a photo of a dog"
@@ -285,8 +285,8 @@ def main(argv=None):
     parser = cli.Parser(prog="python -m stable_diffusion.bench", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=model_argument,
-                        help="tiny, digits, sd15-random (SD 1.5's architecture, random weights), a local diffusers "
-                             "directory or a cached model id")
+                        help=f"{', '.join(MODELS)} (sd15-random: SD 1.5's architecture, random weights), a local "
+                             "diffusers directory or a cached model id")
     parser.add_argument("--resolution", type=cli.positive_int, nargs="+",
                         help="image sides to measure (default: the model's own)")
     parser.add_argument("--steps", type=cli.positive_int, nargs="+", default=[10, 20, 50],

@@ -73,9 +73,11 @@ def test_strategy_arguments():
         TorchdiffeqAdjoint(steps=8)
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         AdjointDEIS(order=3)
+    with pytest.raises(ValueError, match="form must be 'data' or 'noise'"):
+        AdjointDEIS(form="x0")
     x_T = noise(2).requires_grad_()
-    with pytest.raises(ValueError, match="states='reuse'.*forward grid"):
-        sample(gaussian(), x_T, SCHED, steps=4, gradient=Adjoint(steps=8, states="reuse"))
+    with pytest.raises(ValueError, match="states='reuse'.*forward's grid points: steps must be a multiple"):
+        sample(gaussian(), x_T, SCHED, steps=4, gradient=Adjoint(steps=6, states="reuse"))
     with pytest.raises(ValueError, match="TorchdiffeqAdjoint supports"):
         sample(gaussian(), x_T, SCHED, steps=4, solver="dpm2", gradient=TorchdiffeqAdjoint())
 

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from adjointdpm import CFG, Adjoint, AdjointDEIS, Backprop, Checkpoint, TorchdiffeqAdjoint, VPSchedule, sample
+from adjointdpm import (CFG, Adjoint, AdjointDEIS, Backprop, Checkpoint, GaussianMixture, TorchdiffeqAdjoint,
+                        VPSchedule, sample)
 from helpers import T, T_END, exact, gaussian, loss_fn, noise, rel
 from toy import EpsMLP, flow_map, flow_map_vjp
 
@@ -50,8 +51,12 @@ CONVERGENCE = {
     "Adjoint": (Adjoint, "rk4", 4, (10, 20, 40)),
     "Adjoint-reuse": (lambda: Adjoint(states="reuse"), "rk4", 4, (10, 20, 40)),
     "Adjoint-torchdiffeq": (TorchdiffeqAdjoint, "rk4", 4, (10, 20, 40)),
-    "AdjointDEIS-1": (lambda: AdjointDEIS(1), "dpm1", 1, (80, 160, 320)),
-    "AdjointDEIS-2": (lambda: AdjointDEIS(2), "dpm2m", 2, (80, 160, 320)),
+    "AdjointDEIS-1": (lambda: AdjointDEIS(1, form="data"), "dpm1", 1, (80, 160, 320)),
+    "AdjointDEIS-2": (lambda: AdjointDEIS(2, form="data"), "dpm2m", 2, (80, 160, 320)),
+    "AdjointDEIS-1-reuse": (lambda: AdjointDEIS(1, states="reuse", form="data"), "dpm1", 1, (80, 160, 320)),
+    "AdjointDEIS-2-reuse": (lambda: AdjointDEIS(2, states="reuse", form="data"), "dpm2m", 2, (80, 160, 320)),
+    "AdjointDEIS-1-noise": (lambda: AdjointDEIS(1, form="noise"), "dpm1", 1, (80, 160, 320)),
+    "AdjointDEIS-2-noise": (lambda: AdjointDEIS(2, form="noise"), "dpm2m", 2, (80, 160, 320)),
 }
 
 
@@ -79,9 +84,13 @@ def test_checkpoint_equals_backprop(solver):
 @pytest.mark.parametrize("make,order,own_steps", [
     (lambda m: Adjoint(steps=m), 4, (10, 20, 40)),
     (lambda m: Adjoint(steps=m, solver="heun"), 2, (20, 40, 80)),
-    (lambda m: AdjointDEIS(1, steps=m), 1, (100, 200, 400)),
-    (lambda m: AdjointDEIS(2, steps=m), 2, (50, 100, 200)),
-], ids=["Adjoint-rk4", "Adjoint-heun", "AdjointDEIS-1", "AdjointDEIS-2"])
+    (lambda m: AdjointDEIS(1, steps=m, form="data"), 1, (100, 200, 400)),
+    (lambda m: AdjointDEIS(2, steps=m, form="data"), 2, (50, 100, 200)),
+    (lambda m: AdjointDEIS(1, steps=m, form="noise"), 1, (100, 200, 400)),
+    (lambda m: AdjointDEIS(2, steps=m, form="noise"), 2, (50, 100, 200)),
+    (lambda m: AdjointDEIS(2, steps=m, states="reuse", form="data"), 2, (200, 400, 800)),
+], ids=["Adjoint-rk4", "Adjoint-heun", "AdjointDEIS-1", "AdjointDEIS-2", "AdjointDEIS-1-noise", "AdjointDEIS-2-noise",
+        "AdjointDEIS-2-reuse-multiples"])
 def test_adjoints_converge_to_backprop_with_their_own_steps(make, order, own_steps):
     """Forward fixed (200 RK4 steps, error ~1e-9); only the adjoint's steps grow."""
     bp = grads(Backprop(), 200)
@@ -91,7 +100,7 @@ def test_adjoints_converge_to_backprop_with_their_own_steps(make, order, own_ste
 
 
 def test_adjoint_deis_1_is_eq_12():
-    """One AdjointDEIS-1 step, written in x as poster eq. 12, against the library's step."""
+    """One AdjointDEIS-1 step in the noise form, written in x as poster eq. 12, against the library's step."""
     model, x_T = gaussian(), noise(4)
     t, s = 0.05, 0.2  # t closer to the data than s
     lam = lambda u: float(SCHED.lambda_(u))
@@ -107,7 +116,8 @@ def test_adjoint_deis_1_is_eq_12():
     # the library: one backward step from t to s via the gradient of <a_x, x_t> w.r.t. x_s
     x_s = x_T.clone().requires_grad_()
     model.zero_grad()
-    out = sample(model, x_s, SCHED, steps=1, t_start=s, t_end=t, solver="dpm1", gradient=AdjointDEIS(1))
+    out = sample(model, x_s, SCHED, steps=1, t_start=s, t_end=t, solver="dpm1",
+                 gradient=AdjointDEIS(1, form="noise"))
     (out * a_x).sum().backward()
     assert torch.allclose(x_s.grad, a_x_s, rtol=1e-10, atol=1e-12)
     # eq. 12 evaluates the Jacobian at x_t; the library at its re-integrated x_t, equal here because
@@ -116,9 +126,57 @@ def test_adjoint_deis_1_is_eq_12():
 
 
 def test_adjoint_deis_1_is_euler_on_eq_11():
-    a, b = grads(AdjointDEIS(1, steps=30), 30, "dpm1"), grads(Adjoint(steps=30, solver="euler"), 30, "dpm1")
+    a = grads(AdjointDEIS(1, steps=30, form="noise"), 30, "dpm1")
+    b = grads(Adjoint(steps=30, solver="euler"), 30, "dpm1")
     for k in KEYS:
         assert torch.allclose(a[k], b[k], rtol=1e-12, atol=1e-14), k
+
+
+@pytest.mark.parametrize("t_start,t_end", [(None, 1e-3), (1e-3, 0.9)], ids=["sampling", "encoding"])
+def test_data_form_order_1_on_stored_states_is_the_exact_gradient_of_ddim(t_start, t_end):
+    """The data form's first-order step takes its VJP where the DDIM step evaluated the model, with the
+    adjoint carried from the step's other end: it is DDIM's transposed step. On the stored states it is
+    Checkpoint's gradient (the sampler's exact one) to round-off, for x_T, cond and the weights of a
+    CFG-wrapped network, either way in time."""
+    net, x_T, cond = _mlp_problem()
+    model = CFG(net, 2.0, torch.zeros(3, dtype=torch.float64))
+    results = []
+    for gradient in (Checkpoint(), AdjointDEIS(1, states="reuse", form="data")):
+        x, c = x_T.clone().requires_grad_(), cond.clone().requires_grad_()
+        net.zero_grad()
+        out = sample(model, x, SCHED, c, steps=7, solver="dpm1", t_start=t_start, t_end=t_end, gradient=gradient)
+        ((out ** 2).sum() + out[:, 0].sum()).backward()
+        results.append([x.grad, c.grad] + [p.grad.clone() for p in net.parameters()])
+    for exact_grad, adjoint_grad in zip(*results):
+        assert torch.allclose(adjoint_grad, exact_grad, rtol=1e-10, atol=1e-13)
+
+
+def test_the_data_form_is_stable_where_the_noise_form_is_not():
+    """On a rate-1 mode of the adjoint (sigma d eps/dx = I: a Gaussian of tiny variance), one step of
+    h = 1 in lambda: the solution multiplies a_y by e^-h. The noise form's explicit step multiplies it
+    by 2 - e^h (negative); the data form integrates that part exactly."""
+    f64 = dict(dtype=torch.float64)
+    point = GaussianMixture(torch.ones(1, **f64), torch.zeros(1, 2, **f64), torch.full((1, 2), 1e-6, **f64), SCHED)
+    s, t = (float(SCHED.inverse_lambda(torch.tensor(lam, **f64))) for lam in (-1.0, 0.0))
+    x_s = noise(3).requires_grad_()
+    results = {}
+    for form in ("noise", "data"):
+        x_s.grad = None
+        out = sample(point, x_s, SCHED, steps=1, t_start=s, t_end=t, solver="dpm1",
+                     gradient=AdjointDEIS(1, form=form))
+        out.sum().backward()
+        # d x_t / d x_s of the continuous flow map: a_x(s) = (alpha_t / alpha_s) e^-h a_x(t) per unit a_x(t)
+        results[form] = x_s.grad / (float(SCHED.alpha(t) / SCHED.alpha(s)))
+    assert torch.allclose(results["data"], torch.full_like(x_s, math.exp(-1)), rtol=1e-4)
+    assert torch.allclose(results["noise"], torch.full_like(x_s, 2 - math.e), rtol=1e-4)
+
+
+def test_stored_states_need_a_multiple_of_the_forward_steps():
+    for make in (lambda m: AdjointDEIS(2, m, states="reuse", form="data"), lambda m: Adjoint(m, states="reuse")):
+        with pytest.raises(ValueError, match="a multiple of the forward's 4 \\(got 6\\)"):
+            sample(gaussian(), noise(2).requires_grad_(), SCHED, steps=4, solver="dpm1", gradient=make(6))
+        assert sample(gaussian(), noise(2).requires_grad_(), SCHED, steps=4, solver="dpm1",
+                      gradient=make(8)).requires_grad
 
 
 def _mlp_problem(seed=0):
@@ -153,8 +211,10 @@ def test_backprop_on_the_mlp_agrees_with_finite_differences():
         assert abs(float((tensor.grad * direction).sum()) - fd) < 1e-6 * max(1.0, abs(fd))
 
 
-@pytest.mark.parametrize("make,tol", [(lambda: Adjoint(steps=64), 1e-3), (lambda: AdjointDEIS(2, steps=256), 5e-3)],
-                         ids=["Adjoint", "AdjointDEIS-2"])
+@pytest.mark.parametrize("make,tol", [(lambda: Adjoint(steps=64), 1e-3),
+                                      (lambda: AdjointDEIS(2, steps=512, form="data"), 5e-3),
+                                      (lambda: AdjointDEIS(2, steps=256, form="noise"), 5e-3)],
+                         ids=["Adjoint", "AdjointDEIS-2", "AdjointDEIS-2-noise"])
 def test_adjoint_on_the_mlp_with_cfg_approaches_checkpoint(make, tol):
     """Weights, conditioning and x_T through a CFG-wrapped network."""
     net, x_T, cond = _mlp_problem()
@@ -182,8 +242,11 @@ def test_cfg_is_the_papers_combination():
     (lambda: Adjoint(steps=3), "rk4", lambda n: 4 * 3), (lambda: Adjoint(steps=5, solver="heun"), "rk4", lambda n: 10),
     (lambda: Adjoint(states="reuse"), "dpm2", lambda n: 2 * n), (TorchdiffeqAdjoint, "rk4",
                                                                    lambda n: 4 * n),
-    (lambda: AdjointDEIS(2, steps=7), "dpm2", lambda n: 7)],
-    ids=["Backprop", "Checkpoint", "Adjoint", "Adjoint-heun", "Adjoint-reuse", "Adjoint-torchdiffeq", "AdjointDEIS-2"])
+    (lambda: AdjointDEIS(2, steps=7, form="noise"), "dpm2", lambda n: 7),
+    (lambda: AdjointDEIS(1, steps=7, form="data"), "dpm2", lambda n: 7),
+    (lambda: AdjointDEIS(2, steps=7, form="data"), "dpm2", lambda n: 8)],  # the data form's order 2: one more at t_end
+    ids=["Backprop", "Checkpoint", "Adjoint", "Adjoint-heun", "Adjoint-reuse", "Adjoint-torchdiffeq",
+         "AdjointDEIS-2-noise", "AdjointDEIS-1", "AdjointDEIS-2"])
 def test_nfe_backward_counts_the_vector_jacobian_products(make, solver, backward):
     """One count: model calls of the sampling solve forward, VJPs through the model backward."""
     x_T = noise(4).requires_grad_()
@@ -194,7 +257,7 @@ def test_nfe_backward_counts_the_vector_jacobian_products(make, solver, backward
 
 
 @pytest.mark.parametrize("make", [Backprop, Checkpoint, Adjoint, TorchdiffeqAdjoint,
-                                  lambda: AdjointDEIS(2, steps=6)],
+                                  lambda: AdjointDEIS(2, steps=6, form="data")],
                          ids=["Backprop", "Checkpoint", "Adjoint", "Adjoint-torchdiffeq", "AdjointDEIS-2"])
 def test_a_plain_function_is_a_model_without_parameters(make):
     """Every strategy takes a function ``eps(x, t, cond)``; gradients reach x_T and cond."""

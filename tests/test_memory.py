@@ -19,9 +19,11 @@ def saved_bytes(gradient, steps, solver="dpm2"):
     return total
 
 
-@pytest.mark.parametrize("make,solver", [(Adjoint, "dpm2"), (lambda: AdjointDEIS(2), "dpm2"),
-                                         (TorchdiffeqAdjoint, "rk4")],
-                         ids=["Adjoint", "AdjointDEIS", "Adjoint-torchdiffeq"])
+@pytest.mark.parametrize("make,solver", [(Adjoint, "dpm2"), (lambda: AdjointDEIS(2, form="noise"), "dpm2"),
+                                         (lambda: AdjointDEIS(1, form="data"), "dpm2"),
+                                         (lambda: AdjointDEIS(2, form="data"), "dpm2"), (TorchdiffeqAdjoint, "rk4")],
+                         ids=["Adjoint", "AdjointDEIS-noise", "AdjointDEIS-1-data", "AdjointDEIS-2-data",
+                              "Adjoint-torchdiffeq"])
 def test_adjoint_memory_is_flat_in_steps(make, solver):
     assert saved_bytes(make(), 40, solver) == saved_bytes(make(), 10, solver)
 

@@ -58,8 +58,8 @@ def test_one_step_is_sde_dpm_solver_1_in_x():
 def test_the_same_seed_gives_the_same_sample_under_every_strategy():
     x_T = noise(4)
     ref = sample(gaussian(), x_T, SCHED, steps=6, **SDE)
-    for strategy in (Backprop(), Checkpoint(), Adjoint(), Adjoint(states="reuse"), AdjointDEIS(1),
-                     AdjointDEIS(1, states="reuse")):
+    for strategy in (Backprop(), Checkpoint(), Adjoint(), Adjoint(states="reuse"), AdjointDEIS(1, form="data"),
+                     AdjointDEIS(1, states="reuse", form="data")):
         assert torch.equal(sample(gaussian(), x_T.clone().requires_grad_(), SCHED, steps=6, gradient=strategy, **SDE),
                            ref)
     assert not torch.allclose(sample(gaussian(), x_T, SCHED, steps=6, solver="sde-dpm1", noise_seed=8), ref)
@@ -91,9 +91,10 @@ def test_backprop_converges_to_the_closed_form_and_checkpoint_equals_it():
 
 @pytest.mark.parametrize("make,order,own_steps", [
     (lambda m: Adjoint(steps=m, solver="rk4"), 4, (20, 40, 80, 160)),
-    (lambda m: AdjointDEIS(1, steps=m), 1, (200, 400, 800)),
-    (lambda m: AdjointDEIS(2, steps=m), 2, (80, 160, 320)),
-], ids=["Adjoint-rk4", "AdjointDEIS-1", "AdjointDEIS-2"])
+    (lambda m: AdjointDEIS(1, steps=m, form="noise"), 1, (200, 400, 800)),
+    (lambda m: AdjointDEIS(2, steps=m, form="noise"), 2, (80, 160, 320)),
+    (lambda m: AdjointDEIS(2, steps=m, form="data"), 2, (320, 640, 1280)),  # slope 1.61 at 80 -> 160: 2 from ~300
+], ids=["Adjoint-rk4", "AdjointDEIS-1-noise", "AdjointDEIS-2-noise", "AdjointDEIS-2"])
 def test_adjoints_converge_to_the_closed_form_with_their_own_steps(make, order, own_steps):
     """Behind a coarse 10-step SDE sampler. For a Gaussian the adjoint's Jacobians do not depend
     on the path, so the adjoint solves the continuous SDE's gradient (the slope k), whatever the
@@ -108,6 +109,19 @@ def test_adjoints_converge_to_the_closed_form_with_their_own_steps(make, order, 
         assert all(s > order - 0.3 for s in slopes(errors[k])), (k, errors[k])
 
 
+def test_data_form_order_1_solves_a_gaussians_sde_adjoint_exactly():
+    """For a Gaussian of variance c per dimension, ``sigma u^{1-k} d x0_hat/dx = c/(1 + c m)`` with ``m = u^2``
+    behind the SDE, so the data form's adjoint obeys ``db/dm = -c b/(1 + c m)`` and ``d a_mean/dm = -b/(1 + c m)``:
+    a first-order step with the Jacobian at the step's far end, ``b_s = b_t (1 + (m_t - m_s) c/(1 + c m_s))
+    = b_t (1 + c m_t)/(1 + c m_s)``, is the exact solution (and so is the mean's). Whatever the steps,
+    stored or re-solved, it gives the continuous SDE's gradients."""
+    for steps in (3, 10):
+        for states in ("reuse", "reintegrate"):
+            g, ref, _ = grads(AdjointDEIS(1, states=states, form="data"), steps)
+            for k in g:
+                assert torch.allclose(g[k], ref[k], rtol=1e-10, atol=1e-13), (steps, states, k)
+
+
 def test_adjoint_on_stored_states_equals_the_reintegrated_one_for_a_gaussian():
     """Stored (reuse) and re-solved states give the same gradient when the Jacobian ignores the
     state; both converge at RK4's order as the grid refines."""
@@ -117,8 +131,8 @@ def test_adjoint_on_stored_states_equals_the_reintegrated_one_for_a_gaussian():
         h, _, _ = grads(Adjoint(steps=n, solver="rk4"), n)
         for k in g:
             assert torch.allclose(g[k], h[k], rtol=1e-9, atol=1e-15), k
-        d, _, _ = grads(AdjointDEIS(1, states="reuse"), n)  # the poster's AdjointDEIS-1 on the sampled path
-        e, _, _ = grads(AdjointDEIS(1, steps=n), n)
+        d, _, _ = grads(AdjointDEIS(1, states="reuse", form="noise"), n)  # the poster's AdjointDEIS-1 on the path
+        e, _, _ = grads(AdjointDEIS(1, steps=n, form="noise"), n)
         for k in d:
             assert torch.allclose(d[k], e[k], rtol=1e-9, atol=1e-15), k
         errors.append(rel(g["x_T"], ref["x_T"]))

@@ -21,6 +21,7 @@ class ODE:
     """The probability-flow ODE: the field as it is, nothing between steps."""
 
     stochastic = False
+    factor = 1  # the drift is factor * eps in (y, rho)
 
     def drift(self, field):
         return field
@@ -41,13 +42,14 @@ class SDE:
     """The reverse diffusion SDE sampled on one Brownian path (the forward grid's increments)."""
 
     stochastic = True
+    factor = 2
 
     def __init__(self, path: BrownianPath):
         self.path = path
 
     def drift(self, field):
         """``2 eps`` in ``(y, rho)``: poster eq. 1 against eq. 2's ``eps``."""
-        return lambda z, s: 2 * field(z, s)
+        return lambda z, s: self.factor * field(z, s)
 
     def after_step(self):
         return lambda i, z: (z[0] + self.path.increment(i),) + tuple(z[1:])

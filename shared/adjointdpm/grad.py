@@ -40,6 +40,7 @@ from typing import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
+from .backward import DataForm, augmented
 from .dynamics import ODE, SDE
 from .ode import ProbabilityFlow, SolveInfo, Space
 from .schedule import as_steps
@@ -154,8 +155,8 @@ class Adjoint(Gradient):
         solver: its solver (default: the forward's); any name ``sample`` accepts.
         states: ``"reintegrate"`` (the paper) solves ``y`` backwards alongside the adjoint
             from the final state only, so memory is independent of steps;
-            ``"reuse"`` restarts ``y`` from the stored forward state at every grid point
-            (more accurate, stores one state per step; needs the forward grid).
+            ``"reuse"`` restarts ``y`` from the stored forward state at every forward grid point
+            (more accurate, stores one state per step; ``steps`` a multiple of the forward's).
     """
 
     def __init__(self, steps: int | None = None, solver: str | None = None, *, states: str = "reintegrate"):
@@ -175,15 +176,16 @@ class Adjoint(Gradient):
         (the last one the dynamics': an SDE re-solved backwards must land on every forward grid point)."""
         times, forward_steps = problem.times, len(problem.times) - 1
         if self.steps is not None and self.steps != forward_steps:
-            if self.states == "reuse":
-                raise ValueError("Adjoint(states='reuse') integrates on the forward grid: leave steps=None "
-                                 f"or set it to the forward steps ({forward_steps})")
+            if self.states == "reuse" and self.steps % forward_steps:
+                raise ValueError(f"{type(self).__name__}(states='reuse') restarts from the stored states at the "
+                                 f"forward's grid points: steps must be a multiple of the forward's {forward_steps} "
+                                 f"(got {self.steps})")
             times = problem.make_times(self.steps)
         method = problem.method if self.solver is None else make_method(self.solver, problem.rtol, problem.atol)
         if method.exponential and not problem.space.exponential:
             raise ValueError(f"adjoint solver {self.solver!r} is an exponential integrator: it needs space='reparam'")
-        # before each backward step, y restarts from the stored state or is re-solved as the dynamics say
-        restart = None if self.states == "reuse" else problem.dynamics.reverse(len(times) - 1)
+        # between stored states (or everywhere, re-solving), y is re-solved as the dynamics say
+        restart = problem.dynamics.reverse(len(times) - 1) if self.states == "reintegrate" else None
         return method, times, restart
 
     def solve(self, problem, z0):
@@ -192,45 +194,70 @@ class Adjoint(Gradient):
 
 
 class AdjointDEIS(Adjoint):
-    """AdjointDEIS-k (poster eq. 12 and its multistep second-order form).
+    """AdjointDEIS-k: the adjoint solved with exponential integrators in lambda, order 1 or 2, one
+    model evaluation and one vector-Jacobian product per step, memory flat in steps.
 
-    One model evaluation and one vector-Jacobian product per step, memory flat in steps: the
-    cheapest adjoint per step (0.55-0.75x Backprop's time on the toy MLP at the forward's step
-    count). But it is of order 1 or 2, and each step from ``rho_t`` up to ``rho_s = rho_t e^h``
-    extrapolates from ``rho_t``: with coarse logSNR steps it overshoots, and its error is of
-    the order of the gradient itself (toy MLP, ``dL/dx_T`` against the sampler's exact
-    gradient: AdjointDEIS-1 280 % at 10 steps, 36 % at 100; AdjointDEIS-2 a factor 2400 at
-    10, 6.6 % at 100; ``python -m toy.bench``). Do not use it at few steps; give it many
-    (``steps=`` is independent of the forward's), and check it against :class:`Checkpoint`
-    once on your model. Behind an SDE solver, ``states="reuse"`` is the poster's AdjointDEIS-1
-    along the stored sampled path.
+    Two forms (:mod:`adjointdpm.backward` gives the equations):
 
-    In ``(y, rho)`` the adjoint ``a_y = alpha a_x`` has no linear part, and eq. 12,
-    ``a_x(s) = (alpha_t/alpha_s) a_x(t) + sigma_s (e^h - 1) (alpha_t^2/alpha_s^2) a_x(t)^T deps/dx``,
-    multiplied by ``alpha_s`` is ``a_y(s) = a_y(t) - (rho_s - rho_t) a_y(t)^T d eps(alpha y)/dy``:
-    the exponential Euler step (DPM-Solver-1) on the adjoint system. Order 2 takes the
-    vector-Jacobian products linear in lambda through the last two points
-    (DPM-Solver-2M). ``y`` is re-integrated with the same rule, so ``steps`` need not equal the
-    forward's (with ``states="reuse"`` it restarts from the stored states, on the forward grid).
+    * ``form="data"``: the data-prediction form, DPM-Solver++'s variables. The adjoint
+      ``b = sigma a_x`` over ``u = e^lambda`` integrates exactly the part of ``sigma d eps/dx``
+      that is near the identity, and each step takes its VJP at the state where the forward step
+      evaluated the model. Order 1 on the forward's stored states behind ``dpm1`` *is* the exact
+      gradient of the DDIM sampler (:class:`Checkpoint`'s, to round-off). Measured on the learned
+      digits DDPM++ behind 10 and 20 DDIM steps, at the sampler's own steps: order 2 points within
+      cosine 0.98 / 0.99 of the sampler's exact gradient on stored states (``python -m cifar.adjoint_accuracy``,
+      ``results/cifar/adjoint_accuracy.md``).
+    * ``form="noise"`` (default): the poster's eq. 12 as written, in ``(y, rho)`` (the noise-prediction form):
+      ``a_x(s) = (alpha_t/alpha_s) a_x(t) + sigma_s (e^h - 1) (alpha_t^2/alpha_s^2) a_x(t)^T deps/dx``,
+      the VJP at the adjoint's current point; order 2 takes the VJPs linear in lambda through the last
+      two points (DPM-Solver-2M on the adjoint system). It extrapolates the identity-like part of
+      ``sigma d eps/dx`` across each step, which at about one unit of lambda per step sits at the edge of
+      the explicit rules' stability: on the learned DDPM++ behind 10 DDIM steps its order 2 is a factor
+      100-300 off the sampler's gradient, and its order 1 uncorrelated with it. Kept to reproduce the
+      poster, and to show why the form matters.
+
+    Behind ``sde-dpm1`` both forms solve the SDE's adjoint ODE (drift ``2 eps``; the data form then
+    carries ``b = rho^2 a_y`` over ``u^2``, as SDE-DPM-Solver++ does); ``states="reuse"`` follows the
+    stored sampled path (the poster's AdjointDEIS-1 on it, with ``form="noise"``).
+
+    Args:
+        order: 1 or 2.
+        steps: the backward's steps (default: the forward's), on the forward's spacing and ends; with
+            ``states="reuse"`` a multiple of the forward's.
+        states: ``"reintegrate"`` re-solves ``y`` backwards (memory flat in steps); ``"reuse"`` restarts it
+            from the forward's stored states at its grid points (one state per forward step).
+        form: ``"data"`` or ``"noise"``.
     """
 
-    def __init__(self, order: int = 1, steps: int | None = None, *, states: str = "reintegrate"):
+    def __init__(self, order: int = 1, steps: int | None = None, *, states: str = "reintegrate", form: str = "noise"):
         if order not in (1, 2):
             raise ValueError(f"AdjointDEIS order must be 1 or 2, got {order!r}")
+        if form not in ("data", "noise"):
+            raise ValueError(f"AdjointDEIS form must be 'data' or 'noise', got {form!r}")
         super().__init__(steps=steps, solver="dpm1" if order == 1 else "dpm2m", states=states)
-        self.order = order
+        self.order, self.form = order, form
 
     def __repr__(self):
-        return f"AdjointDEIS(order={self.order}, steps={self.steps}, states={self.states!r})"
+        return f"AdjointDEIS(order={self.order}, steps={self.steps}, states={self.states!r}, form={self.form!r})"
+
+    def solve(self, problem, z0):
+        if self.form == "noise":
+            return super().solve(problem, z0)
+        method, times, restart = self._plan(problem)
+        run = _AdjointRun(problem, method, times, restart, reuse=self.states == "reuse", order=self.order)
+        return _AdjointSolve.apply(run, z0, *run.wrt)
 
 
 class _AdjointRun:
     """The forward solve without a graph and the backward adjoint solve, for one call. The
     tensors that receive gradients (``wrt``) are fixed here, once, so the backward matches them
-    to the forward's inputs even if ``requires_grad`` changes in between."""
+    to the forward's inputs even if ``requires_grad`` changes in between. ``order`` selects the
+    data-form AdjointDEIS backward (:class:`~adjointdpm.backward.DataForm`); without it the
+    augmented system is integrated by ``method`` (eq. 11)."""
 
-    def __init__(self, problem: Problem, method: Method, times, restart, *, reuse: bool):
+    def __init__(self, problem: Problem, method: Method, times, restart, *, reuse: bool, order: int | None = None):
         self.problem, self.method, self.times, self.restart, self.reuse = problem, method, times, restart, reuse
+        self.order = order
         self.wrt = problem.wrt()
 
     def forward(self, z0):
@@ -240,31 +267,23 @@ class _AdjointRun:
         return z_end, stored
 
     def _before(self, stored):
+        """Before backward step ``j``: the stored state where ``j`` is a forward grid point (``reuse``),
+        else what the dynamics do to a re-solved state (``restart``)."""
         if not self.reuse:
             return self.restart
         stored = stored[::-1]
-        return lambda j, state: (stored[j],) + tuple(state[1:])
+        per = (len(self.times) - 1) // (len(stored) - 1)
+        return lambda j, state: state if j % per else (stored[j // per],) + tuple(state[1:])
 
     def backward(self, z_end, stored, a_end):
-        wrt, field = self.wrt, self.problem.dz_ds
-
-        def augmented(state, s):
-            z, a = state[0], state[1]
-            with torch.enable_grad():
-                z = z.detach().requires_grad_(True)
-                dz = field(z, s)
-                # a leaf that stopped requiring grad since the forward gets none, as autograd gives it none
-                live = [i for i, w in enumerate(wrt) if w.requires_grad]
-                a_z, *a_live = torch.autograd.grad(dz, (z, *(wrt[i] for i in live)), a, allow_unused=True)
-            a_wrt = [torch.zeros_like(w) for w in wrt]
-            for i, v in zip(live, a_live):
-                if v is not None:
-                    a_wrt[i] = -v
-            return (dz.detach(), torch.zeros_like(z) if a_z is None else -a_z, *a_wrt)
-
-        state = (z_end, a_end) + tuple(torch.zeros_like(w) for w in wrt)
-        state = integrate(self.method, augmented, state, self.problem.grid(self.times)[::-1], self.times.flip(0),
-                          before=self._before(stored), what="adjoint state")
+        if self.order is not None:
+            solve = DataForm(self.problem, self.order, self.method, self.times, self.restart,
+                             stored if self.reuse else None)
+            return solve(z_end, a_end, self.wrt)
+        state = (z_end, a_end) + tuple(torch.zeros_like(w) for w in self.wrt)
+        state = integrate(self.method, augmented(self.problem.dz_ds, self.wrt), state,
+                          self.problem.grid(self.times)[::-1], self.times.flip(0), before=self._before(stored),
+                          what="adjoint state")
         return state[1], state[2:]
 
 

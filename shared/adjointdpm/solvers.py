@@ -249,7 +249,7 @@ def make_method(name: str, rtol: float = 1e-5, atol: float = 1e-5) -> Method:
     return table[name]()
 
 
-def _check_finite(z: State, step: int, steps: int, t: float, what: str):
+def check_finite(z: State, step: int, steps: int, t: float, what: str):
     if not bool(torch.stack([torch.isfinite(zk).all() for zk in z]).all()):  # one host sync per step
         raise ValueError(f"non-finite values (nan or inf) in the {what} after step {step} of {steps} "
                          f"(t = {t:.6g}); try more steps, a larger t_end or float64")
@@ -272,7 +272,7 @@ def integrate(method: Method, f, z: State, grid, times, *, checkpoint: bool = Fa
             z, hist = torch.utils.checkpoint.checkpoint(method.step, *args, use_reentrant=False)
         else:
             z, hist = method.step(*args)
-        _check_finite(z, i + 1, steps, float(times[i + 1]), what)
+        check_finite(z, i + 1, steps, float(times[i + 1]), what)
         if states is not None:
             states.append(z)
         if after is not None:

@@ -89,8 +89,8 @@ def test_checkpoint_equals_backprop(solver):
     (lambda m: AdjointDEIS(1, steps=m, form="noise"), 1, (100, 200, 400)),
     (lambda m: AdjointDEIS(2, steps=m, form="noise"), 2, (50, 100, 200)),
     (lambda m: AdjointDEIS(2, steps=m, states="reuse", form="data"), 2, (200, 400, 800)),
-], ids=["Adjoint-rk4", "Adjoint-heun", "AdjointDEIS-1", "AdjointDEIS-2", "AdjointDEIS-1-noise", "AdjointDEIS-2-noise",
-        "AdjointDEIS-2-reuse-multiples"])
+], ids=["Adjoint-rk4", "Adjoint-heun", "AdjointDEIS-1", "AdjointDEIS-2", "AdjointDEIS-1-noise",
+        "AdjointDEIS-2-noise", "AdjointDEIS-2-reuse-multiples"])
 def test_adjoints_converge_to_backprop_with_their_own_steps(make, order, own_steps):
     """Forward fixed (200 RK4 steps, error ~1e-9); only the adjoint's steps grow."""
     bp = grads(Backprop(), 200)

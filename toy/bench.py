@@ -40,7 +40,8 @@ SDE_STRATEGIES = {  # the adjoints solve with RK4 at the forward's steps
     "SDE Checkpoint": Checkpoint,
     "SDE Adjoint (stored states)": lambda: Adjoint(solver="rk4", states="reuse"),
     "SDE Adjoint (re-solved)": lambda: Adjoint(solver="rk4"),
-    "SDE AdjointDEIS-1": lambda: AdjointDEIS(1),
+    "SDE AdjointDEIS-1 (data)": lambda: AdjointDEIS(1, form="data"),
+    "SDE AdjointDEIS-1 (noise)": lambda: AdjointDEIS(1, form="noise"),
 }
 
 

@@ -31,8 +31,10 @@ STRATEGIES = {
     "Adjoint": Adjoint,
     "Adjoint (reuse states)": lambda: Adjoint(states="reuse"),
     "Adjoint (torchdiffeq)": TorchdiffeqAdjoint,
-    "AdjointDEIS-1": lambda: AdjointDEIS(1),
-    "AdjointDEIS-2": lambda: AdjointDEIS(2),
+    "AdjointDEIS-1 (data)": lambda: AdjointDEIS(1, form="data"),
+    "AdjointDEIS-2 (data)": lambda: AdjointDEIS(2, form="data"),
+    "AdjointDEIS-1 (noise)": lambda: AdjointDEIS(1, form="noise"),
+    "AdjointDEIS-2 (noise)": lambda: AdjointDEIS(2, form="noise"),
 }
 FORWARD_SOLVERS = ("euler", "heun", "rk4", "adams4", "dpm1", "dpm2", "dpm3", "dpm2m")
 

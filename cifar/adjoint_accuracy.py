@@ -6,7 +6,7 @@ Writes ``adjoint_accuracy.md/json/png`` (:mod:`adjointdpm.accuracy`): for DDIM (
 DPM-Solver-2M at 10, 20 and 50 steps, every strategy and form at 1, 2 and 4 times the sampler's
 steps, how far ``dL/dx_T`` is from the sampler's exact gradient and from a converged solve's, for
 two losses on the 16x16 digits in [-1, 1]: a smooth one (the mean intensity of the central 8x8) and
-a random projection. About 40 minutes on 2 CPU cores; an interrupted run resumes.
+a random projection. About 30 minutes on 2 CPU cores; an interrupted run resumes.
 """
 from __future__ import annotations
 

@@ -23,8 +23,9 @@
 # **Learning goals.** After this notebook you can
 # - say why backpropagating through a sampler costs memory that grows with its steps, and how
 #   the adjoint ODE (the paper's eq. 11, derived in section 3) avoids it;
-# - derive the reparameterized ODE (eq. 10) and AdjointDEIS's exponential-integrator step, and
-#   say why the latter is the least accurate at few steps;
+# - derive the reparameterized ODE (eq. 10) and AdjointDEIS's exponential-integrator step in its
+#   two forms, and say why the noise-prediction form breaks down at few steps where the
+#   data-prediction form does not;
 # - choose a gradient strategy (`Backprop`, `Checkpoint`, `Adjoint`, `AdjointDEIS`) from what it
 #   is the gradient *of*, its memory and its time;
 # - read the same questions for the diffusion SDE.
@@ -166,15 +167,64 @@ ax.legend(); plt.show()
 # and integrates the rest exactly: `a_y(s) = a_y(t) - (rho_s - rho_t) a_y(t)^T d eps~/dy |_t`.
 # With `a_y = alpha a_x` and `rho_s - rho_t = rho_s (1 - e^h)` this is the poster's eq. 12,
 # `a_x(s) = (alpha_t/alpha_s) a_x(t) + sigma_s (e^h - 1) (alpha_t^2/alpha_s^2) a_x(t)^T d eps/dx`;
-# it is DPM-Solver-1 applied to
-# the adjoint, as DDIM is Euler on eq. 10. AdjointDEIS-2 takes the VJP linear in `lambda` through
-# the last two points (a multistep rule, `dpm2m`). Why it is the least accurate at few steps:
-# its error per step is the change of the frozen VJP across the step, and on a logSNR grid
-# `rho` grows by the factor `e^{|h|}` per step, so the steps toward the noise are the longest in
-# `rho`, and the adjoint and its VJP change most there; the value at the step's start says
-# little about the rest of the step. Order 1 (or 2) cannot make up for that with few steps;
-# section 8 measures it.
+# it is DPM-Solver-1 applied to the adjoint, as DDIM is Euler on eq. 10. AdjointDEIS-2 takes the
+# VJP linear in `lambda` through the last two points (a multistep rule, `dpm2m`). This is the
+# **noise-prediction form** (`AdjointDEIS(order, form="noise")`).
 #
+# **Why the noise form breaks down at few steps.** Written in `lambda`, it reads
+# `d a_y / d lambda = a_y^T (sigma_t d eps/dx)`. The matrix `sigma_t d eps/dx` is close to the
+# identity wherever the noise dominates: every direction at high noise, and the directions
+# normal to the data at low noise. On that part the exact solution over a backward step of
+# `|h|` in lambda multiplies `a_y` by `e^{-|h|}`, while the explicit step multiplies it by
+# `2 - e^{|h|}`: 0.37 against -0.72 at `|h| = 1`, about what 10 logSNR steps of this schedule
+# take. The sign flips at every step, and order 2 extrapolates the flip further.
+#
+# **The data-prediction form** (DPM-Solver++'s variables, `AdjointDEIS(order, form="data")`, the
+# library's default) moves that identity into the part that is integrated exactly. With
+# `x0_hat = (x - sigma_t eps) / alpha_t`, `v = x / sigma_t` and `u = e^lambda = 1 / rho`, the ODE is
+#
+# $$\frac{dv}{du} = \hat x_0(\sigma_t v, t), \qquad
+#   \frac{d a_v}{du} = -a_v^\top \sigma_t \frac{\partial \hat x_0}{\partial x}, \qquad a_v = \sigma_t\, a_x ,$$
+#
+# and since `sigma_t d x0_hat/dx = rho_t (I - sigma_t d eps/dx)`, the identity-like part now
+# contributes nothing to be extrapolated. DDIM is Euler in these variables:
+# `v_t = v_s + (u_t - u_s) x0_hat(x_s, s)`. The library's first-order data-form step takes its
+# VJP where that DDIM step evaluated the model, at `x_s`:
+# `a_v(s) = a_v(t) + (u_t - u_s) a_v(t)^T sigma_s d x0_hat/dx |_{x_s}`. That is the transpose of
+# the DDIM step, so on the sampler's stored states it is *the exact gradient of DDIM*:
+# **the discrete sampler's exact gradient is itself an exponential-integrator adjoint**, of the
+# data-prediction form. Order 2 integrates the VJP linear in lambda between the step's two
+# ends, predicting `a_v(s)` with the first-order step (a predictor-corrector, one VJP per step).
+# Below: one backward step on that identity-like part (a Gaussian of tiny variance, so
+# `sigma d eps/dx = I`), and the identity with DDIM's gradient on the mixture.
+
+# %%
+f64 = dict(dtype=torch.float64)
+point = GaussianMixture(torch.ones(1, **f64), torch.zeros(1, 2, **f64), torch.full((1, 2), 1e-6, **f64), schedule)
+s_, t_ = (float(schedule.inverse_lambda(torch.tensor(lam, **f64))) for lam in (-1.0, 0.0))  # h = 1 in lambda
+factor = {}
+for form in ("noise", "data"):
+    x_s = torch.randn(3, 2, **f64).requires_grad_()
+    sample(point, x_s, schedule, steps=1, t_start=s_, t_end=t_, solver="dpm1",
+           gradient=AdjointDEIS(1, form=form)).sum().backward()
+    factor[form] = float(x_s.grad[0, 0]) * float(schedule.alpha(s_) / schedule.alpha(t_))  # what a_y is multiplied by
+print(f"one backward step of h = 1: exact e^-h = {math.exp(-1):.3f}, noise form {factor['noise']:.3f}, "
+      f"data form {factor['data']:.3f}")
+assert abs(factor["noise"] - (2 - math.e)) < 1e-3 and abs(factor["data"] - math.exp(-1)) < 1e-3
+
+mix8 = eight_modes(schedule, scale=0.3).double()
+x8 = torch.randn(32, 2, generator=torch.Generator().manual_seed(2), **f64)
+g = {}
+for name, strategy in (("Checkpoint", Checkpoint()), ("data form, order 1, stored states",
+                                                       AdjointDEIS(1, states="reuse", form="data"))):
+    x = x8.clone().requires_grad_()
+    (sample(mix8, x, schedule, steps=10, solver="dpm1", gradient=strategy) ** 2).sum().backward()
+    g[name] = x.grad
+gap_ddim = float((g["data form, order 1, stored states"] - g["Checkpoint"]).norm() / g["Checkpoint"].norm())
+print(f"behind 10 DDIM steps, AdjointDEIS(1, states='reuse', form='data') is {gap_ddim:.1e} off DDIM's exact gradient")
+assert gap_ddim < 1e-12
+
+# %% [markdown]
 # ## 4. The reparameterization and why it is non-stiff
 #
 # With `y = x / alpha_t` and `rho = sigma_t / alpha_t` eq. 4 becomes (eq. 10)
@@ -235,7 +285,6 @@ assert bool((smooth[1:] >= smooth[:-1]).all())                     # the right p
 # strategy at 10, 20 and 40 steps and fit the order.
 
 # %%
-f64 = dict(dtype=torch.float64)
 mean, scale = torch.tensor([0.5, -1.0], **f64), torch.tensor([0.3, 1.5], **f64)
 x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), **f64)
 target = torch.tensor([1.0, 2.0], **f64)
@@ -336,47 +385,108 @@ def one_gradient(strategy, steps):
     return torch.cat([x.grad.flatten(), mixture.means.grad.flatten()]), kept, info.nfe_backward
 
 adjoints = {"Adjoint RK4 (n)": lambda n: Adjoint(solver="rk4"), "Adjoint RK4 (3n)": lambda n: Adjoint(3 * n, "rk4"),
-            "AdjointDEIS-2 (n)": lambda n: AdjointDEIS(2), "AdjointDEIS-2 (10n)": lambda n: AdjointDEIS(2, 10 * n)}
-gap = {}
-print("sampler steps n | " + " | ".join(f"{name:>19s}" for name in adjoints) + "   (off Checkpoint; VJPs)")
+            "DEIS-2 noise (n)": lambda n: AdjointDEIS(2, form="noise"),
+            "DEIS-2 noise (10n)": lambda n: AdjointDEIS(2, 10 * n, form="noise"),
+            "DEIS-1 data (n)": lambda n: AdjointDEIS(1, form="data"),
+            "DEIS-1 data (2n)": lambda n: AdjointDEIS(1, 2 * n, form="data"),
+            "DEIS-2 data (n)": lambda n: AdjointDEIS(2, form="data")}
+gap, vjps = {}, {}
+print("steps n | " + " | ".join(f"{name:>18s}" for name in adjoints) + "   (off Checkpoint, VJPs)")
 for n in (10, 20, 50):
     exact_grad = one_gradient(Checkpoint(), n)[0]
-    cells = []
     for name, make in adjoints.items():
-        g, _, vjps = one_gradient(make(n), n)
+        g, _, vjps[n, name] = one_gradient(make(n), n)
         gap[n, name] = float((g - exact_grad).norm() / exact_grad.norm())
-        cells.append(f"{gap[n, name]:9.1e} {vjps:5d} VJPs")
-    print(f"{n:15d} | " + " | ".join(f"{c:>19s}" for c in cells))
+    print(f"{n:7d} | " + " | ".join(f"{gap[n, name]:9.1e} {vjps[n, name]:4d} VJPs" for name in adjoints))
 kept = {name: one_gradient(make(), 20)[1] for name, make in
         [("Backprop", Backprop), ("Checkpoint", Checkpoint), ("Adjoint", Adjoint)]}
 print("bytes kept for backward at 20 steps:", {k: f"{v / 1024:.0f} KiB" for k, v in kept.items()})
 assert gap[50, "Adjoint RK4 (3n)"] < gap[20, "Adjoint RK4 (3n)"] < gap[10, "Adjoint RK4 (3n)"]  # the sampler's gap
 assert gap[10, "Adjoint RK4 (3n)"] > 0.1 and gap[50, "Adjoint RK4 (3n)"] < 0.01  # tens of percent at 10, < 1 % at 50
 assert gap[10, "Adjoint RK4 (3n)"] >= gap[10, "Adjoint RK4 (n)"]                 # more adjoint steps: no closer
-assert gap[10, "AdjointDEIS-2 (n)"] > 10                                         # overshoots at the sampler's steps
-for n in (10, 20, 50):  # ten times the steps: AdjointDEIS-2 reaches the same floor as the RK4 adjoint
-    assert abs(gap[n, "AdjointDEIS-2 (10n)"] - gap[n, "Adjoint RK4 (3n)"]) < 0.15 * gap[n, "Adjoint RK4 (3n)"]
+assert gap[10, "DEIS-2 noise (n)"] > 10                                          # the noise form overshoots
+for n in (10, 20, 50):  # ten times the steps: the noise form reaches the same floor as the RK4 adjoint
+    assert abs(gap[n, "DEIS-2 noise (10n)"] - gap[n, "Adjoint RK4 (3n)"]) < 0.15 * gap[n, "Adjoint RK4 (3n)"]
+for n in (10, 20):  # the data form, order 1, twice the steps: nearer than RK4 at half its VJPs
+    assert gap[n, "DEIS-1 data (2n)"] < gap[n, "Adjoint RK4 (n)"] and 2 * vjps[n, "DEIS-1 data (2n)"] == vjps[n, "Adjoint RK4 (n)"]
+assert gap[50, "Adjoint RK4 (n)"] < gap[50, "DEIS-1 data (2n)"]                   # ... but not at 50 steps
+assert gap[10, "DEIS-1 data (n)"] < gap[10, "DEIS-2 data (n)"] < 1                # order 2: no blow-up, not nearer here
 
 # %% [markdown]
 # Reading it: at 10 sampler steps the sampler's own gradient is tens of percent away from the
 # ODE's, and three times the adjoint steps do not help (they converge to the ODE's gradient);
-# at 50 steps the gap is below one percent. AdjointDEIS at the sampler's steps overshoots
-# badly; ten times as many steps bring it to the same floor. With the timings of
+# at 50 steps the gap is below one percent. The noise form at the sampler's steps overshoots
+# (a factor of hundreds at 10 steps); ten times as many steps bring it to the same floor. The
+# data form does not blow up: at the sampler's steps its order 1 is within 10 % with one VJP per
+# step, and with twice the steps it is nearer than the RK4 adjoint at half the VJPs (at 10 and 20
+# sampler steps; at 50 RK4 is nearer). Its order 2 is of order 2 as the steps shrink (the tests
+# measure it), but at these coarse steps its error is larger than order 1's.
+#
+# With the measurements on learned networks (next section) and the timings of
 # `python -m toy.bench` and `python -m stable_diffusion.bench` (README, *Choosing a gradient
 # strategy*):
 #
 # - **Checkpoint** first. It is exact for what you sampled and keeps one state per step plus a
 #   single step's activations; its cost is one recomputed forward per step.
-# - **Adjoint** when even one state per step is too much, with a sampler fine enough that the
-#   ODE's gradient is the one you want. Each of its steps costs its solver's stages in model
-#   calls *and* VJPs: an RK4 adjoint behind a one-call-per-step sampler makes four times
-#   Checkpoint's VJPs.
-# - **AdjointDEIS** is the cheapest per step but only of order 1 or 2: give it many steps and
-#   check it against Checkpoint once.
+# - **AdjointDEIS in the data form** (`AdjointDEIS(1)`, the default form) when even one state
+#   per step is too much: one VJP per step, memory flat in steps, within a few percent of the
+#   sampler's gradient from 20 sampler steps on (section 9). Behind DDIM on stored states it *is*
+#   the sampler's gradient.
+# - **Adjoint** (RK4 on eq. 11) behind a fine sampler, where the ODE's gradient is the one you
+#   want: each of its steps costs four model calls *and* four VJPs.
+# - **The noise form** (`form="noise"`, the poster's eq. 12 as written) only with many steps;
+#   it is there to show why the form matters.
 # - **Backprop** only when steps are few and memory is plentiful.
+#
+# ## 9. The two forms on a learned network
+#
+# The toy's scores are exact and smooth; a learned network's are not. `python -m
+# cifar.adjoint_accuracy` measures every strategy on the DDPM++ trained on real digits (notebook
+# 02), against the sampler's exact gradient and against a converged solve's, at 1, 2 and 4 times
+# the sampler's steps (`results/cifar/adjoint_accuracy.md`; the same for the digits text-to-image
+# model in `results/stable_diffusion/digits/`). Read from its committed results: the cosine of
+# `dL/dx_T` to DDIM's exact gradient, for the flat (re-solved) adjoints of both forms.
+
+# %%
+import json
+from pathlib import Path
+
+ROOT = Path(apps.__file__).resolve().parents[1]  # the repository, where the committed results are
+learned = json.loads((ROOT / "results" / "cifar" / "adjoint_accuracy.json").read_text())["rows"]
+cell = {(r["solver"], r["steps"], r["strategy"], r["adjoint_steps"], r["loss"]): r for r in learned}
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+for ax, loss in zip(axes, ("smooth", "projection")):
+    for name, style in (("AdjointDEIS-1 data", "o-"), ("AdjointDEIS-2 data", "s-"),
+                        ("AdjointDEIS-1 noise", "o--"), ("AdjointDEIS-2 noise", "s--")):
+        for k, n in enumerate((10, 20, 50)):
+            pts = [(m * n, cell["dpm1", n, name, m * n, loss]["cos_exact"]) for m in (1, 2, 4)]
+            ax.semilogx(*zip(*pts), style, color=f"C{k}", label=f"{name}, {n} DDIM steps")
+    ax.axhline(0, color="k", linewidth=0.5)
+    ax.set(xlabel="adjoint steps", title=f"loss `{loss}`", ylim=(-0.3, 1.02))
+axes[0].set_ylabel("cosine to DDIM's exact gradient")
+axes[1].legend(fontsize=6, ncol=2)
+plt.tight_layout(); plt.show()
+for n in (10, 20):
+    print(f"{n} DDIM steps, as many adjoint steps: " + "; ".join(
+        f"{name} cos {min(cell['dpm1', n, name, n, l]['cos_exact'] for l in ('smooth', 'projection')):.2f}, "
+        f"error {max(cell['dpm1', n, name, n, l]['rel_exact'] for l in ('smooth', 'projection')):.2g}"
+        for name in ("AdjointDEIS-1 noise", "AdjointDEIS-2 noise", "AdjointDEIS-1 data", "AdjointDEIS-2 data")))
+worst = lambda n, name, key: [cell["dpm1", n, name, n, l][key] for l in ("smooth", "projection")]  # noqa: E731
+assert max(worst(10, "AdjointDEIS-2 noise", "rel_exact")) > 100 and max(worst(10, "AdjointDEIS-1 noise", "cos_exact")) < 0.1
+assert min(worst(10, "AdjointDEIS-1 data", "cos_exact")) > 0.85 and max(worst(10, "AdjointDEIS-2 data", "rel_exact")) < 1
+assert min(worst(20, "AdjointDEIS-2 data", "cos_exact")) > 0.98 and min(worst(20, "AdjointDEIS-1 data", "cos_exact")) > 0.98
+assert max(worst(10, "AdjointDEIS-1 data, stored", "rel_exact")) < 1e-5  # DDIM's transposed step: its exact gradient
 
 # %% [markdown]
-# ## 9. The diffusion SDE, and why its adjoint is an ODE
+# At 10 DDIM steps the poster's noise form returns a gradient uncorrelated with the one asked
+# for (order 1) or hundreds of times too large (order 2); the data form points the right way
+# (cosine above 0.85) and never blows up. At 20 steps both data-form orders are within cosine
+# 0.98. On the stored states, its order 1 is DDIM's exact gradient, to round-off. More adjoint
+# steps move the data form *away* from the sampler's gradient: they solve the continuous adjoint
+# more finely, and that is not what a 10-step DDIM computed.
+
+# %% [markdown]
+# ## 10. The diffusion SDE, and why its adjoint is an ODE
 #
 # Diffusion models also sample with the reverse **SDE** (AdjointDEIS poster eq. 1), which has
 # twice the ODE's score term plus fresh noise. In `(y, rho)` it reads
@@ -506,7 +616,9 @@ assert all(0.03 < e < 0.2 for n in (20, 50) for e in off[n][:2])  # from 20 step
 #   steps. `Checkpoint` keeps one state per step; the adjoint (eq. 11) keeps nothing per step.
 # - Eq. 11 is the adjoint of eq. 10 in `(y, rho)`; it starts from `alpha_end dL/dx_end` and
 #   returns `dL/dx_T = a_y(rho_T) / alpha_T`. AdjointDEIS is the exponential integrator of the
-#   same adjoint in `lambda`: cheapest per step, least accurate at few steps.
+#   same adjoint in `lambda`, one VJP per step. In the poster's noise form it extrapolates the
+#   identity-like part of `sigma d eps/dx` and breaks down at few steps; the data form integrates
+#   that part exactly, and its order 1 on the stored states is DDIM's exact gradient.
 # - The adjoints give the *continuous* ODE's (or SDE's) gradient: their own solver's error plus
 #   the gap between the sampler and the ODE. `Checkpoint` gives the sampler's exact gradient.
 #

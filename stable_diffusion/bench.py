@@ -236,7 +236,8 @@ def markdown(records: list[dict]) -> str:
              f"Peak memory above set-up ({unit}; set-up = the loaded model) and seconds per gradient, batch 1 with "
              f"classifier-free guidance {GUIDANCE:g} (the UNet sees batch 2), DPM-Solver-2M, loss on the decoded "
              "image. `adjoint` solves eq. 11 backwards with RK4 at the sampler's steps, `adjointdeis` is "
-             "AdjointDEIS-1; both must be flat in steps. Paper (App. B, SD 1.5 fp32, V100 32 GB): "
+             "AdjointDEIS-1 (data-prediction form); both must be flat in steps. Paper (App. B, SD 1.5 fp32, "
+             "V100 32 GB): "
              f"{PAPER['AdjointDPM']} GB AdjointDPM, {PAPER['DOODL']} GB DOODL.", ""]
     gradients = [r for r in records if r["strategy"] not in PARTS]
     lines.append(markdown_table(

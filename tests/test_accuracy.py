@@ -76,7 +76,7 @@ def test_the_sentences_follow_the_numbers():
 def test_the_commands_build_their_problems():
     """Both scales' set-ups: the committed model, finite losses, a key that names the model's weights."""
     from cifar import adjoint_accuracy as cifar_accuracy
-    from stable_diffusion import adjoint_accuracy as sd_accuracy
+    from stable_diffusion.digits import accuracy as sd_accuracy
     for module in (cifar_accuracy, sd_accuracy):
         s = module.build("cpu", 1, quick=True)
         with torch.no_grad():

@@ -188,7 +188,8 @@ def match_threshold(F, mix: GaussianMixture, fmr: float = 1e-3, pairs: int = 200
 
 
 def morph(n: int = 64, iters: int = 60, lr: float = 0.05, seed: int = 0, progress: bool = False,
-          ode_gradient=lambda: AdjointDEIS(1), sde_gradient=lambda: AdjointDEIS(1, states="reuse")) -> dict:
+          ode_gradient=lambda: AdjointDEIS(1, form="data"),
+          sde_gradient=lambda: AdjointDEIS(1, states="reuse", form="data")) -> dict:
     """DiM morphing of pairs of real points from neighbouring modes (two identities), then the
     poster's optimisation of ``(x_T, c)`` on ``L = (1 - cos(F(x0), F(a))) + (1 - cos(F(x0), F(b)))``
     through the ODE sampler (AdjointDEIS-1) and the SDE sampler (AdjointDEIS-1 on the stored SDE
@@ -251,8 +252,8 @@ def morph_markdown(r: dict) -> str:
             f"over its modes, p(k | x); success when F matches the morph to both at the threshold "
             f"{r['threshold']:.3f}, where it falsely matches 0.1 % of real impostor pairs. DiM: DDIM-encode both, "
             f"slerp the noises, decode ({MORPH_SAMPLING['steps']} steps). The optimised rows run {r['iters']} AdamW "
-            f"steps (lr {r['lr']}) on (x_T, c): ODE with AdjointDEIS-1, SDE (sde-dpm1, one noise seed) with "
-            "AdjointDEIS-1's rule on the stored SDE path. NFE per morph counts model evaluations and VJPs. The poster's "
+            f"steps (lr {r['lr']}) on (x_T, c): ODE with AdjointDEIS-1 (data-prediction form), SDE (sde-dpm1, one "
+            "noise seed) with the same rule on the stored SDE path. NFE per morph counts model evaluations and VJPs. The poster's "
             "MMPMR is on faces (SYN-MAD 2022), beside for its ordering only.\n\n" + markdown_table(header, rows) + "\n")
 
 

@@ -10,7 +10,7 @@ steps (a multiple of the sampler's), and each loss on the generated images: the 
   which an adjoint approaches as its path and its own steps refine;
 
 with the seconds of the forward and one backward, and the backward's model VJPs. A scale's command
-(``python -m cifar.adjoint_accuracy``, ``python -m stable_diffusion.adjoint_accuracy``) gives the model,
+(``python -m cifar.adjoint_accuracy``, ``python -m stable_diffusion.digits.accuracy``) gives the model,
 the noises and the losses as a :class:`Setup`; :func:`command` does the rest and writes
 ``adjoint_accuracy.md/json/png``. Every case is appended to ``OUT/adjoint_accuracy.work/cases.jsonl`` as
 it finishes (the folder keyed by the setup), so an interrupted run resumes where it stopped.

@@ -10,7 +10,8 @@ Each strategy is an object passed as ``sample(..., gradient=...)`` (as diffrax p
   recomputing one step at a time in backward.
 * :class:`Adjoint`    the augmented adjoint ODE solved backwards (eq. 11 in
   ``(y, rho)``, eq. 8 in ``(x, t)``); memory independent of steps.
-* :class:`AdjointDEIS` the adjoint ODE solved with exponential integrators in lambda.
+* :class:`AdjointDEIS` the adjoint ODE solved with exponential integrators in lambda, in the
+  data-prediction form (default) or the poster's noise-prediction form.
 * :class:`~adjointdpm.reference.TorchdiffeqAdjoint`, :class:`~adjointdpm.reference.TorchsdeAdjoint`
   the same adjoint through torchdiffeq's and torchsde's solvers, as references.
 
@@ -18,11 +19,17 @@ A strategy refuses what it cannot do in one place: its arguments when it is buil
 problem it is given at the start of ``solve``.
 
 Which to use: :class:`Checkpoint` by default. It is exact, costs one recomputed forward per
-step (1.4-1.6x Backprop's time on the toy MLP, 1.5-3x on tiny SD components: ``python -m
+step (0.95-2.0x Backprop's time on the toy MLP, 1.7-2.3x on tiny SD components: ``python -m
 toy.bench``, ``python -m stable_diffusion.bench``) and keeps one state per step beyond a
 single step's activations (a 4x64x64 latent, 64 KiB, per step at SD 1.5's size). The adjoints
-pay off when even that does not fit, or when the backward should use its own grid; they
-approximate the continuous gradient, so their error is their own solver's (see each class).
+pay off when even that does not fit; they approximate the sampler's gradient, and how well
+depends on the model as much as on the rule. Measured on two learned models (``python -m
+cifar.adjoint_accuracy``, ``python -m stable_diffusion.digits.accuracy``), with as many adjoint
+steps as sampler steps: :class:`AdjointDEIS` in the data form never blows up (on the DDPM++ behind
+10 DDIM steps: cosine 0.89 or more to the sampler's exact gradient, where the noise form is
+uncorrelated or thousands of times too large); :class:`Adjoint` with RK4 is the most accurate on
+the latent digits model (3.9 % off behind 10 DPM-Solver-2M steps) but 100-170 % off on the
+DDPM++, at four VJPs per step.
 
 Adjoint notation, in the space's variables ``(z, s)`` with ``dz/ds = F(z, s)``: the
 augmented state ``(z, a_z, a_c, a_theta)`` obeys (Alg. 1)::
@@ -133,10 +140,13 @@ class Adjoint(Gradient):
     ``dL/dx_T`` on the toy MLP is 2 % off the exact gradient of the sampler at 10 steps, 0.1 %
     at 20 and 3e-5 at 50 (``python -m toy.bench``). Behind a coarse sampler the ODE's gradient
     is not the sampler's, and no number of adjoint steps closes that gap (32 % at 10
-    DPM-Solver-2M steps on notebook 01's mixture, 0.6 % at 50). Each backward step costs the solver's stages in model
+    DPM-Solver-2M steps on notebook 01's mixture, 0.6 % at 50). On learned models it depends on
+    the model: behind 10 DPM-Solver-2M steps RK4 at the sampler's steps is 3.9 % off the
+    sampler's gradient on the latent digits model, 160 % off (cosine 0.83) on the digits DDPM++
+    (``results/*/adjoint_accuracy.md``). Each backward step costs the solver's stages in model
     evaluations *and* vector-Jacobian products: an RK4 adjoint behind a one-evaluation sampler
-    (``dpm2m``) costs 3.4-5.2x Backprop's time on tiny SD components, against Checkpoint's
-    1.5-3x. Do not use it when :class:`Checkpoint` fits: that is exact and cheaper. With
+    (``dpm2m``) costs 4.5-8.7x Backprop's time on tiny SD components, against Checkpoint's
+    1.7-2.3x. Do not use it when :class:`Checkpoint` fits: that is exact and cheaper. With
     ``states="reintegrate"`` the re-solved ``y`` drifts from the forward path where the ODE
     is sensitive (high noise, few steps); ``states="reuse"`` removes that error for one stored
     state per step.
@@ -199,22 +209,29 @@ class AdjointDEIS(Adjoint):
 
     Two forms (:mod:`adjointdpm.backward` gives the equations):
 
-    * ``form="data"``: the data-prediction form, DPM-Solver++'s variables. The adjoint
+    * ``form="data"`` (default): the data-prediction form, DPM-Solver++'s variables. The adjoint
       ``b = sigma a_x`` over ``u = e^lambda`` integrates exactly the part of ``sigma d eps/dx``
       that is near the identity, and each step takes its VJP at the state where the forward step
       evaluated the model. Order 1 on the forward's stored states behind ``dpm1`` *is* the exact
-      gradient of the DDIM sampler (:class:`Checkpoint`'s, to round-off). Measured on the learned
-      digits DDPM++ behind 10 and 20 DDIM steps, at the sampler's own steps: order 2 points within
-      cosine 0.98 / 0.99 of the sampler's exact gradient on stored states (``python -m cifar.adjoint_accuracy``,
-      ``results/cifar/adjoint_accuracy.md``).
-    * ``form="noise"`` (default): the poster's eq. 12 as written, in ``(y, rho)`` (the noise-prediction form):
+      gradient of the DDIM sampler (:class:`Checkpoint`'s, to round-off). The default because it
+      is the form that holds on learned models (``results/cifar/adjoint_accuracy.md``,
+      ``results/stable_diffusion/digits/adjoint_accuracy.md``, worst of the losses, adjoint steps =
+      sampler steps, states re-solved): behind 10 / 20 DDIM steps on the digits DDPM++, order 1
+      has cosine 0.895 / 0.991 to the sampler's exact gradient (relative error 0.45 / 0.16), order 2
+      0.946 / 0.987 (0.70 / 0.34); on the latent digits model behind 10 DPM-Solver-2M steps, 0.974
+      and 0.985 (0.35 and 0.47), and with four times the steps order 2 is 7.5 % off. At coarse steps
+      order 2 is no nearer than order 1: it is of order 2 as the steps shrink (tested), with a
+      larger constant.
+    * ``form="noise"``: the poster's eq. 12 as written, in ``(y, rho)`` (the noise-prediction form):
       ``a_x(s) = (alpha_t/alpha_s) a_x(t) + sigma_s (e^h - 1) (alpha_t^2/alpha_s^2) a_x(t)^T deps/dx``,
       the VJP at the adjoint's current point; order 2 takes the VJPs linear in lambda through the last
       two points (DPM-Solver-2M on the adjoint system). It extrapolates the identity-like part of
       ``sigma d eps/dx`` across each step, which at about one unit of lambda per step sits at the edge of
-      the explicit rules' stability: on the learned DDPM++ behind 10 DDIM steps its order 2 is a factor
-      100-300 off the sampler's gradient, and its order 1 uncorrelated with it. Kept to reproduce the
-      poster, and to show why the form matters.
+      the explicit rules' stability: on the DDPM++ behind 10 DDIM steps its order 1 is uncorrelated
+      with the sampler's gradient (cosine -0.17 and -0.19) and its order 2 is 5,000-270,000 times too
+      large. Where the steps are shorter in lambda (the latent model's schedule: 0.6 per step at 10
+      steps) it holds up better (cosine 0.77-0.92). Kept to reproduce the poster, and to show why the
+      form matters.
 
     Behind ``sde-dpm1`` both forms solve the SDE's adjoint ODE (drift ``2 eps``; the data form then
     carries ``b = rho^2 a_y`` over ``u^2``, as SDE-DPM-Solver++ does); ``states="reuse"`` follows the
@@ -229,7 +246,7 @@ class AdjointDEIS(Adjoint):
         form: ``"data"`` or ``"noise"``.
     """
 
-    def __init__(self, order: int = 1, steps: int | None = None, *, states: str = "reintegrate", form: str = "noise"):
+    def __init__(self, order: int = 1, steps: int | None = None, *, states: str = "reintegrate", form: str = "data"):
         if order not in (1, 2):
             raise ValueError(f"AdjointDEIS order must be 1 or 2, got {order!r}")
         if form not in ("data", "noise"):

@@ -1,6 +1,6 @@
 """Every gradient strategy measured on the digits text-to-image model (``stable_diffusion/weights/digits``).
 
-    python -m stable_diffusion.adjoint_accuracy [--out results/stable_diffusion/digits] [--batch 4] [--quick]
+    python -m stable_diffusion.digits.accuracy [--out results/stable_diffusion/digits] [--batch 4] [--quick]
 
 Writes ``adjoint_accuracy.md/json/png`` (:mod:`adjointdpm.accuracy`): for DDIM (``dpm1``) and
 DPM-Solver-2M at 10, 20 and 50 steps on the 8x8x4 latents (guidance 4, as the applications sample),
@@ -19,18 +19,16 @@ import torch
 
 from adjointdpm import accuracy, files
 
-from .apps import Pipeline, Sampler
-from .digits import data, load_classifier, load_model
-from .model import decode
-from .registry import MODELS
-
-MODEL = "digits"
+from ..apps import Pipeline, Sampler
+from ..model import decode
+from . import data, load_classifier, load_model
+from .experiments import SAMPLER
 
 
 def build(device, batch: int, quick: bool) -> accuracy.Setup:
-    """The digits model sampled as its applications sample it, ``batch`` noises and prompts, three losses."""
+    """The digits model with the applications' guidance, ``batch`` noises and prompts, three losses."""
     comps = load_model(device=device)
-    pipe = Pipeline(comps, Sampler(guidance_scale=MODELS[MODEL].guidance_scale))
+    pipe = Pipeline(comps, Sampler(guidance_scale=SAMPLER.guidance_scale))  # as the applications sample
     labels = torch.arange(batch) % data.UNSEEN  # the digits the model was taught by name: 0 to 8
     with torch.no_grad():
         cond = pipe.encode([data.prompt(int(k)) for k in labels])
@@ -58,7 +56,7 @@ def build(device, batch: int, quick: bool) -> accuracy.Setup:
 
 
 def main(argv=None):
-    return accuracy.command("python -m stable_diffusion.adjoint_accuracy", __doc__, build,
+    return accuracy.command("python -m stable_diffusion.digits.accuracy", __doc__, build,
                             Path("results/stable_diffusion/digits"), argv)
 
 

@@ -270,8 +270,9 @@ def command(prog: str, description: str, build: Callable[..., Setup], default_ou
     parser.add_argument("--out", type=cli.folder, default=default_out, help=f"output folder (default {default_out})")
     parser.add_argument("--batch", type=cli.positive_int, default=4, help="noises (default 4)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"small sizes for tests: {QUICK['solvers']} at steps {QUICK['steps']}, multiples "
-                             f"{QUICK['multiples']}, the converged solve as usual")
+                        help=f"small sizes for tests: {', '.join(QUICK['solvers'])} at steps {QUICK['steps']}, "
+                             f"multiples {QUICK['multiples']}, the converged solve {QUICK_FINE['steps']} "
+                             f"{QUICK_FINE['solver']} steps")
     parser.add_argument("--device", type=cli.device, default=cli.default_device(), help="default: cuda if available")
     args = parser.parse_args(argv)
     with cli.one_line_errors(parser):
@@ -279,7 +280,12 @@ def command(prog: str, description: str, build: Callable[..., Setup], default_ou
         todo = cases(**QUICK) if args.quick else cases()
         args.out.mkdir(parents=True, exist_ok=True)
         fine = QUICK_FINE if args.quick else FINE
-        rows = measure(setup, args.out / "adjoint_accuracy.work", todo, fine)
+        work = args.out / "adjoint_accuracy.work"
+        try:
+            rows = measure(setup, work, todo, fine)
+        except KeyboardInterrupt:
+            parser.exit(130, f"{prog}: interrupted; the finished cases are kept in {work}, and the same command "
+                             "resumes from them\n")
     meta = {"title": setup.title, "about": setup.about, "batch": args.batch, "t_end": setup.t_end, "fine": fine,
             "losses": setup.loss_about, "device": str(args.device), "threads": torch.get_num_threads(),
             "command": " ".join([prog, *(sys.argv[1:] if argv is None else argv)])}

@@ -62,16 +62,22 @@ class DataForm:
     extrapolates it. (The noise form's explicit step on that rate-1 mode multiplies ``a_y`` by
     ``2 - e^h`` where the solution multiplies it by ``e^-h``: -0.72 against 0.37 at ``h = 1``.)
 
-    Each backward step from ``t`` (the data side) to ``s`` takes the VJP at the state ``x_s``, the
-    point where the forward step from ``s`` evaluated the model, in a predict-evaluate-correct
-    pattern (``H = lambda_t - lambda_s``)::
+    Each backward step from ``t`` to ``s`` (``s`` the point the forward step started from: the noise
+side when sampling, the data side when encoding) takes the VJP at the state ``x_s``, where the forward
+step evaluated the model, in a predict-evaluate-correct pattern::
 
         order 1:  b_s = b_t + (m_t - m_s) J_s(b_t)
-        order 2:  b* = b_t + (m_t - m_s) J_t,   b_s = b_t + w_t J_t + w_s J_s(b*),
-                  w_t = (H m_t - (m_t - m_s)/k) / H,   w_s = m_t - m_s - w_t
+        order 2:  b* = b_t + A G_t,   b_s = b_t + (A - c) G_s(b*) + c G_t,
+                  G = m^2 J,   A = 1/m_s - 1/m_t,   c = (A/k - H/m_t) / H,   H = lambda_t - lambda_s
 
-    (order 2 integrates ``J`` linear in lambda between ``t`` and ``s``, exactly in ``m``; ``J_t`` is
-    the previous step's evaluation, so each step costs one VJP). ``a_w`` takes the same weights
+    Order 2 integrates ``G = m^2 J`` linear in lambda between the step's ends, exactly against
+    ``dm / m^2``: ``G`` is constant on both limits of the adjoint, the directions where
+    ``sigma d eps/dx = I`` (``J = 0``) and those where it is 0 (``b ∝ 1/m``), so the predictor and the
+    corrector are exact on both, while ``J`` itself varies there like ``e^{-2k lambda}`` (taking ``J``
+    linear in lambda cost a factor 2-5 in accuracy at 10-80 steps on the toy, and blew up when
+    encoding). ``G_t`` is the previous step's evaluation, so each step costs one VJP on the ODE;
+    where the path jumps (an SDE's Brownian increment, at each forward grid point) ``G_t`` is taken
+    again on the step's side of the jump: two VJPs per forward step. ``a_w`` takes the same weights
     with ``P``. For the ODE the order-1 step is the transposed DDIM step,
     ``a_y(s) = a_y(t) + (rho_t - rho_s) a_y(t)^T d eps(alpha_s y_s)/dy``: on the forward's stored
     states it is the exact gradient of the DDIM sampler (``dpm1``), so the discrete sampler's
@@ -80,7 +86,8 @@ class DataForm:
     States: ``stored`` (the forward's states after each step's rule, ``states="reuse"``) restart the
     state at the forward's grid points; between them, and everywhere without ``stored``, ``x_s`` is
     re-solved from ``x_t`` by ``method`` (``dpm1``/``dpm2m`` backwards, the model's value at ``x_t``
-    reused from the last evaluation), after ``before(j, state)`` (an SDE's Brownian increment undone).
+    reused from the last evaluation, its history restarted where the path jumps), after
+    ``before(j, state)`` (an SDE's Brownian increment undone).
     """
 
     def __init__(self, problem, order: int, method, times: torch.Tensor, before=None, stored: list | None = None):
@@ -108,53 +115,50 @@ class DataForm:
         k, rho, order = self.k, self.rho, self.order
         m = [r ** -k for r in rho]
         field = self.problem.dz_ds
-        cache = {}  # id(state) -> (state, F): the model's value at the last evaluated state
+        last = [None, None]  # the last state the model was evaluated at, and its value there
 
         def evaluate(z, r, cot):
+            """``J`` and ``P`` at ``(z, r)`` for the cotangent ``cot``."""
             F, g_z, g_wrt = field_vjp(field, z, r, wrt, cot)
-            cache.clear()
-            cache[id(z)] = (z, F)
+            last[:] = z, F
             return r ** k * (cot - (r / k) * g_z), [(-r / k) * g for g in g_wrt]
 
-        def f(state, r):  # the state's field for the re-solve, from the cache when it was evaluated there
-            z = state[0]
-            hit = cache.get(id(z))
-            if hit is not None and hit[0] is z:
-                return (hit[1],)
+        def f(state, r):  # the state's field for the re-solve: the last evaluation's where it was taken
+            if state[0] is last[0]:
+                return (last[1],)
             with torch.no_grad():
-                return (field(z, r),)
+                return (field(state[0], r),)
 
         z, b = z_end, rho[0] ** k * a_end
         a_wrt = [torch.zeros_like(w) for w in wrt]
-        J_t = P_t = at = None  # the last evaluation (order 2's J_t) and the state it was taken at
+        G_t = P_t = None  # order 2: the last evaluation, taken at the state z had before this step
         hist = ()
         for j in range(len(rho) - 1):
-            r_t, r_s = rho[j], rho[j + 1]
-            here = self._stored_at(j)
-            if here is not None:
-                z = here[0]
-            elif self.before is not None:
-                z = self.before(j, (z,))[0]
-            if order == 2 and at is not z:  # first step, or the path restarted or jumped here
-                J_t, P_t = evaluate(z, r_t, b)
-            there = self._stored_at(j + 1)
-            if there is not None:
-                z_s = there[1]
+            start = self._stored_at(j)
+            moved = start[0] if start is not None else z if self.before is None else self.before(j, (z,))[0]
+            if moved is not z:  # a restart from a stored state, or a jump: nothing of the other side is reused
+                z, hist, G_t = moved, (), None
+            end = self._stored_at(j + 1)
+            if end is not None:
+                z_s = end[1]
             else:
-                (z_s,), hist = self.method.step(f, (z,), r_t, r_s, hist)
-            dm = m[j] - m[j + 1]
+                (z_s,), hist = self.method.step(f, (z,), rho[j], rho[j + 1], hist)
             if order == 1:
-                J_s, P_s = evaluate(z_s, r_s, b)
+                dm = m[j] - m[j + 1]
+                J_s, P_s = evaluate(z_s, rho[j + 1], b)
                 b = b + dm * J_s
                 a_wrt = [a + dm * p for a, p in zip(a_wrt, P_s)]
             else:
-                J_s, P_s = evaluate(z_s, r_s, b + dm * J_t)
-                H = math.log(r_s / r_t)  # lambda = -log(rho)
-                w_t = (H * m[j] - dm / k) / H
-                w_s = dm - w_t
-                b = b + w_t * J_t + w_s * J_s
-                a_wrt = [a + w_t * pt + w_s * ps for a, pt, ps in zip(a_wrt, P_t, P_s)]
-                J_t, P_t = J_s, P_s
-            z, at = z_s, z_s
-            check_finite((b,), j + 1, len(rho) - 1, float(self.times[j + 1]), "adjoint state")
+                if G_t is None:
+                    J, P = evaluate(z, rho[j], b)
+                    G_t, P_t = m[j] ** 2 * J, [m[j] ** 2 * p for p in P]
+                A, H = 1 / m[j + 1] - 1 / m[j], math.log(rho[j + 1] / rho[j])  # lambda = -log(rho)
+                c = (A / k - H / m[j]) / H
+                J, P = evaluate(z_s, rho[j + 1], b + A * G_t)
+                G_s, P_s = m[j + 1] ** 2 * J, [m[j + 1] ** 2 * p for p in P]
+                b = b + (A - c) * G_s + c * G_t
+                a_wrt = [a + (A - c) * ps + c * pt for a, ps, pt in zip(a_wrt, P_s, P_t)]
+                G_t, P_t = G_s, P_s
+            z = z_s
+            check_finite((b, *a_wrt), j + 1, len(rho) - 1, float(self.times[j + 1]), "adjoint state")
         return b / rho[-1] ** k, a_wrt

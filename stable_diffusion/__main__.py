@@ -66,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (default: the model's, "
                    + ", ".join(f"{m.guidance_scale:g} for {n}" for n, m in registry.MODELS.items()) + "; 7.5 otherwise)")
     g.add_argument("--gradient", default="adjoint", choices=list(apps.GRADIENTS),
-                   help="gradient strategy (default adjoint: RK4 on the adjoint ODE, as many steps as the sampler)")
+                   help="gradient strategy (default adjoint: RK4 on the adjoint ODE, as many steps as the sampler; "
+                   "reversible: exact at flat memory, with --solver reversible-dpm1)")
     g.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=[0, 1], help="one x_T per seed")
     g.add_argument("--save-memory", nargs="+", default=[], choices=[*APP_SAVINGS, "all"], metavar="SAVING",
                    help="memory savings that keep the gradient exact (python -m stable_diffusion.bench --help has "
@@ -179,6 +180,10 @@ def _check(args, parser_):
         args.save_memory = ["unet", "vae-resnets", "allocator"]
     if {"vae", "vae-resnets"} <= set(args.save_memory):
         parser_.error("argument --save-memory: 'vae' and 'vae-resnets' are two grains of one saving; choose one")
+    try:  # the sampler's own checks (e.g. which gradient goes with which solver), before anything loads
+        apps.Sampler(args.steps, args.solver, args.guidance_scale, args.gradient)
+    except ValueError as err:
+        parser_.error(f"argument --gradient: {err}")
 
 
 def main(argv=None):

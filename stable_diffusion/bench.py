@@ -7,8 +7,9 @@
 
 Each case runs in a fresh process, so that a high-water mark is that case's own: one
 gradient of a loss on the decoded image w.r.t. ``x_T`` (batch 1, guidance 7.5, so the UNet
-sees batch 2; DPM-Solver-2M on eq. 10), its peak memory above the level after set-up
-(CUDA: ``torch.cuda.max_memory_allocated``; CPU: the resident high-water mark) and its
+sees batch 2; DPM-Solver-2M on eq. 10, or ``reversible-dpm1`` for ``reversible``), its peak
+memory above the level after set-up (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the
+resident high-water mark) and its
 seconds (the median of ``--repeats`` more gradients, or of the measured one with
 ``--repeats 0``). ``--breakdown`` adds the parts: the weights, one guided UNet evaluation
 kept for its VJP and the VAE decode's backward, each with and without the memory savings
@@ -47,6 +48,7 @@ PROMPT = "a photo of a dog"
 GUIDANCE = 7.5
 GIB = 2 ** 30
 PARTS = ("weights", "unet-vjp", "vae-backward")  # the breakdown's cases
+SOLVER = {"reversible": "reversible-dpm1"}  # a strategy that needs its own sampler; the others differentiate dpm2m
 PAPER = {"AdjointDPM": 19.63, "DOODL": 23.24}  # GB, App. B: SD 1.5, fp32, V100
 # --save-memory: every saving that keeps the gradient exact, and what it costs (the bench's own measurements)
 SAVINGS = {
@@ -104,8 +106,8 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
     weights = {name: sum(p.numel() * p.element_size() for p in getattr(comps, name).parameters())
                for name in ("unet", "vae", "text_encoder")}
     # bound before release: the guidance's null condition is encoded now, as is the prompt below
-    pipe = Pipeline(comps, Sampler(case["steps"], guidance_scale=GUIDANCE, gradient=case["strategy"])) \
-        if case["strategy"] in GRADIENTS else None
+    pipe = Pipeline(comps, Sampler(case["steps"], SOLVER.get(case["strategy"], Sampler.solver), GUIDANCE,
+                                   case["strategy"])) if case["strategy"] in GRADIENTS else None
     eps = pipe.model if pipe else eps_model(comps, GUIDANCE)
     with torch.no_grad():
         cond = encode_prompt(comps, [PROMPT])
@@ -236,8 +238,9 @@ def markdown(records: list[dict]) -> str:
              f"Peak memory above set-up ({unit}; set-up = the loaded model) and seconds per gradient, batch 1 with "
              f"classifier-free guidance {GUIDANCE:g} (the UNet sees batch 2), DPM-Solver-2M, loss on the decoded "
              "image. `adjoint` solves eq. 11 backwards with RK4 at the sampler's steps, `adjointdeis` is "
-             "AdjointDEIS-1 (data-prediction form); both must be flat in steps. Paper (App. B, SD 1.5 fp32, "
-             "V100 32 GB): "
+             "AdjointDEIS-1 (data-prediction form); both must be flat in steps. `reversible` is ReversibleAdjoint "
+             "behind its own sampler, `reversible-dpm1` (two UNet evaluations per step): exact and flat. Paper "
+             "(App. B, SD 1.5 fp32, V100 32 GB): "
              f"{PAPER['AdjointDPM']} GB AdjointDPM, {PAPER['DOODL']} GB DOODL.", ""]
     gradients = [r for r in records if r["strategy"] not in PARTS]
     lines.append(markdown_table(

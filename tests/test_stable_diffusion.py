@@ -119,9 +119,11 @@ def test_errors(comps, tmp_path, classifier_file):
         add_token(comps, "<new>")
 
 
-def test_guided_sampling_raises_target_probability(comps, classifier_file, tmp_path):
+@pytest.mark.parametrize("sampler", [FAST, apps.Sampler(steps=3, solver="reversible-dpm1", guidance_scale=3.0,
+                                                        gradient="reversible")], ids=["adjoint", "reversible"])
+def test_guided_sampling_raises_target_probability(comps, classifier_file, tmp_path, sampler):
     result = apps.guided_sampling(comps, _classifier(classifier_file), "a photo of a dog", 3, [0, 1], iters=3,
-                                  lr=0.1, sampler=FAST, out=tmp_path, progress=False)
+                                  lr=0.1, sampler=sampler, out=tmp_path, progress=False)
     assert result["losses"][-1] < result["losses"][0]
     assert (tmp_path / "guided.png").exists() and json.loads((tmp_path / "guided.json").read_text())["target"] == 3
 
@@ -270,6 +272,10 @@ def test_command_line(tmp_path, classifier_file, capsys):
     (["morph", "--image-a", __file__, "--image-b", __file__, "--classifier-arch", "resnet18"],
      "argument --classifier-weights: required for the resnet18 identity model"),
     (["morph", "--pairs", "0"], "argument --pairs: must be an integer >= 1, got '0'"),
+    (["invert", "--target-prompt", "a", "--gradient", "reversible"],
+     "argument --gradient: gradient 'reversible' differentiates the reversible sampler: pass solver 'reversible-dpm1'"),
+    (["invert", "--target-prompt", "a", "--solver", "reversible-dpm1"],
+     "argument --gradient: solver 'reversible-dpm1' is differentiated exactly by gradient 'reversible'"),
 ])
 def test_command_mistakes_stop_at_the_door(argv, message, capsys, tmp_path):
     _fails(capsys, argv + ["--model", "tiny", "--out", str(tmp_path / "out")], message)

@@ -3,15 +3,17 @@
     python -m toy.bench [--out results/toy] [--quick] [--device cpu|cuda]
 
 For each strategy and steps: relative gradient error against a fine-step reference and
-against the exact gradient of the same sampler (Checkpoint at the same steps), wall time per gradient (median of repeats), peak memory above the set-up level (each
-case in a fresh process: the resident high-water mark VmHWM on Linux CPU, ``torch.cuda.max_memory_allocated``
-on CUDA) and NFE forward/backward. Writes ``bench.json``, ``bench.md`` (ratios against
+against the exact gradient of the same sampler (Checkpoint at the same steps), wall time per
+gradient (median of repeats), peak memory above the set-up level (each case in a fresh process:
+the resident high-water mark VmHWM on Linux CPU, ``torch.cuda.max_memory_allocated`` on CUDA) and NFE forward/backward. Writes ``bench.json``, ``bench.md`` (ratios against
 Backprop) and ``bench.png`` (memory vs steps, error vs time).
 
 The "SDE" rows sample the diffusion SDE (``sde-dpm1``, one fixed ``noise_seed``) and compare its
 adjoint on stored states with the one that re-solves the SDE backwards. They have no fine-step
 reference: another grid draws another Brownian path, so only the distance from the same
-sampler's exact gradient is defined.
+sampler's exact gradient is defined. The "Reversible" rows put the three kinds of gradient side
+by side on one sampler (``reversible-dpm1``): exact and growing (Backprop), exact with one state
+per step (Checkpoint), exact and flat (ReversibleAdjoint).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, VPSchedule, cli, sample
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, ReversibleAdjoint, VPSchedule, cli, sample
 from adjointdpm.memory import peak as peak_bytes, reset_peak, run_in_fresh_process
 from adjointdpm.report import markdown_table
 from toy.mixture import eight_modes
@@ -43,13 +45,25 @@ SDE_STRATEGIES = {  # the adjoints solve with RK4 at the forward's steps
     "SDE AdjointDEIS-1 (data)": lambda: AdjointDEIS(1, form="data"),
     "SDE AdjointDEIS-1 (noise)": lambda: AdjointDEIS(1, form="noise"),
 }
+REVERSIBLE = dict(solver="reversible-dpm1")
+REVERSIBLE_STRATEGIES = {  # the three kinds of gradient through one sampler: exact and growing, exact and flat
+    "Reversible Backprop": Backprop,
+    "Reversible Checkpoint": Checkpoint,
+    "ReversibleAdjoint": ReversibleAdjoint,
+}
+# each family: its strategies, the sampler they differentiate, and its baseline row (ratios are against it)
+FAMILIES = {"ODE": (STRATEGIES, {"solver": SOLVER}, "Backprop"), "SDE": (SDE_STRATEGIES, SDE, "SDE Backprop"),
+            "Reversible": (REVERSIBLE_STRATEGIES, REVERSIBLE, "Reversible Backprop")}
+
+
+def family(name: str) -> str:
+    return next(f for f, (strategies, _, _) in FAMILIES.items() if name in strategies)
 
 
 def case(name: str):
     """The strategy of ``name`` and the sampler it differentiates (``sample``'s keyword arguments)."""
-    if name in SDE_STRATEGIES:
-        return SDE_STRATEGIES[name], SDE
-    return STRATEGIES[name], {"solver": SOLVER}
+    strategies, sampler, _ = FAMILIES[family(name)]
+    return strategies[name], sampler
 
 
 def _problem(setup: Path, device: str):
@@ -88,7 +102,7 @@ def worker(setup: Path, name: str, steps: int, repeats: int, device: str) -> dic
     ref_x, ref_theta = torch.load(setup / "reference.pt", weights_only=True)
     (ck_x, ck_theta), _ = gradient(model, x_T, Checkpoint(), steps, sampler)  # the exact gradient of this sampler
     rel = lambda a, b: float((a.cpu() - b.cpu()).norm() / b.norm())
-    ode = name not in SDE_STRATEGIES  # an SDE has no fine-step reference on its Brownian path
+    ode = family(name) != "SDE"  # an SDE has no fine-step reference on its Brownian path
     return {"strategy": name, "steps": steps, "err_x_T": rel(g_x, ref_x) if ode else None,
             "err_theta": rel(g_theta, ref_theta) if ode else None,
             "vs_checkpoint_x_T": rel(g_x, ck_x), "vs_checkpoint_theta": rel(g_theta, ck_theta),
@@ -115,8 +129,8 @@ def _unit(meta: dict) -> str:
 
 def markdown(rows, meta: dict) -> str:
     """``bench.md`` from the records (``bench.json``'s ``rows`` and ``meta``)."""
-    family = lambda name: "SDE" if name in SDE_STRATEGIES else "ODE"
-    base = {(family(r["strategy"]), r["steps"]): r for r in rows if r["strategy"] in ("Backprop", "SDE Backprop")}
+    baselines = {b for _, _, b in FAMILIES.values()}
+    base = {(family(r["strategy"]), r["steps"]): r for r in rows if r["strategy"] in baselines}
     err = lambda v: "-" if v is None else f"{v:.2e}"
     header = ["strategy", "steps", "rel. err dL/dx_T", "rel. err dL/dtheta", "off Checkpoint dL/dx_T",
               "off Checkpoint dL/dtheta", "ms (median)", "time / Backprop", f"peak MiB ({_unit(meta)})",
@@ -135,7 +149,8 @@ def markdown(rows, meta: dict) -> str:
             "same sampler (Checkpoint() at the same steps: the backward solver's own error). "
             f"Time: median of {meta['repeats']} repeats. Memory: each case in a fresh process. Ratios against "
             "Backprop of the same sampler. SDE rows: `sde-dpm1` with one noise_seed; no fine-step reference exists "
-            "for them (another grid is another Brownian path).\n\n"
+            "for them (another grid is another Brownian path). Reversible rows: `reversible-dpm1` (two model "
+            "evaluations per step), its exact gradient by Backprop, Checkpoint and ReversibleAdjoint.\n\n"
             + markdown_table(header, table) + "\n")
 
 
@@ -149,14 +164,15 @@ def write(rows, out: Path, meta: dict):
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     fig = Figure(figsize=(12, 4.5), layout="tight")
     axes = fig.subplots(1, 2)
-    for name in [*STRATEGIES, *SDE_STRATEGIES]:
+    for name in [n for strategies, _, _ in FAMILIES.values() for n in strategies]:
         rs = [r for r in rows if r["strategy"] == name]
         if rs:
-            style = dict(marker="o", label=name, linestyle="--" if name in SDE_STRATEGIES else "-")
+            style = dict(marker="o", label=name, linestyle={"ODE": "-", "SDE": "--", "Reversible": ":"}[family(name)])
             axes[0].plot([r["steps"] for r in rs], [r["peak_bytes"] / 2**20 for r in rs], **style)
-            if name not in SDE_STRATEGIES:
+            if family(name) != "SDE":
                 axes[1].loglog([r["seconds"] for r in rs], [r["err_x_T"] for r in rs], **style)
-    axes[0].set(xlabel="steps", ylabel=f"peak MiB ({unit})", title="Memory vs steps (dashed: SDE sampler)")
+    axes[0].set(xlabel="steps", ylabel=f"peak MiB ({unit})",
+                title="Memory vs steps (dashed: SDE sampler; dotted: reversible)")
     axes[1].set(xlabel="seconds per gradient", ylabel="relative error of dL/dx_T", title="Error vs time (ODE)")
     axes[1].xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
     axes[0].legend(fontsize=7)
@@ -167,7 +183,8 @@ def write(rows, out: Path, meta: dict):
 def main(argv=None):
     parser = cli.Parser(prog="python -m toy.bench", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=cli.folder, default=Path("results/toy"), help="output folder (default results/toy)")
+    parser.add_argument("--out", type=cli.folder, default=Path("results/toy"),
+                        help="output folder (default results/toy)")
     parser.add_argument("--quick", action="store_true", help="small sizes, two strategies (for tests)")
     parser.add_argument("--device", type=cli.device, default=cli.default_device(), help="default: cuda if available")
     parser.add_argument("--repeats", type=cli.positive_int, default=None,
@@ -183,7 +200,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     batch, steps_list = (256, (10, 20)) if args.quick else (1024, (10, 20, 50, 100))
     names = (["Backprop", "Adjoint", "SDE Backprop", "SDE Adjoint (re-solved)"] if args.quick
-             else [*STRATEGIES, *SDE_STRATEGIES])
+             else [n for strategies, _, _ in FAMILIES.values() for n in strategies])
     meta = {"batch": batch, "repeats": repeats, "device": args.device, "threads": torch.get_num_threads(),
             "ref_steps": 100 if args.quick else 400}
     rows = []

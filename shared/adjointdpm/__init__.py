@@ -4,7 +4,7 @@
                 gradient=Adjoint())
     loss(x0).backward()   # x_T.grad, c.grad and the model's parameters' .grad
 """
-from .grad import Adjoint, AdjointDEIS, Backprop, Checkpoint, Gradient
+from .grad import Adjoint, AdjointDEIS, Backprop, Checkpoint, Gradient, ReversibleAdjoint
 from .mixture import GaussianMixture
 from .model import CFG
 from .ode import SolveInfo
@@ -13,6 +13,6 @@ from .sample import sample
 from .schedule import VPSchedule
 from .solvers import SOLVERS, steps_for_nfe
 
-__all__ = ["sample", "VPSchedule", "CFG", "Backprop", "Checkpoint", "Adjoint", "AdjointDEIS",
+__all__ = ["sample", "VPSchedule", "CFG", "Backprop", "Checkpoint", "Adjoint", "AdjointDEIS", "ReversibleAdjoint",
            "TorchdiffeqAdjoint", "TorchsdeAdjoint",
            "Gradient", "SolveInfo", "SOLVERS", "steps_for_nfe", "GaussianMixture"]

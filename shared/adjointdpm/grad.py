@@ -47,11 +47,11 @@ from typing import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
-from .backward import DataForm, augmented
+from .backward import DataForm, augmented, field_vjp
 from .dynamics import ODE, SDE
 from .ode import ProbabilityFlow, SolveInfo, Space
 from .schedule import as_steps
-from .solvers import Method, integrate, make_method
+from .solvers import Method, check_finite, integrate, make_method
 
 
 @dataclass
@@ -192,6 +192,9 @@ class Adjoint(Gradient):
                                  f"(got {self.steps})")
             times = problem.make_times(self.steps)
         method = problem.method if self.solver is None else make_method(self.solver, problem.rtol, problem.atol)
+        if method.reversible:
+            raise ValueError(f"{type(self).__name__} cannot solve the adjoint with a reversible rule: behind "
+                             "reversible-dpm1 use ReversibleAdjoint() (exact), or name another solver")
         if method.exponential and not problem.space.exponential:
             raise ValueError(f"adjoint solver {self.solver!r} is an exponential integrator: it needs space='reparam'")
         # between stored states (or everywhere, re-solving), y is re-solved as the dynamics say
@@ -214,14 +217,14 @@ class AdjointDEIS(Adjoint):
       that is near the identity, and each step takes its VJP at the state where the forward step
       evaluated the model. Order 1 on the forward's stored states behind ``dpm1`` *is* the exact
       gradient of the DDIM sampler (:class:`Checkpoint`'s, to round-off). The default because it
-      is the form that holds on learned models (``results/cifar/adjoint_accuracy.md``,
+      holds up on learned models where the noise form does not (``results/cifar/adjoint_accuracy.md``,
       ``results/stable_diffusion/digits/adjoint_accuracy.md``, worst of the losses, adjoint steps =
       sampler steps, states re-solved): behind 10 / 20 DDIM steps on the digits DDPM++, order 1
       has cosine 0.895 / 0.991 to the sampler's exact gradient (relative error 0.45 / 0.16), order 2
-      0.946 / 0.987 (0.70 / 0.34); on the latent digits model behind 10 DPM-Solver-2M steps, 0.974
-      and 0.985 (0.35 and 0.47), and with four times the steps order 2 is 7.5 % off. At coarse steps
-      order 2 is no nearer than order 1: it is of order 2 as the steps shrink (tested), with a
-      larger constant.
+      0.980 / 0.965 (0.37 / 0.59); behind 10 / 20 DPM-Solver-2M steps order 2 0.946 / 0.998 (0.39 /
+      0.064); on the latent digits model behind 10 DPM-Solver-2M steps, order 1 0.974 (0.35), order
+      2 0.996 (0.12). Neither is within a few percent at 10 steps: there :class:`Checkpoint` or
+      :class:`ReversibleAdjoint` gives the exact gradient.
     * ``form="noise"``: the poster's eq. 12 as written, in ``(y, rho)`` (the noise-prediction form):
       ``a_x(s) = (alpha_t/alpha_s) a_x(t) + sigma_s (e^h - 1) (alpha_t^2/alpha_s^2) a_x(t)^T deps/dx``,
       the VJP at the adjoint's current point; order 2 takes the VJPs linear in lambda through the last
@@ -263,6 +266,58 @@ class AdjointDEIS(Adjoint):
         method, times, restart = self._plan(problem)
         run = _AdjointRun(problem, method, times, restart, reuse=self.states == "reuse", order=self.order)
         return _AdjointSolve.apply(run, z0, *run.wrt)
+
+
+class ReversibleAdjoint(Gradient):
+    """The exact gradient of a reversible sampler (``solver="reversible-dpm1"``) at constant memory.
+
+    The forward keeps no graph and nothing per step: only the final pair ``(y_N, z_N)``. Backward,
+    each step is undone algebraically (:meth:`adjointdpm.solvers.ReversibleDPM1.backward`), its two
+    model evaluations taken again at the reconstructed states, and the step's transpose applied
+    there: two evaluations and two VJPs per step, the same as Checkpoint's recomputation. The
+    gradient is :class:`Backprop`'s through the same sampler, up to the reconstruction's round-off
+    (``tests/test_reversible.py``); the memory is flat in steps, as an adjoint's. What it costs is the
+    sampler: two model evaluations per step instead of DDIM's one, and a sample that differs from
+    DDIM's (``results/cifar/reversible.md``)."""
+
+    def __repr__(self):
+        return "ReversibleAdjoint()"
+
+    def solve(self, problem, z0):
+        if not problem.method.reversible:
+            raise ValueError(f"ReversibleAdjoint differentiates a reversible solver (reversible-dpm1), got "
+                             f"{problem.method.name!r}")
+        run = _ReversibleRun(problem)
+        return _AdjointSolve.apply(run, z0, *run.wrt)
+
+
+class _ReversibleRun:
+    """The forward pass keeping only the final pair, and the backward pass undoing it step by step."""
+
+    def __init__(self, problem: Problem):
+        self.problem, self.wrt = problem, problem.wrt()
+        self.grid = problem.grid(problem.times)
+
+    def forward(self, z0):
+        method, f, grid, steps = self.problem.method, self.problem.field, self.grid, len(self.grid) - 1
+        self.dtype = z0.dtype
+        y, z = z0, z0
+        with torch.no_grad():
+            for i in range(steps):
+                y, z = method.forward(f, y, z, grid[i], grid[i + 1])
+                check_finite((y, z), i + 1, steps, float(self.problem.times[i + 1]), "sample")
+        return y, [z]
+
+    def backward(self, y, stored, a_y):
+        method, grid, wrt = self.problem.method, self.grid, self.wrt
+        evaluate = lambda w, s, cot: field_vjp(self.problem.dz_ds, w, s, wrt, cot)  # noqa: E731
+        z, a_z = stored[0], torch.zeros_like(a_y)
+        a_wrt = [torch.zeros_like(w) for w in wrt]
+        for i in reversed(range(len(grid) - 1)):
+            y, z, a_y, a_z, a_w = method.backward(evaluate, y, z, a_y, a_z, grid[i], grid[i + 1])
+            a_wrt = [a + g for a, g in zip(a_wrt, a_w)]
+        # y_0 = z_0 = the initial state; the pair was held in float64 (ReversibleDPM1.wide)
+        return (a_y + a_z).to(self.dtype), [a.to(w.dtype) for a, w in zip(a_wrt, wrt)]
 
 
 class _AdjointRun:

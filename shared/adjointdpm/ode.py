@@ -44,22 +44,24 @@ class SolveInfo:
 
 class ProbabilityFlow:
     """``eps(x, t)`` of one sampling problem: the model, its schedule and conditioning,
-    with the shape check and the NFE count in one place."""
+    with the shape check and the NFE count in one place. The model sees ``dtype`` (``x_T``'s)
+    whatever the solver holds its state in, and ``eps`` is returned in the state's dtype."""
 
-    def __init__(self, model, schedule: VPSchedule, cond, info: SolveInfo):
-        self.model, self.schedule, self.cond, self.info = model, schedule, cond, info
+    def __init__(self, model, schedule: VPSchedule, cond, info: SolveInfo, dtype: torch.dtype | None = None):
+        self.model, self.schedule, self.cond, self.info, self.dtype = model, schedule, cond, info, dtype
         self.calls = 0  # every model call, the backward pass's recomputations included
 
     def eps(self, x: torch.Tensor, t: float) -> torch.Tensor:
         self.calls += 1
-        t_batch = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-        out = self.model(x, t_batch, self.cond)
+        dtype = self.dtype or x.dtype
+        t_batch = torch.full((x.shape[0],), t, dtype=dtype, device=x.device)
+        out = self.model(x.to(dtype), t_batch, self.cond)
         if not torch.is_tensor(out) or out.shape != x.shape:
             shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
             raise ValueError(f"model output must have the shape of x {tuple(x.shape)}, got {shape}")
         if out.requires_grad:  # one vector-Jacobian product through the model each time a backward reaches it
             out.register_hook(self._count_backward)
-        return out
+        return out.to(x.dtype)
 
     def _count_backward(self, grad):
         self.info.nfe_backward += 1

@@ -49,6 +49,7 @@ class Method:
     order: int
     exponential = False   # True: needs s = rho (the reparameterized space)
     stochastic = False    # True: samples the diffusion SDE (needs a noise_seed)
+    reversible = False    # True: each step can be undone exactly (takes a coupling)
     stages: int | None = 1  # model evaluations per step; None if adaptive
 
     def step(self, f, z, s0, s1, hist):
@@ -215,6 +216,92 @@ class DPMSolver2M(Method):
         return _comb(z, (s1 - s0 + c, d0), (-c, dp)), ((s0, d0),)
 
 
+class ReversibleDPM1(Method):
+    """DDIM made algebraically reversible by McCallum and Foster's coupling (2024), in the
+    data-prediction form (as Rex couples exponential integrators).
+
+    The state is a pair ``(y, z)``, both ``y_0 = z_0 = x_T / alpha_T``; in DPM-Solver++'s variables
+    ``v = x / sigma = y / rho``, ``u = 1 / rho`` and with ``D(w, s) = x0_hat = w - rho_s eps(w, s)``
+    (the model's data prediction, in y's units) one step from ``s0`` to ``s1`` is::
+
+        v_y1 = l v_y0 + (1 - l) v_z0 + (u1 - u0) D(z0, s0)     (DDIM from z0, coupled to y0)
+        v_z1 = v_z0 + (u1 - u0) D(y1, s1)                      (DDIM back from y1, reversed)
+
+    and it is undone exactly, in the other order, from ``(y1, z1)`` alone::
+
+        v_z0 = v_z1 - (u1 - u0) D(y1, s1)
+        v_y0 = (v_y1 - (1 - l) v_z0 - (u1 - u0) D(z0, s0)) / l
+
+    Two model evaluations per step (``stages = 2``); the sample is ``y``. With ``l = 1`` and
+    ``y0 = z0`` the first line is DDIM; the coupling ``l < 1`` keeps ``y`` and ``z`` close (their
+    gap contracts by ``l rho1/rho0`` per step, in y). :class:`adjointdpm.ReversibleAdjoint`
+    differentiates it exactly at constant memory. Within :func:`integrate` (``Backprop``,
+    ``Checkpoint``) the second component travels in ``hist``. No multistep version: a
+    multistep step's inverse needs the previous step's evaluation, which needs the previous
+    state, which only the inverse of that step gives."""
+
+    name, order, stages, exponential, reversible = "reversible-dpm1", 1, 2, True, True
+    # McCallum and Foster's examples use 0.99-0.999; below 1 for their stability argument. On the digits DDPM++
+    # 0.999 samples as l = 1 does, 0.9 leaves a bias (results/cifar/reversible.md).
+    DEFAULT_COUPLING = 0.999
+
+    def __init__(self, coupling: float | None = None):
+        coupling = self.DEFAULT_COUPLING if coupling is None else coupling
+        if not (isinstance(coupling, (int, float)) and 0 < coupling <= 1):
+            raise ValueError(f"coupling must be a number in (0, 1], got {coupling!r}")
+        self.coupling = float(coupling)
+
+    @staticmethod
+    def _data(f, w: torch.Tensor, s: float) -> torch.Tensor:
+        return w - s * f((w,), s)[0]
+
+    @staticmethod
+    def wide(w: torch.Tensor) -> torch.Tensor:
+        """The pair's precision: at least float64. The forward step contracts the pair's difference in the
+        directions along the data by up to ``e^{-2h}`` per step (``h`` in lambda), so the inverse expands
+        round-off there by as much: a float32 pair returns a learned DDPM++'s states to 2e-4 after 10-100
+        steps, a float64 one to 1e-7 with the model still in float32 (``python -m cifar.reversible``)."""
+        return w if w.dtype == torch.float64 else w.to(torch.float64)
+
+    def forward(self, f, y, z, s0, s1):
+        """One step of the pair, ``(y0, z0) -> (y1, z1)``."""
+        y, z = self.wide(y), self.wide(z)
+        l, du = self.coupling, 1 / s1 - 1 / s0
+        y1 = s1 * ((l * y + (1 - l) * z) / s0 + du * self._data(f, z, s0))
+        z1 = s1 * (z / s0 + du * self._data(f, y1, s1))
+        return y1, z1
+
+    def inverse(self, f, y1, z1, s0, s1):
+        """The step undone, ``(y1, z1) -> (y0, z0)``."""
+        l, du = self.coupling, 1 / s1 - 1 / s0
+        z0 = s0 * (z1 / s1 - du * self._data(f, y1, s1))
+        y0 = s0 * (y1 / s1 - (1 - l) * z0 / s0 - du * self._data(f, z0, s0)) / l
+        return y0, z0
+
+    def step(self, f, z, s0, s1, hist):
+        y1, z1 = self.forward(f, z[0], hist[0] if hist else z[0], s0, s1)
+        return (y1,), (z1,)
+
+    def backward(self, evaluate, y1, z1, a_y1, a_z1, s0, s1):
+        """The step undone and transposed together: ``(y0, z0)`` from ``(y1, z1)``, and the cotangents
+        ``(a_y0, a_z0)`` and ``a_w`` (a list) from ``(a_y1, a_z1)``, with the model evaluated twice, where
+        the forward step evaluated it. ``evaluate(w, s, cot)`` returns ``eps(w, s)`` and its VJPs with ``cot``
+        w.r.t. ``w`` and the other tensors (:func:`adjointdpm.backward.field_vjp`). In y, with
+        ``D = w - s eps(w, s)``, ``z1 = (s1/s0) z0 + s1 du D(y1)`` and
+        ``y1 = (s1/s0)(l y0 + (1 - l) z0) + s1 du D(z0)``."""
+        l, du = self.coupling, 1 / s1 - 1 / s0
+        a_y1, a_z1 = self.wide(a_y1), self.wide(a_z1)
+        eps_y, g_y, g_w = evaluate(y1, s1, a_z1)            # z1's term in y1
+        a_y1 = a_y1 + s1 * du * (a_z1 - s1 * g_y)
+        a_w = [-s1 * du * s1 * g for g in g_w]
+        z0 = s0 * (z1 / s1 - du * (y1 - s1 * eps_y))
+        eps_z, g_z, g_w = evaluate(z0, s0, a_y1)            # y1's term in z0
+        a_z0 = (s1 / s0) * (a_z1 + (1 - l) * a_y1) + s1 * du * (a_y1 - s0 * g_z)
+        a_w = [a - s1 * du * s0 * g for a, g in zip(a_w, g_w)]
+        y0 = s0 * (y1 / s1 - (1 - l) * z0 / s0 - du * (z0 - s0 * eps_z)) / l
+        return y0, z0, (s1 / s0) * l * a_y1, a_z0, a_w
+
+
 class Dopri5(Method):
     """Adaptive Dormand-Prince 5(4) through ``torchdiffeq.odeint``, once per grid interval."""
 
@@ -231,7 +318,7 @@ class Dopri5(Method):
         return tuple(p[-1] for p in path), ()
 
 
-SOLVERS = ("euler", "heun", "rk4", "adams4", "dpm1", "dpm2", "dpm3", "dpm2m", "dopri5", "sde-dpm1")
+SOLVERS = ("euler", "heun", "rk4", "adams4", "dpm1", "dpm2", "dpm3", "dpm2m", "dopri5", "sde-dpm1", "reversible-dpm1")
 
 
 def steps_for_nfe(solver: str, nfe: int) -> int:
@@ -240,13 +327,17 @@ def steps_for_nfe(solver: str, nfe: int) -> int:
     return make_method(solver).steps_for(nfe)
 
 
-def make_method(name: str, rtol: float = 1e-5, atol: float = 1e-5) -> Method:
+def make_method(name: str, rtol: float = 1e-5, atol: float = 1e-5, coupling: float | None = None) -> Method:
     table = {"euler": Euler, "heun": Heun, "rk4": RK4, "adams4": AdamsBashforth4,
              "dpm1": lambda: DPMSolver(1), "dpm2": lambda: DPMSolver(2), "dpm3": lambda: DPMSolver(3),
-             "dpm2m": DPMSolver2M, "dopri5": lambda: Dopri5(rtol, atol), "sde-dpm1": SDEDPMSolver1}
+             "dpm2m": DPMSolver2M, "dopri5": lambda: Dopri5(rtol, atol), "sde-dpm1": SDEDPMSolver1,
+             "reversible-dpm1": lambda: ReversibleDPM1(coupling)}
     if name not in table:
         raise ValueError(f"solver must be one of {SOLVERS}, got {name!r}")
-    return table[name]()
+    method = table[name]()
+    if coupling is not None and not method.reversible:
+        raise ValueError(f"coupling is for the reversible solvers (reversible-dpm1); solver {name!r} has none")
+    return method
 
 
 def check_finite(z: State, step: int, steps: int, t: float, what: str):

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, files, sample
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, ReversibleAdjoint, files, sample
+from adjointdpm.solvers import make_method
 
 from ..components import SDComponents
 from ..model import check_latents, decode, encode_prompt, eps_model
@@ -17,11 +18,13 @@ from ..model import check_latents, decode, encode_prompt, eps_model
 # applications' DPM-Solver-2M it is the most accurate memory-flat strategy on the digits model (3.9 % off the
 # sampler's exact gradient at 10 steps, 2.1 % at 20: results/stable_diffusion/digits/adjoint_accuracy.md), at four
 # VJPs per step; "adjointdeis" (AdjointDEIS-1, data form) makes one per step and is 10-35 % off there.
+# "reversible" is exact at flat memory, behind the reversible sampler only (--solver reversible-dpm1).
 GRADIENTS = {
     "adjoint": lambda steps: Adjoint(steps=steps, solver="rk4"),
     "adjointdeis": lambda steps: AdjointDEIS(order=1, steps=steps, form="data"),
     "checkpoint": lambda steps: Checkpoint(),
     "backprop": lambda steps: Backprop(),
+    "reversible": lambda steps: ReversibleAdjoint(),
 }
 
 
@@ -39,6 +42,13 @@ class Sampler:
     def __post_init__(self):
         if self.gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {tuple(GRADIENTS)}, got {self.gradient!r}")
+        reversible = make_method(self.solver).reversible
+        if self.gradient == "reversible" and not reversible:
+            raise ValueError(f"gradient 'reversible' differentiates the reversible sampler: pass solver "
+                             f"'reversible-dpm1' (got {self.solver!r})")
+        if reversible and self.gradient in ("adjoint", "adjointdeis"):
+            raise ValueError(f"solver {self.solver!r} is differentiated exactly by gradient 'reversible' (or "
+                             f"'checkpoint', 'backprop'), not by an adjoint (got {self.gradient!r})")
 
 
 class Pipeline:

@@ -37,6 +37,7 @@ from adjointdpm.memory import saved_bytes_during
 from adjointdpm.ode import ProbabilityFlow, ReparamSpace, SolveInfo
 from adjointdpm.report import markdown_table
 from adjointdpm.solvers import ReversibleDPM1
+from adjointdpm.trajectory import median_rmse
 
 from .adjoint_accuracy import CHECKPOINT
 from .checkpoint import load_score_sde
@@ -63,11 +64,6 @@ def pair_precision(name: str):
     else:
         with mock.patch.object(ReversibleDPM1, "wide", staticmethod(lambda w: w)):
             yield
-
-
-def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The median over images of the root-mean-square difference."""
-    return float((a - b).double().flatten(1).pow(2).mean(1).sqrt().median())
 
 
 class Study:
@@ -104,7 +100,7 @@ class Study:
         if self._reference is None:
             self._reference = self.draw(self.fine["solver"], self.fine["steps"])
         nfe = steps * (2 if solver == "reversible-dpm1" else 1)
-        return {"nfe": nfe, "rmse": rmse(self.draw(solver, steps, coupling), self._reference)}
+        return {"nfe": nfe, "rmse": median_rmse(self.draw(solver, steps, coupling).double(), self._reference.double())}
 
     @torch.no_grad()
     def drift(self, pair, coupling, steps):

@@ -62,22 +62,26 @@ def test_the_committed_checkpoint_draws_digits_that_the_judges_read():
     model = load_score_sde(path, "digits_ddpmpp")
     recipe = json.loads((train_digits.EXPORT / "recipe.json").read_text())
     assert recipe["image_size"] == model.net.image_size == 16 and "seconds" not in recipe  # no times: reruns agree
-    x_T = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x_T = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         images = (sample(model, x_T, table1.VPSchedule.linear(), steps=10, solver="dpm3") / 2 + 0.5).clamp(0, 1)
-        confident = torch.softmax(judges().net(images), 1).max(1).values > 0.9
-    read = judges().read(images)
-    agree = read["svc"] == read["net"]
-    assert float(agree.float().mean()) >= 0.7 and float(confident.float().mean()) >= 0.6
-    assert len(set(read["net"][agree].tolist())) >= 5  # not one digit drawn over and over
+    recognised = judges().recognised(images)  # both judges agree, confidently, on a digit near a real one
+    assert float(recognised.float().mean()) >= 0.7
+    assert len(set(judges().read(images)["net"][recognised].tolist())) >= 8  # not one digit drawn over and over
+    # no coloured speckle: the three channels of a gray digit stay together
+    assert float(images.std(1).mean()) < 0.02
 
 
 def test_table1_on_a_learned_model_end_to_end(tmp_path):
     train_digits.train(tmp_path / "model", replace(QUICK, steps=3), progress=False)
     setup = table1.digits_setup(tmp_path / "model" / "export" / "checkpoint.pth")
-    result = table1.run(setup, [10], samples=8, batch=4, out=tmp_path / "t1", progress=False)
+    result = table1.run(setup, [10], samples=8, batch=4, out=tmp_path / "t1", progress=False, grids=["quadratic"])
     text = table1.write(result, tmp_path / "t1")
     assert [r["sampler"] for r in result["rows"]] == list(table1.SAMPLERS)
     assert all(torch.isfinite(torch.tensor(r["distance"])) for r in result["rows"])
     assert result["floors"]["real_train"] >= 0 and result["floors"]["converged"] > 0
-    assert "not CIFAR-10" in text and "The paper's ordering" in text and (tmp_path / "t1" / "table1_digits.json").exists()
+    assert result["quality"]["samples"] == 8 and 0 <= result["quality"]["recognised"] <= 1
+    assert result["quality"]["heldout_recognised"] > 0.9  # the judges recognise real digits
+    assert (tmp_path / "t1" / "table1_digits_samples.png").exists() and "## The model's samples" in text
+    assert [r["grid"] for r in result["rows"]] == ["quadratic"] * 3
+    assert "not CIFAR-10" in text and "The paper's ordering on the quadratic grid" in text and (tmp_path / "t1" / "table1_digits.json").exists()

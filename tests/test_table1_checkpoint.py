@@ -47,13 +47,13 @@ def test_inception_features_match_torch_fidelity(files):
 def test_full_path_on_tiny_checkpoint(files, tmp_path):
     setup = table1.checkpoint_setup(files / "checkpoint.pth", files / "inception.pth", files / "cifar10_stats.npz",
                                     "cifar10_ddpmpp_continuous", "cpu", **TINY32)
-    result = table1.run(setup, [8], samples=6, batch=3, out=tmp_path, progress=False)
+    result = table1.run(setup, [8], samples=6, batch=3, out=tmp_path, progress=False, grids=["logSNR"])
     text = table1.write(result, tmp_path)
     assert "FID on score_sde" in text and "STAND-IN" not in text
     assert [r["sampler"] for r in result["rows"]] == list(table1.SAMPLERS)
     for row in result["rows"]:
         assert np.isfinite(row["distance"]) and row["distance"] > 0 and "seconds" not in row
-    assert len(list((tmp_path / "samples" / "checkpoint").glob("*/shard_*.pt"))) == 3 * 2
+    assert len(list((tmp_path / "samples" / "checkpoint").glob("logSNR/*/shard_*.pt"))) == 3 * 2
 
 
 def test_cli_errors(files, tmp_path, capsys):

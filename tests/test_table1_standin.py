@@ -2,23 +2,36 @@
 import json
 
 import pytest
+import torch
 
 from cifar import table1
 from helpers import one_line_error
 
 
 def test_standin_table_end_to_end_and_resume(tmp_path):
-    args = ["--nfe", "10", "20", "--samples", "100", "--batch", "50", "--out", str(tmp_path)]
+    args = ["--nfe", "10", "20", "--samples", "100", "--batch", "50", "--out", str(tmp_path),
+            "--grids", "uniform", "logSNR"]
     table1.main(args)
     first = json.loads((tmp_path / "table1.json").read_text())
     assert "STAND-IN" in (tmp_path / "table1.md").read_text()
-    rows = {(r["nfe"], r["sampler"]): r for r in first["rows"]}
-    for name in table1.SAMPLERS:  # more evaluations, closer to the exact flow map
-        assert rows[(20, name)]["rmse_vs_fine"] < rows[(10, name)]["rmse_vs_fine"]
-    # at NFE 10 the reparameterized ODE beats the original one (in median per-image error)
-    assert rows[(10, "eq. 10 + AB4")]["rmse_vs_fine"] < rows[(10, "eq. 4 + AB4")]["rmse_vs_fine"]
+    rows = {(r["grid"], r["nfe"], r["sampler"]): r for r in first["rows"]}
+    assert len(rows) == len(first["rows"]) == 2 * 2 * 3  # every row names its grid
+    for grid in ("uniform", "logSNR"):
+        for name in table1.SAMPLERS:  # more evaluations, closer to the exact flow map
+            assert rows[(grid, 20, name)]["rmse_vs_fine"] < rows[(grid, 10, name)]["rmse_vs_fine"]
+            # the grid reaches the sampler: the same sampler on another grid ends elsewhere
+            assert rows[("uniform", 10, name)]["rmse_vs_fine"] != rows[("logSNR", 10, name)]["rmse_vs_fine"]
+        # at NFE 10 the reparameterized ODE beats the original one (in median per-image error)
+        assert rows[(grid, 10, "eq. 10 + AB4")]["rmse_vs_fine"] < rows[(grid, 10, "eq. 4 + AB4")]["rmse_vs_fine"]
+    # where the error is made: after the last step each sampler's error is its cell's (to the
+    # reference's own error: 16 of the cell's images, against the converged solve the floor uses)
+    for grid, per_sampler in first["trajectory"]["errors"].items():
+        for name, steps in per_sampler.items():
+            assert len(steps) == rows[(grid, 10, name)]["steps"] and steps[-1]["t"] == table1.T_END
+            assert steps[-1]["rmse"] == pytest.approx(rows[(grid, 10, name)]["rmse_vs_fine"], rel=0.5)
     # a rerun finds every shard finished and reproduces the table's numbers
-    shards = sorted(tmp_path.glob("samples/*/shard_*.pt"))
+    shards = sorted(tmp_path.glob("samples/*/*/*/shard_*.pt"))
+    assert len(shards) == 2 * 2 * 3 * 2
     stamps = [p.stat().st_mtime_ns for p in shards]
     table1.main(args)
     assert [p.stat().st_mtime_ns for p in shards] == stamps
@@ -31,6 +44,8 @@ def test_standin_table_end_to_end_and_resume(tmp_path):
     (["--nfe", "11"], "argument --nfe: 11: solver 'dpm2' cannot spend exactly 11 model evaluations"),
     (["--nfe", "6"], "argument --nfe: 6: solver 'adams4' cannot spend exactly 6 model evaluations (it spends 4, 8, 9"),
     (["--nfe", "8", "8"], "argument --nfe: give each budget once, got 8 8"),
+    (["--grids", "cosine"], "argument --grids: invalid choice: 'cosine'"),
+    (["--grids", "uniform", "uniform"], "argument --grids: give each grid once, got uniform uniform"),
     (["--samples", "-1"], "argument --samples: must be an integer >= 1, got '-1'"),
     (["--samples", "0"], "argument --samples: must be an integer >= 1, got '0'"),
     (["--samples", "1"], "argument --samples: a Frechet distance needs at least 2 samples, got 1"),
@@ -51,5 +66,40 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
     table1.main(["--nfe", "8", "--samples", "25", "--batch", "10", "--out", str(tmp_path), "--seed", "3"])
     assert json.loads((tmp_path / "table1.json").read_text())["samples"] == 25
     from cifar.generate import load_samples
-    for folder in (tmp_path / "samples" / "stand-in").iterdir():
+    for folder in (tmp_path / "samples" / "stand-in").glob("*/*"):
         assert len(load_samples(folder, 25, 10)) == 25
+
+
+def _row(grid, nfe, sampler, rmse, fid, spread=0.0):
+    return {"grid": grid, "nfe": nfe, "sampler": sampler, "rmse_vs_fine": rmse, "distance": fid, "fid_spread": spread}
+
+
+def test_the_sentences_say_eq_10_ahead_exactly_when_the_numbers_do():
+    rows = [_row("uniform", 10, "eq. 4 + AB4", 0.2, 5.0, 0.1), _row("uniform", 10, "eq. 10 + AB4", 0.1, 4.0, 0.1),
+            _row("uniform", 10, "DPM-Solver", 0.3, 6.0, 0.1),
+            _row("uniform", 20, "eq. 4 + AB4", 0.01, 3.0, 0.5), _row("uniform", 20, "eq. 10 + AB4", 0.02, 3.5, 0.5),
+            _row("uniform", 20, "DPM-Solver", 0.9, 3.0, 0.5),
+            _row("quadratic", 10, "eq. 4 + AB4", 0.05, 5.0), _row("quadratic", 10, "eq. 10 + AB4", 0.06, 4.0),
+            _row("quadratic", 10, "DPM-Solver", 0.07, 6.0)]
+    text = table1.ordering(rows, "uniform")
+    assert "NFE 10: eq. 10 ahead in the sampler's error" in text and "eq. 10 ahead in FID" in text
+    # 3.5 - 3.0 = 0.5 <= twice the spread: a tie in FID, while the error says eq. 4
+    assert "NFE 20: eq. 4 ahead in the sampler's error" in text and "a tie in FID (eq. 10 3.5, eq. 4 3" in text
+    assert "NFE 10: eq. 4 ahead in the sampler's error" in table1.ordering(rows, "quadratic")
+    assert "eq. 4 ahead in FID" not in table1.ordering(rows, "quadratic")  # 4.0 < 5.0 with no spread: eq. 10
+    summary = table1.summary(rows, ["uniform", "quadratic"])
+    assert "on the uniform grid at NFE 10; on the quadratic grid at no NFE" in summary
+    assert "eq. 4 + AB4: uniform at NFE 10, uniform at NFE 20" not in summary  # NFE 10's best eq. 4 is quadratic
+    assert "eq. 4 + AB4: quadratic at NFE 10, uniform at NFE 20" in summary
+    winners = table1.winners(rows, "uniform", failed_above=0.5)
+    assert winners == ("Lowest error: at NFE 10 eq. 10 + AB4 (RMSE 0.1); at NFE 20 eq. 4 + AB4 (RMSE 0.01), and "
+                       "DPM-Solver failed.")
+
+
+@pytest.mark.parametrize("spacing", table1.GRIDS)
+def test_each_grids_first_steps_are_its_grid_to_that_time(spacing):
+    """What the trajectory errors rest on: the first i steps of an N-step grid are the i-step grid to t_i."""
+    schedule = table1.VPSchedule.linear()
+    full = schedule.grid(7, spacing)
+    for i in range(1, 8):
+        assert torch.allclose(schedule.grid(i, spacing, t_end=float(full[i])), full[:i + 1], rtol=1e-12, atol=0)

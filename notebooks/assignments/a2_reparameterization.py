@@ -25,24 +25,30 @@
 # # Assignment 2 · The reparameterization
 #
 # *Builds on notebook 01, sections 4 and 6 (the reparameterization; Table 1 in 2-D), and on
-# notebook 02, section 1 (three samplers at an exact budget). Paper: Pan et al., "AdjointDPM:
-# Adjoint Sensitivity Method for Gradient Backpropagation of Diffusion Probabilistic Models",
-# ICLR 2024, Sec. 3.2 and Table 1 ([arXiv:2307.10711](https://arxiv.org/abs/2307.10711)).*
+# notebook 02, sections 2 and 4 (three samplers at an exact budget; where each makes its error).
+# Paper: Pan et al., "AdjointDPM: Adjoint Sensitivity Method for Gradient Backpropagation of
+# Diffusion Probabilistic Models", ICLR 2024, Sec. 3.2 and Table 1
+# ([arXiv:2307.10711](https://arxiv.org/abs/2307.10711)).*
 #
-# The probability-flow ODE (paper eq. 4) in `(x, t)`, `dx/dt = f(t) (x - eps(x, t) / sigma_t)`,
-# is stiff near the data: the factor `1/sigma_t` on `eps` grows without bound as `t -> 0`
-# (for the linear schedule `sigma_t` is about 0.01 at `t = 1e-3`), while `f(t)` itself stays
-# small there (`f(1e-3) = -0.06` against `-10` at `t = 1`). Section 3.2 of the paper multiplies
-# by the integrating factor `1/alpha_t` and changes the time variable to
-# `rho = sigma_t / alpha_t`. With `y = x / alpha_t` the ODE becomes
+# The probability-flow ODE (paper eq. 4) in `(x, t)` is `dx/dt = f(t) x + g(t)^2 / (2 sigma_t) eps(x, t)`.
+# Section 3.2 of the paper removes its linear part and changes the time variable. Derive it (the
+# derivation is part of the assignment's reading; Question 4 uses it):
+#
+# 1. For VP, `alpha_t' = f(t) alpha_t`, `sigma_t^2 = 1 - alpha_t^2` and `g^2 = -2 f`; so
+#    `sigma_t' = -alpha_t alpha_t' / sigma_t = g^2/(2 sigma_t) + f sigma_t`.
+# 2. With `y = x / alpha_t`: `dy/dt = x'/alpha_t - x alpha_t'/alpha_t^2 = g^2/(2 sigma_t alpha_t) eps`:
+#    the integrating factor `1/alpha_t` removes `f x` exactly.
+# 3. With `rho = sigma_t / alpha_t`: `drho/dt = (sigma_t' - f sigma_t)/alpha_t = g^2/(2 sigma_t alpha_t)`,
+#    the same factor. Dividing the two,
 #
 # $$\frac{dy}{d\rho} = \epsilon\big(\alpha_{t(\rho)}\, y,\; t(\rho)\big) \qquad \text{(eq. 10)}$$
 #
-# (check it: `dx/dt = f x + g^2/(2 sigma) eps` with `g^2 = -2 f` for VP, and
-# `d rho/dt = g^2 / (2 sigma alpha)`). Its right-hand side is just the network's output.
-# Euler's method on eq. 10 is DPM-Solver-1 (and DDIM). You will implement both and measure
-# whether the change of variables buys accuracy at equal cost: the answer depends on the
-# problem, and your numbers, not the paper's, decide it here.
+# Its right-hand side is just the network's output: a solver of eq. 10 approximates how `eps` changes
+# over a step in `rho`, where a solver of eq. 4 must also follow `f x` and the factor `1/sigma_t`
+# over a step in `t`. Euler's method on eq. 10 is DPM-Solver-1 (and DDIM). You will implement both and
+# measure whether the change of variables buys accuracy at equal cost. Whether it does is an empirical
+# question: on the DDPM++ of notebook 02 it depends on the time grid and the budget
+# (`results/cifar/table1_digits.md`), so your numbers, not the paper's, decide it here.
 
 # %%
 import math
@@ -223,8 +229,9 @@ for _s, _t in ((1.0, 0.7), (0.2, 0.01)):
 #
 # (both on the default logSNR grid). Fill `errors["eq4"]` and `errors["eq10"]` with the RMSE
 # against `exact` at each NFE of `nfes` (RMSE: `(x - exact).pow(2).mean().sqrt()`, as a float),
-# set `order_eq4` and `order_eq10` with `fit_order`, and set `better_at_10` to `"eq4"` or
-# `"eq10"`: which is more accurate at NFE 10.
+# set `order_eq4` and `order_eq10` with `fit_order`, and set `better_at_5` to `"eq4"` or
+# `"eq10"`: which is more accurate at NFE 5. (Not NFE 10: there the two differ by about 2 %, less than
+# a change of grid or of `x_T` moves them, a tie that no single comparison should decide.)
 
 # %% [raw]
 # # BEGIN SOLUTION
@@ -238,7 +245,7 @@ for nfe in nfes:
         x = sample(model, x_T, schedule, steps=nfe, t_start=t_start, t_end=t_end, **cfg)
         errors[key].append(float((x - exact).pow(2).mean().sqrt()))
 order_eq4, order_eq10 = fit_order(nfes, errors["eq4"]), fit_order(nfes, errors["eq10"])
-better_at_10 = "eq10" if errors["eq10"][1] < errors["eq4"][1] else "eq4"
+better_at_5 = "eq10" if errors["eq10"][0] < errors["eq4"][0] else "eq4"
 # END SOLUTION
 
 # %% [raw]
@@ -247,7 +254,7 @@ better_at_10 = "eq10" if errors["eq10"][1] < errors["eq4"][1] else "eq4"
 # %%
 for key in errors:
     print(key, ["%.2e" % e for e in errors[key]])
-print(f"orders: eq. 4 {order_eq4:.2f}, eq. 10 {order_eq10:.2f}; more accurate at NFE 10: {better_at_10}")
+print(f"orders: eq. 4 {order_eq4:.2f}, eq. 10 {order_eq10:.2f}; more accurate at NFE 5: {better_at_5}")
 
 # %% [raw]
 # # BEGIN TESTS
@@ -259,7 +266,7 @@ assert len(errors["eq4"]) == len(errors["eq10"]) == len(nfes)
 """ # BEGIN TEST CONFIG
 hidden: true
 points: 2
-failure_message: "errors, the two orders or better_at_10 differ from the requested RMSEs (relative 1e-9), orders (1e-6) or comparison"
+failure_message: "errors, the two orders or better_at_5 differ from the requested RMSEs (relative 1e-9), orders (1e-6) or comparison"
 """ # END TEST CONFIG
 from forbid import untampered; untampered(globals())
 _ref = {k: [float((sample(model, x_T, schedule, steps=n, t_start=t_start, t_end=t_end, **c) - exact).pow(2).mean().sqrt())
@@ -268,7 +275,7 @@ _ref = {k: [float((sample(model, x_T, schedule, steps=n, t_start=t_start, t_end=
 for _k in _ref:
     assert all(abs(a - b) <= 1e-9 * b for a, b in zip(errors[_k], _ref[_k])), _k
 assert abs(order_eq4 - fit_order(nfes, _ref["eq4"])) < 1e-6 and abs(order_eq10 - fit_order(nfes, _ref["eq10"])) < 1e-6
-assert better_at_10 == ("eq10" if _ref["eq10"][1] < _ref["eq4"][1] else "eq4")
+assert better_at_5 == ("eq10" if _ref["eq10"][0] < _ref["eq4"][0] else "eq4")
 
 # %% [raw]
 # # END TESTS
@@ -295,18 +302,22 @@ assert better_at_10 == ("eq10" if _ref["eq10"][1] < _ref["eq4"][1] else "eq4")
 # # BEGIN SOLUTION
 
 # %% [markdown]
-# **Model answer** (with the committed notebook's numbers: eq. 4 7.7e-2, 3.2e-2, 1.3e-2, 4.6e-3 and
-# eq. 10 5.7e-2, 3.1e-2, 1.6e-2, 6.8e-3 at NFE 5, 10, 20, 50; orders 1.22 and 0.93). Eq. 10 wins at
-# NFE 5, ties at NFE 10 and loses from NFE 20 on: both are first-order methods, but eq. 4's error falls
-# a little faster (order 1.2 against 0.9), so the curves cross. The paper's setting differs: a
-# 4th-order Adams-Bashforth solver on eq. 4 is limited by the stiffness near the data (the `1/sigma_t`
-# factor on `eps` in `f(t) (x - eps / sigma_t)` grows without bound as `t -> 0`) far more than Euler is,
-# and a trained network's `eps` is far from the single Gaussian's, which is linear in `x`.
+# **Model answer** (with the committed notebook's numbers: eq. 4 7.69e-2, 3.15e-2, 1.30e-2, 4.63e-3 and
+# eq. 10 5.72e-2, 3.10e-2, 1.64e-2, 6.79e-3 at NFE 5, 10, 20, 50; orders 1.22 and 0.93). Eq. 10 wins at
+# NFE 5, ties at NFE 10 (2 % apart) and loses from NFE 20 on: both are first-order methods, but eq. 4's
+# error falls a little faster (order 1.2 against 0.9), so the curves cross. The paper's setting differs
+# in the solver: 4th-order Adams-Bashforth is accurate where a field is close to a cubic over a step in
+# its own variable, and notebook 01 section 4 measures that eq. 4's field is so at the noise end (its
+# RK4 start-up leaves errors below 1e-2) while eq. 10's first step, long in `rho`, is where it loses;
+# and in the time grid, which decides how many steps fall where: on the learned DDPM++ the order of
+# eq. 4 + AB4 and eq. 10 + AB4 changes with the grid (`results/cifar/table1_digits.md`).
 #
 # **Rubric (1 point).** 0.5: a reading of *their own* columns that agrees with their orders (where
 # eq. 10 wins, where it loses, that the higher measured order explains the crossing). 0.5: one
-# relevant difference from the paper's setting (solver order and stiffness near `t = 0`, a learned
-# `eps` against an exact linear one, the grid) tied to the outcome. An answer that repeats the paper's
+# relevant difference from the paper's setting (the solver's order and where on the path each field is
+# close to a polynomial, a learned `eps` against an exact linear one, the time grid) tied to the
+# outcome. "Eq. 4 is stiff near the data" earns nothing by itself: no step here is unstable, and the
+# notebooks measure where each solver's error is made instead. An answer that repeats the paper's
 # claim against its own numbers gets at most 0.5.
 
 # %% [raw]

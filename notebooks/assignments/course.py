@@ -233,7 +233,7 @@ def pins(*names: str) -> list[str]:
 
 READING = {  # the tutorial sections each assignment builds on
     "a1_adjoint_step": "notebook 01, sections 3 and 5 (the adjoint ODE, eq. 11; a gradient check)",
-    "a2_reparameterization": "notebook 01, sections 4 and 6, and notebook 02, section 1 (eq. 10; Table 1)",
+    "a2_reparameterization": "notebook 01, sections 4 and 6, and notebook 02, sections 2 and 4 (eq. 10; Table 1)",
     "a3_audit": "notebook 01, sections 7 and 8, and notebook 03, section 2 (an application; choosing a strategy)",
 }
 

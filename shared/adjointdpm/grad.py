@@ -26,10 +26,10 @@ pay off when even that does not fit; they approximate the sampler's gradient, an
 depends on the model as much as on the rule. Measured on two learned models (``python -m
 cifar.adjoint_accuracy``, ``python -m stable_diffusion.digits.accuracy``), with as many adjoint
 steps as sampler steps: :class:`AdjointDEIS` in the data form never blows up (on the DDPM++ behind
-10 DDIM steps: cosine 0.89 or more to the sampler's exact gradient, where the noise form is
-uncorrelated or thousands of times too large); :class:`Adjoint` with RK4 is the most accurate on
-the latent digits model (3.9 % off behind 10 DPM-Solver-2M steps) but 100-170 % off on the
-DDPM++, at four VJPs per step.
+10 DDIM steps its error is about the gradient's own length, 0.84 for order 1 and 1.04 for order 2,
+at cosine only 0.54-0.73; from 20 steps its cosine is 0.98), where the noise form is uncorrelated or up to a million times too large;
+:class:`Adjoint` with RK4 is the most accurate on the latent digits model (3.9 % off behind 10
+DPM-Solver-2M steps) but 2.2 to 13 times off on the DDPM++ at 10 steps, at four VJPs per step.
 
 Adjoint notation, in the space's variables ``(z, s)`` with ``dz/ds = F(z, s)``: the
 augmented state ``(z, a_z, a_c, a_theta)`` obeys (Alg. 1)::
@@ -142,7 +142,7 @@ class Adjoint(Gradient):
     is not the sampler's, and no number of adjoint steps closes that gap (32 % at 10
     DPM-Solver-2M steps on notebook 01's mixture, 0.6 % at 50). On learned models it depends on
     the model: behind 10 DPM-Solver-2M steps RK4 at the sampler's steps is 3.9 % off the
-    sampler's gradient on the latent digits model, 160 % off (cosine 0.83) on the digits DDPM++
+    sampler's gradient on the latent digits model, 220 % off (cosine 0.94) on the digits DDPM++
     (``results/*/adjoint_accuracy.md``). Each backward step costs the solver's stages in model
     evaluations *and* vector-Jacobian products: an RK4 adjoint behind a one-evaluation sampler
     (``dpm2m``) costs 4.5-8.7x Backprop's time on tiny SD components, against Checkpoint's
@@ -220,9 +220,9 @@ class AdjointDEIS(Adjoint):
       holds up on learned models where the noise form does not (``results/cifar/adjoint_accuracy.md``,
       ``results/stable_diffusion/digits/adjoint_accuracy.md``, worst of the losses, adjoint steps =
       sampler steps, states re-solved): behind 10 / 20 DDIM steps on the digits DDPM++, order 1
-      has cosine 0.895 / 0.991 to the sampler's exact gradient (relative error 0.45 / 0.16), order 2
-      0.980 / 0.965 (0.37 / 0.59); behind 10 / 20 DPM-Solver-2M steps order 2 0.946 / 0.998 (0.39 /
-      0.064); on the latent digits model behind 10 DPM-Solver-2M steps, order 1 0.974 (0.35), order
+      has cosine 0.537 / 0.983 to the sampler's exact gradient (relative error 0.84 / 0.27), order 2
+      0.704 / 0.986 (1.0 / 0.72); behind 10 / 20 DPM-Solver-2M steps order 2 0.611 / 0.9995 (0.81 /
+      0.096); on the latent digits model behind 10 DPM-Solver-2M steps, order 1 0.974 (0.35), order
       2 0.996 (0.12). Neither is within a few percent at 10 steps: there :class:`Checkpoint` or
       :class:`ReversibleAdjoint` gives the exact gradient.
     * ``form="noise"``: the poster's eq. 12 as written, in ``(y, rho)`` (the noise-prediction form):
@@ -231,8 +231,8 @@ class AdjointDEIS(Adjoint):
       two points (DPM-Solver-2M on the adjoint system). It extrapolates the identity-like part of
       ``sigma d eps/dx`` across each step, which at about one unit of lambda per step sits at the edge of
       the explicit rules' stability: on the DDPM++ behind 10 DDIM steps its order 1 is uncorrelated
-      with the sampler's gradient (cosine -0.17 and -0.19) and its order 2 is 5,000-270,000 times too
-      large. Where the steps are shorter in lambda (the latent model's schedule: 0.6 per step at 10
+      with the sampler's gradient (cosine -0.22 and 0.13, 10-40 times too large) and its order 2 is
+      44,000-1,600,000 times too large. Where the steps are shorter in lambda (the latent model's schedule: 0.6 per step at 10
       steps) it holds up better (cosine 0.77-0.92). Kept to reproduce the poster, and to show why the
       form matters.
 

@@ -259,8 +259,8 @@ class ReversibleDPM1(Method):
     def wide(w: torch.Tensor) -> torch.Tensor:
         """The pair's precision: at least float64. The forward step contracts the pair's difference in the
         directions along the data by up to ``e^{-2h}`` per step (``h`` in lambda), so the inverse expands
-        round-off there by as much: a float32 pair returns a learned DDPM++'s states to 2e-4 after 10-100
-        steps, a float64 one to 1e-7 with the model still in float32 (``python -m cifar.reversible``)."""
+        round-off there by as much: a float32 pair returns a learned DDPM++'s states to 1.4e-4 after 10-100
+        steps, a float64 one to 3e-7 with the model still in float32 (``python -m cifar.reversible``)."""
         return w if w.dtype == torch.float64 else w.to(torch.float64)
 
     def forward(self, f, y, z, s0, s1):

@@ -34,6 +34,7 @@ from . import data
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "judge_net.safetensors"
 NAMES = ("svc", "net")
+CONFIDENT = 0.9  # the network's probability above which a reading counts as confident
 SVC_SETTINGS = dict(C=10.0, gamma=0.001)  # scikit-learn's digits example's gamma, on intensities 0..16
 
 
@@ -73,10 +74,25 @@ class Judges:
     @torch.no_grad()
     def read(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"svc": labels, "net": labels}`` for images ``(n, 3, H, W)`` in ``[0, 1]``."""
+        return {"svc": self._svc_labels(images), "net": self._net_probabilities(images).argmax(1)}
+
+    def _svc_labels(self, images: torch.Tensor) -> torch.Tensor:
+        scans = data.to_scan(images.detach().float().cpu()).flatten(1).numpy()
+        return torch.as_tensor(self.svc.predict(scans), dtype=torch.long)
+
+    @torch.no_grad()
+    def _net_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         images = images.detach().float().cpu()
-        svc = torch.as_tensor(self.svc.predict(data.to_scan(images).flatten(1).numpy()), dtype=torch.long)
-        net = torch.cat([self.net(b).argmax(1) for b in images.split(512)]) if len(images) else svc
-        return {"svc": svc, "net": net}
+        return torch.cat([self.net(b).softmax(1) for b in images.split(512)] or [torch.empty(0, 10)])
+
+    def recognised(self, images: torch.Tensor) -> torch.Tensor:
+        """Which of ``images`` ``(n, 3, H, W)`` in ``[0, 1]`` are digits an independent reader
+        recognises: the network reads them with probability above :data:`CONFIDENT`, the SVC reads the
+        same digit, and their 8x8 scan lies as near a real training digit as 95 % of the held-out real
+        digits do (so a blot both judges happen to call a "one" does not count)."""
+        p = self._net_probabilities(images)
+        near = nearest_real(data.to_scan(images.detach().float().cpu())) <= _near_enough()
+        return (p.amax(1) > CONFIDENT) & (self._svc_labels(images) == p.argmax(1)) & near
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> np.ndarray:
@@ -88,6 +104,19 @@ class Judges:
         judge network's features."""
         a, b = self.features(images), self.features(reference)
         return {"fid": distance_between(a, b), "kid": kernel_distance(a, b)}
+
+
+def nearest_real(scans: torch.Tensor) -> torch.Tensor:
+    """Each scan's Euclidean distance (intensities 0..16) to the nearest scan of the ``train`` split."""
+    train, _ = data.load_scans("train")
+    return torch.cdist(scans.flatten(1).double(), train.flatten(1).double()).amin(1)
+
+
+@lru_cache(maxsize=1)
+def _near_enough() -> float:
+    """The 95th percentile of the held-out real scans' distance to their nearest training scan."""
+    heldout, _ = data.load_scans("heldout")
+    return float(nearest_real(heldout).quantile(0.95))
 
 
 @lru_cache(maxsize=1)

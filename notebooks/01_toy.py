@@ -470,7 +470,7 @@ assert gap[10, "DEIS-1 data (n)"] < gap[10, "DEIS-2 data (n)"] < 1              
 #   single step's activations; its cost is one recomputed forward per step.
 # - **AdjointDEIS in the data form** (`AdjointDEIS(1)`, the default form) when even one state
 #   per step is too much: one VJP per step, memory flat in steps, at cosine 0.98 to the
-#   sampler's gradient from 20 DDIM steps on the learned DDPM++ (27 % off in length; at 10 steps only 0.54: section
+#   sampler's gradient from 20 DDIM steps on the learned DDPM++ (relative error 0.27; at 10 steps only 0.54: section
 #   9). Behind DDIM on stored states it *is* the sampler's gradient.
 # - **ReversibleAdjoint** behind the reversible sampler (section 11) when memory must be flat and
 #   the gradient exact: two model calls per step.
@@ -523,11 +523,11 @@ assert max(worst(10, "AdjointDEIS-1 data, stored", "rel_exact")) < 1e-5  # DDIM'
 
 # %% [markdown]
 # At 10 DDIM steps the poster's noise form returns a gradient uncorrelated with the one asked
-# for (order 1: cosine -0.22 and 0.13, 10 to 40 times too long) or up to 1.6 million times too
-# large (order 2). The data form never blows up: its error stays about the gradient's own length
+# for (order 1: cosine -0.22 and 0.13, relative error 10 to 40) or up to 1.6 million times too
+# large (order 2). The data form never blows up at the sampler's steps: its error stays about the gradient's own length
 # (0.84 for order 1, at most 1.04 for order 2). But at 10 steps it is not near the sampler's
-# gradient either (cosine 0.54 to 0.73). From 20 steps both orders reach cosine 0.98, order 1 27 %
-# off in length and order 2 72 %. On the stored states, order 1 is DDIM's exact gradient, to
+# gradient either (cosine 0.54 to 0.73). From 20 steps both orders reach cosine 0.98, with relative
+# errors 0.27 (order 1) and 0.72 (order 2). On the stored states, order 1 is DDIM's exact gradient, to
 # round-off. More adjoint steps rarely bring the data form nearer DDIM's gradient on this model
 # (1 and 2 of 12 cells): they solve the continuous adjoint more finely, and that is not what a
 # 10-step DDIM computed. Where the gradient must be right at 10 steps, use Checkpoint or the

@@ -83,7 +83,7 @@ def show(panels: dict, title: str):
 # ## 1. The model: 64 fresh samples, read by judges that took no part in training it
 #
 # Before timing samplers, check that the model draws digits. 64 fresh noises, 30 DPM-Solver-3
-# steps (converged to about 3e-3), read by the two judges of `handwritten.judges` (a LeNet-5 and an
+# steps, read by the two judges of `handwritten.judges` (a LeNet-5 and an
 # SVC on the 8x8 scans, both trained on real digits only). A sample counts as **recognised** when
 # the network reads it with probability above 0.9, the SVC reads the same digit, and its scan lies
 # as near a real training digit as 95 % of the held-out real digits do
@@ -121,8 +121,8 @@ assert float(drawn.std(1).mean()) < 0.02  # gray: the three channels agree (the 
 #   NFE 10 or 20 exactly).
 # - **eq. 10 + AB4**: the same Adams-Bashforth, on `dy/drho = eps`.
 #
-# Here all three run on the logSNR grid (section 3 varies the grid) with `t_end = 1e-3`. Here are
-# the same 16 noises through each at NFE 10, beside a converged solve (200 DPM-Solver-3 steps).
+# Here all three run on the logSNR grid (section 3 varies the grid) with `t_end = 1e-3`: 64 noises
+# through each at NFE 10 (the first 16 shown), beside a converged solve (200 DPM-Solver-3 steps).
 
 # %%
 x_T = shard_noise(0, 0, 500, (3, 16, 16))[:64]
@@ -196,10 +196,10 @@ for grid in GRIDS:
 # Read with the sampler's error, the paper's claim (eq. 10 + AB4 ahead of eq. 4 + AB4 at the same
 # NFE) **depends on the grid**:
 # - **uniform in t** (score_sde's ODE grid): eq. 10 is ahead at NFE 10, 20 and 50 (RMSE 0.089
-#   against 0.175 at NFE 10), and ahead in FID at NFE 10 (0.50 against 0.66). This is the paper's
-#   Table 1.
+#   against 0.175 at NFE 10), and ahead in FID at NFE 10 (0.50 against 0.66): the ordering of the
+#   paper's Table 1.
 # - **logSNR**: eq. 10 is ahead at NFE 10 in RMSE (0.15 against 0.20) but behind in FID (0.85
-#   against 0.62): the two measures disagree, and both spreads are about 0.08. At NFE 20 and 50 eq. 4 is the more accurate.
+#   against 0.62): the two measures disagree (their bootstrap spreads are 0.075 and 0.093). At NFE 20 and 50 eq. 4 is the more accurate.
 # - **quadratic in t**: eq. 4 is ahead at every NFE; at NFE 10 eq. 10 + AB4 and DPM-Solver-2
 #   *fail* (RMSE above that of two unrelated images), while eq. 4 + AB4 has the smallest error of
 #   any cell at NFE 10 on any grid (0.058).
@@ -259,25 +259,27 @@ for grid in GRIDS:
 # eq. 4's linear term `f(t) x` matters and eq. 10's integrating factor removes it exactly:
 # eq. 10 + AB4's error does not grow there (0.12, then 0.10 and 0.091 on the uniform grid).
 #
-# Eq. 10 makes its error in its **first step**, from the pure-noise end `t = 1`, and more so the
-# longer that step is in lambda: 0.098 on the uniform grid (step to t = 0.75), 0.17 on logSNR
-# (to t = 0.72), 1.8 on the quadratic grid (to t = 0.57, a step of 3.37 in lambda). The cell below
-# shows why. Write the network's prediction of the data as `x0_hat = (x - sigma eps)/alpha`. At
+# Eq. 10's error is set by its **first step**, from the pure-noise end `t = 1` (its later steps
+# change it by less than a factor of 2), and more so the longer that step is in lambda: 0.098 on the
+# uniform grid (step to t = 0.75), 0.17 on logSNR (to t = 0.72), 1.8 on the quadratic grid (to
+# t = 0.57, a step of 3.37 in lambda). The cells below show why. Write the network's prediction of the data as `x0_hat = (x - sigma eps)/alpha`. At
 # `t = 1`, `alpha = 0.0066`, so an error of 1 % in `eps` becomes an error of about 1.5 in `x0_hat`.
 # A step of eq. 10 that starts at `t = 1` puts this prediction into the new state with a weight
 # close to `alpha` at the step's end: DDIM, which is Euler on eq. 10, is exactly
 # `x_next = alpha_next x0_hat + sigma_next eps`; on the quadratic grid `alpha_next = 0.19`. Eq. 4's
 # field, written with `x0_hat`, is `dx/dt = (beta/2)(alpha/sigma)^2 x - (beta alpha/(2 sigma^2)) x0_hat`:
-# at `t = 1` the prediction's factor is `beta(1) alpha(1)/2 = 0.066`, so the same step of 0.43 in `t`
-# weighs it by 0.028.
+# at `t = 1` the prediction's factor is `beta(1) alpha(1)/2 = 0.066`, so an Euler step of 0.43 in `t`
+# weighs it by 0.028. (This is the Euler picture; the samplers start with RK4, and the one-step
+# errors below show that a higher order helps in eq. 4's variable and not in eq. 10's.)
 #
 # DPM-Solver-2 fails on the quadratic grid for the same reason: it too evaluates `eps` at `t = 1`
 # and carries it in eq. 10's variables (its first step, to t = 0.65, is 2.9 in lambda).
 #
-# So the grid decides the claim through its two ends. A grid that spends its first step over a
-# short stretch of lambda favours eq. 10. A grid whose last steps are long in lambda punishes
-# eq. 4: the uniform grid's last step runs from t = 0.25 to 1e-3, which is 4.5 in lambda. The
-# quadratic grid does the opposite on both counts.
+# So each sampler's error is set by one step: eq. 10's by its first, eq. 4's by the one that crosses
+# the middle of the path (its third: 0.13, 0.27, 0.11). The grid decides the claim by which of the two
+# is worse. Eq. 10 wins where its first step's error is below eq. 4's largest (uniform: 0.098 against
+# 0.17; logSNR: 0.17 against 0.27) and loses where it is not (quadratic: 1.8 against 0.11), as the
+# next cell asserts.
 
 # %%
 first = {(g, name): steps[0]["rmse"] for g in GRIDS for name, steps in trajectory[g].items()}
@@ -285,12 +287,16 @@ for grid in GRIDS:
     eq4 = [s["rmse"] for s in trajectory[grid][table1.EQ4]]
     assert max(eq4[:2]) < 0.05 and eq4[-1] > 3 * eq4[1]    # eq. 4: exact early, its error made later
     assert first[grid, table1.EQ10] > 10 * first[grid, table1.EQ4]  # eq. 10: its error made in step 1
+    eq10 = [s["rmse"] for s in trajectory[grid][table1.EQ10]]
+    assert 0.5 < min(eq10) / eq10[0] and max(eq10) / eq10[0] < 2  # eq. 10: its error set by step 1
+    eq10_wins = rmse[grid, table1.EQ10, 10] < rmse[grid, table1.EQ4, 10]
+    assert eq10_wins == (eq10[0] < max(eq4))  # the worse error-setting step loses
 by_first_t = sorted(GRIDS, key=lambda g: -trajectory[g][table1.EQ10][0]["t"])  # shortest first step first
 assert [first[g, table1.EQ10] for g in by_first_t] == sorted(first[g, table1.EQ10] for g in GRIDS)
 
 # %% [markdown]
 # The network's data prediction along the converged path, and one step from `t = 1` to the
-# quadratic grid's first point (t = 0.574) taken four ways (16 noises):
+# quadratic grid's first point (t = 0.574) taken five ways (16 noises):
 
 # %%
 x_T16 = x_T[:16]
@@ -316,6 +322,7 @@ print("one step from t = 1 to", f"{t_first:.3f}:", ", ".join(f"{k} {v:.3f}" for 
 assert x0_error[1.0] > 2 and list(x0_error.values()) == sorted(x0_error.values(), reverse=True)
 eq4 = max(one_step["eq. 4, Euler"], one_step["eq. 4, RK4"])
 assert min(v for k, v in one_step.items() if not k.startswith("eq. 4")) > 3 * eq4  # every step in eq. 10's variables
+assert one_step["eq. 4, RK4"] < one_step["eq. 4, Euler"] / 3 and one_step["eq. 10, RK4"] > one_step["eq. 10, Euler (DDIM)"]
 
 # %% [markdown]
 # ## 5. What the stand-in adds: exact flow-map errors

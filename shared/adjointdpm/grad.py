@@ -19,7 +19,7 @@ A strategy refuses what it cannot do in one place: its arguments when it is buil
 problem it is given at the start of ``solve``.
 
 Which to use: :class:`Checkpoint` by default. It is exact, costs one recomputed forward per
-step (0.95-2.0x Backprop's time on the toy MLP, 1.7-2.3x on tiny SD components: ``python -m
+step (1.1-1.8x Backprop's time on the toy MLP, 1.9-2.4x on tiny SD components: ``python -m
 toy.bench``, ``python -m stable_diffusion.bench``) and keeps one state per step beyond a
 single step's activations (a 4x64x64 latent, 64 KiB, per step at SD 1.5's size). The adjoints
 pay off when even that does not fit; they approximate the sampler's gradient, and how well
@@ -145,8 +145,8 @@ class Adjoint(Gradient):
     sampler's gradient on the latent digits model, 220 % off (cosine 0.94) on the digits DDPM++
     (``results/*/adjoint_accuracy.md``). Each backward step costs the solver's stages in model
     evaluations *and* vector-Jacobian products: an RK4 adjoint behind a one-evaluation sampler
-    (``dpm2m``) costs 4.5-8.7x Backprop's time on tiny SD components, against Checkpoint's
-    1.7-2.3x. Do not use it when :class:`Checkpoint` fits: that is exact and cheaper. With
+    (``dpm2m``) costs 3.7-3.9x Backprop's time on tiny SD components, against Checkpoint's
+    1.9-2.4x. Do not use it when :class:`Checkpoint` fits: that is exact and cheaper. With
     ``states="reintegrate"`` the re-solved ``y`` drifts from the forward path where the ODE
     is sensitive (high noise, few steps); ``states="reuse"`` removes that error for one stored
     state per step.

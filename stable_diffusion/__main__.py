@@ -136,8 +136,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=cli.positive_int, default=100, help="AdamW steps (default 100)")
     p.add_argument("--lr", type=cli.positive_float, default=5e-3, help="learning rate (default 5e-3)")
     p = sub.add_parser("morph", parents=[common, clf], help="the AdjointDEIS poster's morphing, ODE and SDE (its "
-                       "Table 1); --model digits: pairs of held-out digits, the digit classifier's features as F")
-    p.add_argument("--pairs", type=cli.positive_int, default=16, help="with --model digits: morph pairs (default 16)")
+                       "Table 1); --model digits: pairs of same-class held-out digits, identity models F and F' of "
+                       "handwritten.identity")
+    p.add_argument("--pairs", type=cli.positive_int, default=18, help="with --model digits: morph pairs (default 18: two per class, zero to eight)")
     p.add_argument("--image-a", type=cli.existing_file, nargs="+", help="other models: the first reference of each pair")
     p.add_argument("--image-b", type=cli.existing_file, nargs="+", help="other models: the second reference of each pair")
     p.add_argument("--prompt-a", default="", help="other models: the prompt of the a references (default empty)")
@@ -241,7 +242,7 @@ def main(argv=None):
                     for paths in (args.image_a, args.image_b))
             with torch.no_grad():
                 cond_a, cond_b = (encode_prompt(comps, [prompt] * len(a)) for prompt in (args.prompt_a, args.prompt_b))
-            morph_table(comps, F, a, b, cond_a, cond_b, out, threshold=args.threshold, what="of your reference images",
+            morph_table(comps, {"F": (F, args.threshold)}, a, b, cond_a, cond_b, out, what="of your reference images",
                         steps=args.steps, iters=args.iters, lr=args.lr, seed=args.seeds[0], progress=progress)
             summary = (out / "morph.md").read_text()
         else:

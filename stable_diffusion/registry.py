@@ -46,7 +46,7 @@ def _digit_images(digit: int, n: int) -> torch.Tensor:
 
 def _morph_heldout(comps: SDComponents, out: Path, **kwargs) -> dict:
     from .digits.experiments import morph_heldout
-    return morph_heldout(comps, digits.load_classifier().to(comps.device), out, **kwargs)
+    return morph_heldout(comps, out, **kwargs)
 
 
 MODELS = {

@@ -5,6 +5,7 @@ import dataclasses
 import json
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -322,10 +323,21 @@ def test_morph_command_on_your_own_images_and_identity_model(tmp_path, classifie
           "--num-classes", "10", "--classifier-size", "32", "--iters", "2", "--steps", "3", "--threshold", "0.5",
           "--out", str(tmp_path / "out"), "--no-progress"])
     result = json.loads((tmp_path / "out" / "morph.json").read_text())
-    assert [r["attack"] for r in result["rows"]] == ["DiM (no optimisation)", "DiM + AdjointDEIS-1 (ODE)",
-                                                      "DiM + AdjointDEIS-1 (SDE)"]
-    assert all(0 <= r["mmpmr"] <= 1 and -1 <= r["mean_similarity_a"] <= 1 for r in result["rows"])
+    assert [r["attack"] for r in result["rows"]] == ["pixel average (no model)", "DiM (no optimisation)",
+                                                      "DiM + AdjointDEIS-1 (ODE)", "DiM + AdjointDEIS-1 (SDE)"]
+    assert all(0 <= r["mmpmr"]["F"] <= 1 and all(-1 <= v <= 1 for v in r["mean_similarity"]["F"])
+               for r in result["rows"])
+    arrays = np.load(tmp_path / "out" / "morph_images.npz")
+    assert sorted(arrays) == ["a", "average", "b", "dim", "ode", "sde"] and arrays["ode"].shape == (2, 32, 32, 3)
     assert (tmp_path / "out" / "morph.png").exists()
+
+
+def test_the_sampler_takes_a_noise_seed_exactly_for_an_sde_solver():
+    assert apps.Sampler(3, "sde-dpm1", 1.0, "adjointdeis-stored", noise_seed=0).noise_seed == 0
+    with pytest.raises(ValueError, match="solver 'sde-dpm1' needs noise_seed"):
+        apps.Sampler(3, "sde-dpm1", 1.0, "adjointdeis-stored")
+    with pytest.raises(ValueError, match="solver 'dpm1' takes no noise_seed"):
+        apps.Sampler(3, "dpm1", 1.0, "adjointdeis", noise_seed=0)
 
 
 def test_embedding_drops_the_last_linear_layer(classifier_file):

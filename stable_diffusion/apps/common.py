@@ -19,9 +19,12 @@ from ..model import check_latents, decode, encode_prompt, eps_model
 # sampler's exact gradient at 10 steps, 2.1 % at 20: results/stable_diffusion/digits/adjoint_accuracy.md), at four
 # VJPs per step; "adjointdeis" (AdjointDEIS-1, data form) makes one per step and is 10-35 % off there.
 # "reversible" is exact at flat memory, behind the reversible sampler only (--solver reversible-dpm1).
+# "adjointdeis-stored" takes the states the forward stored, one per step (re-solving an SDE backwards is
+# unusable at few steps: notebook 01, section 10), so its memory grows with steps as Checkpoint's does.
 GRADIENTS = {
     "adjoint": lambda steps: Adjoint(steps=steps, solver="rk4"),
     "adjointdeis": lambda steps: AdjointDEIS(order=1, steps=steps, form="data"),
+    "adjointdeis-stored": lambda steps: AdjointDEIS(order=1, states="reuse", form="data"),
     "checkpoint": lambda steps: Checkpoint(),
     "backprop": lambda steps: Backprop(),
     "reversible": lambda steps: ReversibleAdjoint(),
@@ -32,17 +35,23 @@ GRADIENTS = {
 class Sampler:
     """How every application samples: ``steps`` of ``solver`` on eq. 10 (logSNR grid, from
     t = 1 down to the first training step), guidance scale, and the gradient strategy by name
-    (:data:`GRADIENTS`: ``adjoint`` solves the adjoint ODE backwards with ``steps`` RK4 steps).
-    Settings only, frozen (so it is a safe default argument); :class:`Pipeline` binds it to components."""
+    (:data:`GRADIENTS`: ``adjoint`` solves the adjoint ODE backwards with ``steps`` RK4 steps), and
+    for an SDE solver (``sde-dpm1``) the seed of its Brownian path. Settings only, frozen (so it is a
+    safe default argument); :class:`Pipeline` binds it to components."""
     steps: int = 20
     solver: str = "dpm2m"
     guidance_scale: float = 7.5
     gradient: str = "adjoint"
+    noise_seed: int | None = None
 
     def __post_init__(self):
         if self.gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {tuple(GRADIENTS)}, got {self.gradient!r}")
-        reversible = make_method(self.solver).reversible
+        method = make_method(self.solver)
+        if method.stochastic != (self.noise_seed is not None):
+            raise ValueError(f"solver {self.solver!r} {'needs' if method.stochastic else 'takes no'} noise_seed "
+                             f"(got {self.noise_seed!r})")
+        reversible = method.reversible
         if self.gradient == "reversible" and not reversible:
             raise ValueError(f"gradient 'reversible' differentiates the reversible sampler: pass solver "
                              f"'reversible-dpm1' (got {self.solver!r})")
@@ -68,13 +77,24 @@ class Pipeline:
         """The prompts' text embeddings (with ``embedding_row`` as token ``token_id``'s, if given)."""
         return encode_prompt(self.comps, list(prompts), embedding_row, token_id)
 
-    def latents(self, x_T: torch.Tensor, cond, grad: bool = True) -> torch.Tensor:
-        """``x_0``'s latents from ``x_T``; differentiable by the sampler's strategy if ``grad``."""
+    def latents(self, x_T: torch.Tensor, cond, grad: bool = True, return_info: bool = False):
+        """``x_0``'s latents from ``x_T``; differentiable by the sampler's strategy if ``grad``; with
+        ``return_info``, also the solve's :class:`adjointdpm.ode.SolveInfo` (its NFE forward and backward)."""
         check_latents(self.comps, x_T)
         sampler, schedule = self.sampler, self.comps.schedule
         gradient = GRADIENTS[sampler.gradient](sampler.steps) if grad else None
         return sample(self.model, x_T, schedule, cond, steps=sampler.steps, solver=sampler.solver,
-                      t_end=schedule.t_min, gradient=gradient)
+                      t_end=schedule.t_min, gradient=gradient, noise_seed=sampler.noise_seed, return_info=return_info)
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, cond) -> torch.Tensor:
+        """The ``x_T`` that the probability-flow ODE carries to ``images`` (in [0, 1]): the VAE's
+        latents, then DDIM run from data up to noise (``dpm1`` at the sampler's steps, whatever its
+        solver: an SDE has no inverse path)."""
+        vae, schedule = self.comps.vae, self.comps.schedule
+        latents = vae.encode((images * 2 - 1).to(self.comps.device, vae.dtype)).latent_dist.mean
+        return sample(self.model, latents.float() * vae.config.scaling_factor, schedule, cond,
+                      steps=self.sampler.steps, solver="dpm1", t_start=schedule.t_min, t_end=schedule.T)
 
     def images(self, x_T: torch.Tensor, cond, grad: bool = True) -> torch.Tensor:
         """The decoded images in [0, 1]."""

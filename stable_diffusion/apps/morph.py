@@ -13,141 +13,149 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from adjointdpm import AdjointDEIS, files, sample
+from adjointdpm import files
 from adjointdpm.report import markdown_table
 from adjointdpm.noise import slerp
+from handwritten.identity import cosine
 
 from ..components import SDComponents
-from ..model import decode, eps_model
-from .common import save_images
+from ..model import decode
+from .common import Pipeline, Sampler, save_images
 
+PIXEL_AVERAGE = "pixel average (no model)"
 POSTER = {  # AdjointDEIS poster Table 1 (SYN-MAD 2022, FMR 0.1 %): MMPMR AdaFace / ArcFace / ElasticFace, NFE
+    PIXEL_AVERAGE: ((97.96, 96.93, 98.36), None),  # its nearest row: Webmorph, a landmark morph (no model either)
     "DiM (no optimisation)": ((92.23, 90.18, 93.05), 350),
     "DiM + AdjointDEIS-1 (ODE)": ((99.8, 98.77, 99.39), 2250),
     "DiM + AdjointDEIS-1 (SDE)": ((98.57, 97.96, 97.75), 2250),
 }
+ARRAYS = {PIXEL_AVERAGE: "average", "DiM (no optimisation)": "dim", "DiM + AdjointDEIS-1 (ODE)": "ode",
+          "DiM + AdjointDEIS-1 (SDE)": "sde"}  # each row's key in morph_images.npz
 
 
-def encode_images(comps: SDComponents, images: torch.Tensor) -> torch.Tensor:
-    """VAE latents (the mean of the posterior, scaled as the UNet expects) of images in [0, 1]."""
-    vae = comps.vae
-    latents = vae.encode((images * 2 - 1).to(comps.device, vae.dtype)).latent_dist.mean
-    return latents.float() * vae.config.scaling_factor
+# The SDE sampler's steps per ODE step. A first-order SDE step is coarser than the ODE's: on the digits model,
+# from fresh noises with the named prompts (guidance 1), the judges read the prompted digit in 64-69 % of
+# sde-dpm1's samples at 10 steps, 92 % at 20, against 89-92 % for dpm1 at 10.
+SDE_STEPS = 2
 
 
-def cosine(F, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cosine_similarity(F(x).flatten(1), F(y).flatten(1), dim=1)
+def attacks(steps: int, iters: int, seed: int) -> dict[str, tuple[Sampler, int]]:
+    """The poster's rows, each a sampler and its optimisation steps: DiM (none), then ``(x_T, c)``
+    optimised through the ODE sampler (``dpm1`` at ``steps``, AdjointDEIS-1 in the data form re-solving
+    the path) and the SDE sampler (``sde-dpm1`` at :data:`SDE_STEPS` times ``steps``, seeded ``seed``, the
+    same rule on the stored path: re-solving an SDE backwards is unusable at few steps, notebook 01
+    section 10). Guidance scale 1 throughout, so the decoder inverts the encoder."""
+    ode = Sampler(steps, "dpm1", 1.0, "adjointdeis")
+    sde = Sampler(SDE_STEPS * steps, "sde-dpm1", 1.0, "adjointdeis-stored", noise_seed=seed)
+    return {"DiM (no optimisation)": (ode, 0), "DiM + AdjointDEIS-1 (ODE)": (ode, iters),
+            "DiM + AdjointDEIS-1 (SDE)": (sde, iters)}
 
 
-def match_threshold(F, images: torch.Tensor, identities: torch.Tensor, fmr: float = 1e-3) -> float:
-    """The similarity above which F falsely matches a share ``fmr`` of impostor pairs (every pair of
-    ``images`` with different ``identities``)."""
-    with torch.no_grad():
-        feats = torch.nn.functional.normalize(F(images).flatten(1).float(), dim=1)
-    sims = feats @ feats.T
-    impostor = identities[:, None] != identities[None, :]
-    impostor &= torch.ones_like(impostor).triu(1)
-    return float(torch.quantile(sims[impostor], 1 - fmr))
-
-
-# The poster's AdjointDEIS-1, in the data-prediction form: behind 10 DDIM steps on the digits model it is 0.96-0.99
-# in cosine to the sampler's exact gradient where the poster's noise form is 0.85-0.92 (adjoint_accuracy.md); behind
-# the SDE on its stored path, as re-solving an SDE backwards is unusable at few steps (notebook 01, section 10).
-STRATEGIES = {
-    "ode": lambda: AdjointDEIS(1, form="data"),
-    "sde": lambda: AdjointDEIS(1, states="reuse", form="data"),
-}
-
-
-def morph(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tensor, cond_a: torch.Tensor,
-          cond_b: torch.Tensor, *, steps: int = 10, iters: int = 20, lr: float = 0.05, sde: bool | None = None,
-          noise_seed: int = 0, progress: bool = True) -> dict:
+def morph(pipe: Pipeline, F: Callable, a: torch.Tensor, b: torch.Tensor, cond_a: torch.Tensor,
+          cond_b: torch.Tensor, *, iters: int = 20, lr: float = 0.05, progress: bool = True) -> dict:
     """Morphs of the references ``a``, ``b`` (images in [0, 1]) whose prompts encode to ``cond_a``,
-    ``cond_b``. ``sde=None`` returns DiM's morphs (no optimisation); ``False``/``True`` optimise
-    ``(x_T, c)`` with AdamW through the ODE (``dpm1``) or SDE (``sde-dpm1``) sampler for ``iters``
-    steps. Guidance scale 1 throughout, so the decoder inverts the encoder. Returns the images,
-    each one's similarity to ``a`` and ``b``, and the NFE per morph (model evaluations and
-    vector-Jacobian products)."""
-    model, schedule = eps_model(comps, 1.0), comps.schedule
-    ends = dict(t_start=schedule.T, t_end=schedule.t_min)
-    with torch.no_grad():
-        encoded = [sample(model, encode_images(comps, img), schedule, cond, steps=steps, solver="dpm1",
-                          t_start=schedule.t_min, t_end=schedule.T) for img, cond in ((a, cond_a), (b, cond_b))]
-    x_T = slerp(*encoded).requires_grad_()
+    ``cond_b``: DiM's (both inverted to noise by :meth:`Pipeline.invert`, the noises slerped, the
+    conditions averaged), then ``(x_T, c)`` optimised with AdamW for ``iters`` steps through ``pipe``'s
+    sampler and gradient on ``L = (1 - cos(F(x0), F(a))) + (1 - cos(F(x0), F(b)))``. Returns the images
+    and the NFE per morph (model evaluations and vector-Jacobian products, the two inversions included)."""
+    steps = pipe.sampler.steps
+    x_T = slerp(pipe.invert(a, cond_a), pipe.invert(b, cond_b)).requires_grad_()
     cond = ((cond_a + cond_b) / 2).detach().requires_grad_()
-    sampler = dict(steps=steps, solver="sde-dpm1", noise_seed=noise_seed) if sde else dict(steps=steps, solver="dpm1")
-    nfe = 3 * steps  # two encodings and the final decode
-    if sde is not None:
-        opt = torch.optim.AdamW([x_T, cond], lr=lr, weight_decay=0.0)
-        for _ in tqdm(range(iters), desc=f"morph ({'SDE' if sde else 'ODE'})", disable=not progress):
-            x0, info = sample(model, x_T, schedule, cond, gradient=STRATEGIES["sde" if sde else "ode"](),
-                              return_info=True, **ends, **sampler)
-            images = decode(comps, x0)
-            loss = ((1 - cosine(F, images, a)) + (1 - cosine(F, images, b))).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            nfe += info.nfe_forward + info.nfe_backward
+    nfe = 3 * steps  # two inversions and the final decode
+    opt = torch.optim.AdamW([x_T, cond], lr=lr, weight_decay=0.0)
+    for _ in tqdm(range(iters), desc=f"morph ({pipe.sampler.solver})", disable=not progress):
+        x0, info = pipe.latents(x_T, cond, return_info=True)
+        images = decode(pipe.comps, x0)
+        loss = ((1 - cosine(F, images, a)) + (1 - cosine(F, images, b))).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        nfe += info.nfe_forward + info.nfe_backward
     with torch.no_grad():
-        images = decode(comps, sample(model, x_T, schedule, cond, **ends, **sampler))
-        return {"images": images, "similarity_a": cosine(F, images, a), "similarity_b": cosine(F, images, b),
-                "nfe": nfe}
+        return {"images": pipe.images(x_T, cond, grad=False), "nfe": nfe}
 
 
-def morph_table(comps: SDComponents, F: Callable, a: torch.Tensor, b: torch.Tensor, cond_a: torch.Tensor,
-                cond_b: torch.Tensor, out: Path, *, threshold: float | None = None, what: str = "", steps: int = 10,
-                iters: int = 60, lr: float = 0.1, seed: int = 0, record: dict | None = None,
+def morph_table(comps: SDComponents, verifiers: dict, a: torch.Tensor, b: torch.Tensor, cond_a: torch.Tensor,
+                cond_b: torch.Tensor, out: Path, *, what: str = "", steps: int = 10, iters: int = 60,
+                lr: float = 0.1, seed: int = 0, record: dict | None = None, labels: torch.Tensor | None = None,
                 judge: Callable[[torch.Tensor], dict] | None = None, progress: bool = True) -> dict:
-    """The poster's Table 1: DiM, then ``(x_T, c)`` optimised through the ODE and the SDE sampler.
-    With a ``threshold`` (F's similarity at 0.1 % false matches) each row's MMPMR; with ``judge`` (the
-    morphs -> ``{column: value}``) each row's reading by readers other than F. Writes ``morph.md``,
-    ``morph.json`` (with the caller's ``record``) and ``morph.png`` (references and morphs) to ``out``."""
-    rows, grid = [], {"reference a": a, "reference b": b}
-    for name, sde in (("DiM (no optimisation)", None), ("DiM + AdjointDEIS-1 (ODE)", False),
-                      ("DiM + AdjointDEIS-1 (SDE)", True)):
-        r = morph(comps, F, a, b, cond_a, cond_b, steps=steps, iters=iters, lr=lr, sde=sde, noise_seed=seed,
-                  progress=progress)
-        both = torch.minimum(r["similarity_a"], r["similarity_b"])
-        rows.append({"attack": name, "nfe": r["nfe"],
-                     "mmpmr": None if threshold is None else float((both >= threshold).float().mean()),
-                     "mean_similarity_a": float(r["similarity_a"].mean()),
-                     "mean_similarity_b": float(r["similarity_b"].mean()), "poster": POSTER[name][0],
-                     "poster_nfe": POSTER[name][1], "judged": judge(r["images"]) if judge else {}})
-        grid[name] = r["images"]
+    """The poster's Table 1, with the pixel average as a reference row: each attack's morphs and,
+    under each verifier of ``verifiers`` (name -> ``(F, threshold)``; the first is the one attacked,
+    a threshold of ``None`` gives no MMPMR), its MMPMR and mean similarity to ``a`` and ``b``; with
+    ``judge`` (the morphs -> ``{column: value}``) each row's reading by readers other than F. Writes
+    ``morph.md``, ``morph.json`` (with the caller's ``record``), ``morph.png`` (references and morphs) and
+    ``morph_images.npz`` (float32 N x H x W x 3 in [0, 1]: ``a``, ``b``, one array per row, ``labels``)."""
+    attacked = next(iter(verifiers.values()))[0]
+    morphs = {PIXEL_AVERAGE: {"images": (a + b) / 2, "nfe": 0}}
+    for name, (sampler, steps_of_adamw) in attacks(steps, iters, seed).items():
+        morphs[name] = morph(Pipeline(comps, sampler), attacked, a, b, cond_a, cond_b, iters=steps_of_adamw, lr=lr,
+                             progress=progress)
+    rows = []
     with torch.no_grad():
-        real = float(cosine(F, a, b).mean())
-    result = {"pairs": len(a), "what": what, "iters": iters, "lr": lr, "steps": steps, "threshold": threshold,
-              "fmr": 1e-3, "mean_similarity_of_the_references": real, "rows": rows, **(record or {})}
+        for name, r in morphs.items():
+            row = {"attack": name, "nfe": r["nfe"], "mmpmr": {}, "mean_similarity": {},
+                   "poster": POSTER.get(name, (None, None))[0], "poster_nfe": POSTER.get(name, (None, None))[1],
+                   "judged": judge(r["images"]) if judge else {}}
+            for who, (F, threshold) in verifiers.items():
+                sim_a, sim_b = cosine(F, r["images"], a), cosine(F, r["images"], b)
+                row["mmpmr"][who] = None if threshold is None else float(
+                    (torch.minimum(sim_a, sim_b) >= threshold).float().mean())
+                row["mean_similarity"][who] = [float(sim_a.mean()), float(sim_b.mean())]
+            rows.append(row)
+        references = {who: float(cosine(F, a, b).mean()) for who, (F, _) in verifiers.items()}
+        # a morph can match both only if a and b are within twice the threshold's angle of each other:
+        # cos(m, a), cos(m, b) >= t implies cos(a, b) >= cos(2 arccos t) = 2 t^2 - 1, whatever the morph
+        feasible = {who: None if t is None else float((cosine(F, a, b) >= 2 * t * t - 1).float().mean())
+                    for who, (F, t) in verifiers.items()}
+    result = {"pairs": len(a), "what": what, "iters": iters, "lr": lr, "steps": steps, "seed": seed,
+              "thresholds": {who: threshold for who, (_, threshold) in verifiers.items()}, "fmr": 1e-3,
+              "mean_similarity_of_the_references": references, "feasible": feasible, "rows": rows, **(record or {})}
     out.mkdir(parents=True, exist_ok=True)
     (out / "morph.md").write_text(markdown(result))
     files.write_json(out / "morph.json", result, significant=6)
-    save_images(out / "morph.png", grid)
+    save_images(out / "morph.png", {"reference a": a, "reference b": b, **{k: v["images"] for k, v in morphs.items()}})
+    arrays = {"a": a, "b": b, **{ARRAYS[k]: v["images"] for k, v in morphs.items()}}
+    arrays = {k: v.detach().float().permute(0, 2, 3, 1).cpu().numpy().astype(np.float32) for k, v in arrays.items()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy()
+    np.savez_compressed(out / "morph_images.npz", **arrays)
     return result
 
 
 def markdown(result: dict) -> str:
     """``morph.md``: the table of :func:`morph_table`'s result, from its data alone."""
-    what = result.get("what", "")  # results written before they carried it: the pairs, unqualified
-    rows, threshold = result["rows"], result["threshold"]
+    rows, thresholds = result["rows"], result["thresholds"]
+    who = list(thresholds)
     judged = list(rows[0]["judged"])
     percent = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    poster = lambda row: "-" if row["poster"] is None else (  # noqa: E731
+        f"{' / '.join(f'{v:.2f}' for v in row['poster'])}, "
+        + ("Webmorph (a landmark morph)" if row["poster_nfe"] is None else str(row["poster_nfe"])))
     table = markdown_table(
-        ["attack", "NFE per morph", "MMPMR (ours)", "mean cos to a / b", *judged,
-         "poster MMPMR (AdaFace / ArcFace / ElasticFace), NFE"],
-        [[row["attack"], row["nfe"], percent(row["mmpmr"]),
-          f"{row['mean_similarity_a']:.3f} / {row['mean_similarity_b']:.3f}",
-          *(" / ".join(f"{100 * v:.0f}%" for v in row["judged"][c]) for c in judged),
-          f"{' / '.join(f'{v:.2f}' for v in row['poster'])}, {row['poster_nfe']}"] for row in rows])
-    success = ("no threshold given, so no MMPMR" if threshold is None else
-               f"a morph succeeds when F matches it to both at cos >= {threshold:.3f}")
-    return (f"# Morphing (AdjointDEIS poster, Table 1)\n\n{result['pairs']} pairs {what}; {success} (the references "
-            f"themselves have mean cos {result['mean_similarity_of_the_references']:.3f}). DiM: DDIM-encode both "
-            f"with their prompts ({result['steps']} steps, guidance 1), slerp the noises, average the prompt "
-            f"embeddings, decode. Optimised: {result['iters']} AdamW steps (lr {result['lr']}) on (x_T, c); ODE with "
-            "AdjointDEIS-1 (data-prediction form), SDE (sde-dpm1) with the same rule on the stored SDE path. The "
+        ["attack", "NFE per morph", *(f"MMPMR under {w}" for w in who), *(f"mean cos to a / b under {w}" for w in who),
+         *judged, "poster MMPMR (AdaFace / ArcFace / ElasticFace), NFE"],
+        [[row["attack"], row["nfe"], *(percent(row["mmpmr"][w]) for w in who),
+          *(" / ".join(f"{v:.3f}" for v in row["mean_similarity"][w]) for w in who),
+          *(row["judged"][c] if isinstance(row["judged"][c], str) else f"{100 * row['judged'][c]:.0f}%" for c in judged),
+          poster(row)] for row in rows])
+    success = "; ".join(
+        f"under {w} a morph succeeds when it matches both at cos >= {t:.3f}" if t is not None else
+        f"{w} has no threshold, so no MMPMR under it" for w, t in thresholds.items())
+    references = ", ".join(f"{v:.3f} under {w}" for w, v in result["mean_similarity_of_the_references"].items())
+    feasible = "; ".join(f"under {w}, {100 * v:.0f} %" for w, v in result["feasible"].items() if v is not None)
+    ceiling = (f" No morph at all can match both references of a pair whose own cosine is below 2 t^2 - 1 (t the "
+               f"threshold), so the MMPMR cannot exceed the share of pairs above it: {feasible}." if feasible else "")
+    return (f"# Morphing (AdjointDEIS poster, Table 1)\n\n{result['pairs']} pairs {result['what']}; {success} "
+            f"(thresholds at 0.1 % false matches; the references themselves have mean cos {references}). DiM: invert "
+            f"both to noise with their prompts ({result['steps']} DDIM steps, guidance 1), slerp the noises, average "
+            f"the prompt embeddings, decode. Optimised: {result['iters']} AdamW steps (lr {result['lr']}) on (x_T, c) "
+            f"against the first model, {who[0]}; ODE ({result['steps']} dpm1 steps) with AdjointDEIS-1 (data-prediction "
+            f"form), SDE ({SDE_STEPS * result['steps']} sde-dpm1 steps: its first-order steps are coarser) with the "
+            f"same rule on the stored SDE path. The pixel average is the morph that knows no model.{ceiling} The "
             f"poster's numbers are on faces, beside for their ordering only.\n\n{table}\n")
 
 

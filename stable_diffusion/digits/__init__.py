@@ -4,7 +4,7 @@ Diffusion application shows its real effect on a CPU. Nines are held out of its 
 
     python -m stable_diffusion.digits train --out DIR     # retrain (about 17 minutes, 2 CPU cores)
     python -m stable_diffusion.digits quality             # does it draw the prompted digits?
-    python -m stable_diffusion.digits results             # the four applications, Tables 2 and 3
+    python -m stable_diffusion.digits results             # the four applications and the morph, Tables 2 and 3
 
 The trained pipeline is committed at ``stable_diffusion/weights/digits/`` (what
 ``StableDiffusionPipeline.save_pretrained`` writes) with its classifier beside it; every

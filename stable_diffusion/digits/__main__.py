@@ -4,7 +4,7 @@
             resumable, about 17 minutes on 2 CPU cores; writes a StableDiffusionPipeline folder
   quality   sample every prompt with diffusers' own pipeline; read the digits with the guide and
             the two independent judges (results/stable_diffusion/digits/quality.md)
-  results   the four applications on the digits model with Tables 2 and 3 beside the paper's,
+  results   the four applications and the poster's morphing on the digits model, Tables 2 and 3 beside the paper's,
             read by judges that never guided them (results/stable_diffusion/digits/)
   ablation  Table 2's routes and controls side by side (table2_ablation.md)
 
@@ -44,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=cli.positive_int, default=64, help="samples per prompt (default 64)")
     p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="noise seed (default 0)")
     p.add_argument("--out", type=cli.folder, default=RESULTS, help=f"results folder (default {RESULTS})")
-    for name, text in (("results", "the four applications, Tables 2 and 3, judged"),
+    for name, text in (("results", "the four applications and the morph, Tables 2 and 3, judged"),
                        ("ablation", "Table 2's routes (prompts, optimisers, restraints) and controls, judged")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--out", type=cli.folder, default=RESULTS, help=f"results folder (default {RESULTS})")

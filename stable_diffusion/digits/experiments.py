@@ -15,7 +15,8 @@ it is: the share of images the guide reads as its target while every judge reads
    the paper means it, is flipped *and* still the original digit to the judges;
 3. stylization: cross-attention weights fine-tuned toward a style the gray digits can show (bold ink);
 4. inversion: a new token learned from real nines (``Sizes.invert_targets`` of them);
-5. (``morph`` command) the AdjointDEIS poster's morphing, with the judges' reading of each morph.
+5. morphing (the AdjointDEIS poster's Table 1): look-alike pairs of same-class digits, the identity model
+   ``F`` of :mod:`handwritten.identity` attacked and ``F'`` judging, with the judges' reading of each morph.
 
 Each experiment measures first (``measure_*``: the result, the figure's rows, the raw arrays), then
 :func:`write` saves them; :mod:`stable_diffusion.digits.report` turns the result alone into Markdown.
@@ -72,11 +73,14 @@ class Sizes:
     invert_iters: int = 25
     invert_lr: float = 0.02
     invert_eval: int = 32      # fresh seeds to read the learned token's digit
+    morph_pairs: int = 18      # two per class, zero to eight
+    morph_iters: int = 60      # the ODE morphs' MMPMR under F is the same at 110 (44 %); the budget of `results` holds
+    morph_steps: int = 10
 
 
 QUICK = Sizes(guided_seeds=4, guided_iters=2, ablation_seeds=2, audit_per_class=2, audit_candidates=3, audit_iters=2,
               taus=(0.4, 0.8), curve_per_class=1, style_seeds=1, style_epochs=1, style_unseen=1, invert_targets=2,
-              invert_iters=2, invert_eval=4)
+              invert_iters=2, invert_eval=4, morph_pairs=2, morph_iters=2, morph_steps=4)
 
 
 def readings(images: torch.Tensor, guide) -> dict[str, torch.Tensor]:
@@ -422,7 +426,7 @@ def run_all(out: Path, quick: bool = False, progress: bool = True, model=PIPELIN
     guide = load_classifier()
     results = {}
     for name, experiment in (("table2", vocabulary_expansion), ("table3", audit_table), ("stylize", stylization),
-                             ("invert", inversion)):
+                             ("invert", inversion), ("morph", morphing)):
         comps = load_model(model)  # fresh weights and tokenizer for each experiment
         results[name] = experiment(comps, guide, sizes, sampler, out, progress)
     text = report.summary(results)
@@ -437,38 +441,43 @@ def run_ablation(out: Path, quick: bool = False, progress: bool = True, model=PI
     return report.ablation(result)
 
 
-def morph_heldout(comps: SDComponents, guide, out: Path, pairs: int = 16, iters: int = 60, lr: float = 0.1,
-                steps: int = 10, seed: int = 0, progress: bool = True) -> dict:
-    """The poster's Table 1 on the digits model: pairs of real held-out digits of two different
-    classes (the identities), F the guide's penultimate features, the threshold at 0.1 % FMR over
-    every impostor pair of held-out digits; and the judges' reading of each morph."""
-    from ..apps.morph import match_threshold, morph_table as table
+def morphing(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler, out: Path, progress: bool) -> dict:
+    """:func:`morph_heldout` at ``sizes``' pairs, iterations and steps (the morph's own samplers: guidance 1)."""
+    return morph_heldout(comps, out, pairs=sizes.morph_pairs, iters=sizes.morph_iters, steps=sizes.morph_steps,
+                         progress=progress)
+
+
+def morph_heldout(comps: SDComponents, out: Path, pairs: int = 18, iters: int = 60, lr: float = 0.1,
+                  steps: int = 10, seed: int = 0, progress: bool = True) -> dict:
+    """The poster's Table 1 on the digits model, with identities as the poster's are: attacker-accomplice
+    pairs of two different real held-out digits of the **same** class (:func:`handwritten.identity.lookalike_pairs`,
+    classes zero to eight in turn, each with its prompt), the identity model ``F`` of :mod:`handwritten.identity` attacked, ``F'`` (another architecture,
+    loss and split) judging, both at their thresholds for 0.1 % false matches among same-class impostor
+    pairs of held-out digits; and the judges' reading of the class in each morph."""
+    from handwritten import identity
+
+    from ..apps.morph import morph_table
     images, labels = data.load("heldout")
     images = data.to_unit(images)
-    threshold = match_threshold(guide.embed, images, labels)
-    gen = torch.Generator().manual_seed(seed)
-    known = torch.nonzero(labels != data.UNSEEN).flatten()
-    first = known[torch.randperm(len(known), generator=gen)[:pairs]]
-    second = torch.stack([(lambda pool: pool[torch.randint(len(pool), (1,), generator=gen)])(
-        known[labels[known] != labels[i]])[0] for i in first])
+    verifiers = {}
+    for name in identity.MODELS:
+        F = identity.load(name).to(comps.device)
+        verifiers[name] = (F, identity.same_class_threshold(F, images.to(comps.device), labels.to(comps.device)))
+    per_class = -(-pairs // data.UNSEEN)
+    first, second = (i[:pairs] for i in identity.lookalike_pairs(images, labels, per_class, range(data.UNSEEN), seed))
     a, b = images[first].to(comps.device), images[second].to(comps.device)
-    label_a, label_b = labels[first], labels[second]
+    label = labels[first]
     with torch.no_grad():
-        cond_a = encode_prompt(comps, [data.prompt(int(k)) for k in label_a])
-        cond_b = encode_prompt(comps, [data.prompt(int(k)) for k in label_b])
-    what = ("of real held-out digits of two different classes (the identities); F: the guide's (the digit "
-            "classifier's) penultimate features, threshold where F falsely matches 0.1 % of the impostor pairs among "
-            "the held-out digits")
+        cond = encode_prompt(comps, [data.prompt(int(k)) for k in label])
+    what = ("of two different real held-out digits of one class (the identities): a random one and the one of its class "
+            "nearest to it in pixels (its look-alike accomplice), classes zero to eight in turn; F: "
+            "an identity model trained by instance discrimination (handwritten.identity), attacked; F': another "
+            "(exemplar MLP, another split), never a loss")
 
-    def judged_morphs(morphs: torch.Tensor) -> dict:
-        """Which identity each judge reads in the morphs: a's digit, b's, or neither."""
-        columns = {}
-        for who, r in judges().read(morphs).items():
-            columns[f"judge {who}: a / b / neither"] = (float((r == label_a).float().mean()),
-                                                       float((r == label_b).float().mean()),
-                                                       float(((r != label_a) & (r != label_b)).float().mean()))
-        return columns
+    def judged(morphs: torch.Tensor) -> dict:
+        """The share of morphs each judge reads as the references' class."""
+        return {f"judge {who}: the class": float((r == label).float().mean()) for who, r in judges().read(morphs).items()}
 
-    classes = [[int(i), int(j)] for i, j in zip(label_a, label_b)]
-    return table(comps, guide.embed, a, b, cond_a, cond_b, out, threshold=threshold, what=what, steps=steps,
-                 iters=iters, lr=lr, seed=seed, record={"classes": classes}, judge=judged_morphs, progress=progress)
+    return morph_table(comps, verifiers, a, b, cond, cond, out, what=what, steps=steps, iters=iters, lr=lr, seed=seed,
+                       record={"classes": label.tolist(), "heldout_indices": [first.tolist(), second.tolist()]},
+                       labels=label, judge=judged, progress=progress)

@@ -132,7 +132,16 @@ def summary(results: dict) -> str:
             f"{pct(inv['rows']['the generic caption']['judge_svc_reads_nine'])} / "
             f"{pct(inv['rows']['the generic caption']['judge_net_reads_nine'])}; the whole conditioning optimised "
             f"freely: {pct(inv['rows']['the whole conditioning, free']['judge_svc_reads_nine'])} / "
-            f"{pct(inv['rows']['the whole conditioning, free']['judge_net_reads_nine'])}).\n")
+            f"{pct(inv['rows']['the whole conditioning, free']['judge_net_reads_nine'])}).\n"
+            + morph_line(results["morph"]))
+
+
+def morph_line(r: dict) -> str:
+    """The morph's summary: each attack's MMPMR under the attacked identity model and under the other."""
+    rows = "; ".join(f"{row['attack']} " + " / ".join(pct(row["mmpmr"][w]) for w in r["thresholds"])
+                     for row in r["rows"])
+    return (f"- Morphing (morph.md), {r['pairs']} pairs of same-class held-out digits, MMPMR under "
+            f"{' / '.join(r['thresholds'])}: {rows}.\n")
 
 
 def invert(r: dict) -> str:

@@ -106,11 +106,12 @@ def morph_table(comps: SDComponents, verifiers: dict, a: torch.Tensor, b: torch.
                     (torch.minimum(sim_a, sim_b) >= threshold).float().mean())
                 row["mean_similarity"][who] = [float(sim_a.mean()), float(sim_b.mean())]
             rows.append(row)
-        references = {who: float(cosine(F, a, b).mean()) for who, (F, _) in verifiers.items()}
+        between = {who: cosine(F, a, b) for who, (F, _) in verifiers.items()}  # the references' own similarity
+        references = {who: float(c.mean()) for who, c in between.items()}
         # a morph can match both only if a and b are within twice the threshold's angle of each other:
         # cos(m, a), cos(m, b) >= t implies cos(a, b) >= cos(2 arccos t) = 2 t^2 - 1, whatever the morph
-        feasible = {who: None if t is None else float((cosine(F, a, b) >= 2 * t * t - 1).float().mean())
-                    for who, (F, t) in verifiers.items()}
+        feasible = {who: None if t is None else float((between[who] >= 2 * t * t - 1).float().mean())
+                    for who, (_, t) in verifiers.items()}
     result = {"pairs": len(a), "what": what, "iters": iters, "lr": lr, "steps": steps, "seed": seed,
               "thresholds": {who: threshold for who, (_, threshold) in verifiers.items()}, "fmr": 1e-3,
               "mean_similarity_of_the_references": references, "feasible": feasible, "rows": rows, **(record or {})}

@@ -11,7 +11,8 @@ identity, its augmented copies the same identity seen again):
   batch's other images its negatives) on the ``guide`` split;
 * ``F'`` (:class:`ExemplarNet`, what judges the morphs and is never a loss): an MLP on the image averaged
   to 16x16, trained as an exemplar classifier (Dosovitskiy et al. 2014: each image of the ``judge`` split
-  its own class, its augmentations that class's examples), read at its penultimate layer as a face model is.
+  its own class, its augmentations that class's examples) with a cosine softmax, as face models are, and
+  read at the layer before it.
 
 They share no weights, no training image, no architecture and no loss. Each is verified as a face system
 is (:func:`verify`): its match threshold where it falsely matches 0.1 % of impostor pairs of **the same

@@ -170,21 +170,25 @@ def verify(model: nn.Module, seed: int = 0) -> dict:
 def lookalike_pairs(images: torch.Tensor, labels: torch.Tensor, per_class: int, classes=None, seed: int = 0
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices ``(a, b)`` of attacker-accomplice pairs, as a morphing attack picks them: in each of
-    ``classes`` (default: every label present), ``per_class`` attackers drawn by ``seed``, each with the
-    image of its class nearest to it in pixels (Euclidean, gray) as its accomplice; classes in turn.
-    Chosen by no identity model, so neither ``F`` nor ``F'`` is favoured."""
+    ``classes`` (default: every label present), ``per_class`` attackers drawn by ``seed``, each in turn
+    with the image of its class nearest to it in pixels (Euclidean, gray) that is in no other pair as
+    its accomplice; classes in turn. Chosen by no identity model, so neither ``F`` nor ``F'`` is favoured."""
     classes = sorted(set(labels.tolist())) if classes is None else list(classes)
     gray = images.float().mean(1).flatten(1)
     gen = torch.Generator().manual_seed(seed)
     chosen = {}
     for k in classes:
         pool = torch.nonzero(labels == k).flatten()
-        if len(pool) <= per_class:
-            raise ValueError(f"class {k} has {len(pool)} images, too few for {per_class} attackers and an accomplice")
+        if len(pool) < 2 * per_class:
+            raise ValueError(f"class {k} has {len(pool)} images, too few for {per_class} disjoint pairs")
         attackers = pool[torch.randperm(len(pool), generator=gen)[:per_class]]
         d = torch.cdist(gray[attackers], gray[pool])
-        d[pool[None, :] == attackers[:, None]] = float("inf")  # not itself
-        chosen[k] = list(zip(attackers.tolist(), pool[d.argmin(1)].tolist()))
+        taken = torch.isin(pool, attackers)  # an attacker is nobody's accomplice
+        chosen[k] = []
+        for i, attacker in enumerate(attackers.tolist()):
+            j = int(d[i].masked_fill(taken, float("inf")).argmin())
+            taken[j] = True
+            chosen[k].append((attacker, int(pool[j])))
     ordered = [chosen[k][r] for r in range(per_class) for k in classes]  # classes in turn
     return torch.tensor([p[0] for p in ordered]), torch.tensor([p[1] for p in ordered])
 

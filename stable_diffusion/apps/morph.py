@@ -152,7 +152,7 @@ def markdown(result: dict) -> str:
                f"threshold), so the MMPMR cannot exceed the share of pairs above it: {feasible}." if feasible else "")
     return (f"# Morphing (AdjointDEIS poster, Table 1)\n\n{result['pairs']} pairs {result['what']}; {success} "
             f"(thresholds at 0.1 % false matches; the references themselves have mean cos {references}). DiM: invert "
-            f"both to noise with their prompts ({result['steps']} DDIM steps, guidance 1), slerp the noises, average "
+            f"both to noise with their prompts (DDIM at the row's steps, guidance 1), slerp the noises, average "
             f"the prompt embeddings, decode. Optimised: {result['iters']} AdamW steps (lr {result['lr']}) on (x_T, c) "
             f"against the first model, {who[0]}; ODE ({result['steps']} dpm1 steps) with AdjointDEIS-1 (data-prediction "
             f"form), SDE ({SDE_STEPS * result['steps']} sde-dpm1 steps: its first-order steps are coarser) with the "

@@ -463,8 +463,8 @@ def morph_heldout(comps: SDComponents, out: Path, pairs: int = 18, iters: int = 
     for name in identity.MODELS:
         F = identity.load(name).to(comps.device)
         verifiers[name] = (F, identity.same_class_threshold(F, images.to(comps.device), labels.to(comps.device)))
-    per_class = -(-pairs // data.UNSEEN)
-    first, second = (i[:pairs] for i in identity.lookalike_pairs(images, labels, per_class, range(data.UNSEEN), seed))
+    named = [k for k in range(len(data.NAMES)) if k != data.UNSEEN]  # the classes with a prompt of their own
+    first, second = (i[:pairs] for i in identity.lookalike_pairs(images, labels, -(-pairs // len(named)), named, seed))
     a, b = images[first].to(comps.device), images[second].to(comps.device)
     label = labels[first]
     with torch.no_grad():

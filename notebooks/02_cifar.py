@@ -22,7 +22,7 @@
 #
 # **Prerequisites.** Notebook 01, sections 4 and 6 (eq. 10; Table 1 in 2-D); what FID measures
 # (Heusel et al. 2017). The paper: Pan et al., "AdjointDPM", ICLR 2024
-# ([arXiv:2307.10711](https://arxiv.org/abs/2307.10711)), Sec. 3.2-3.4. About a minute on a CPU.
+# ([arXiv:2307.10711](https://arxiv.org/abs/2307.10711)), Sec. 3.2-3.4. About two minutes on a CPU.
 #
 # The paper (Sec. 3.4, Table 1) samples score_sde's VP CIFAR-10 model three ways at the same NFE
 # and compares FID over 50,000 images:

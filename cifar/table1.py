@@ -7,7 +7,7 @@ Full run (GPU; the three files are local paths, nothing is downloaded):
 
     several GPUs: torchrun --nproc_per_node 4 -m cifar.table1 <same arguments>
 
-The learned model on a CPU (``--model digits``, under an hour on 2 cores for the three grids): the DDPM++ trained here on
+The learned model on a CPU (``--model digits``, 41 minutes on 2 idle cores for the three grids): the DDPM++ trained here on
 the real handwritten digits (``cifar.train_digits``, 16x16, score_sde's checkpoint format, read by
 ``load_score_sde``). FID against the 539 held-out real digits, in the features of the judge network
 of :mod:`handwritten.judges` (trained on other digits, never with the generative model), with two
@@ -484,7 +484,7 @@ def main(argv=None):
     parser.add_argument("--model", choices=["standin", "digits"], help="without --checkpoint: 'standin' (the "
                         "default: an exact-epsilon image mixture, about 4 minutes for the three grids) or 'digits' "
                         "(the DDPM++ trained here on handwritten digits, FID in a judge network's features, with "
-                        "floors; under an hour on 2 cores for the three grids)")
+                        "floors; 41 minutes on 2 idle cores for the three grids)")
     real = parser.add_argument_group("full run (give all three, or none for the CPU stand-in)")
     real.add_argument("--checkpoint", type=cli.existing_file, help="score_sde checkpoint, e.g. checkpoint_8.pth")
     real.add_argument("--inception", type=cli.existing_file,

@@ -290,7 +290,7 @@ def figure(rows: list[dict], path: Path) -> None:
                          label=f"{pair} pair, l = {c:g}")
         ax[j].set(xlabel="steps", ylabel="relative error", title=title)
         ax[j].legend(fontsize=7)
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None):
@@ -305,7 +305,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     prog = parser.prog
     sizes, fine = (QUICK, QUICK_FINE) if args.quick else (SIZES, FINE)
-    with cli.one_line_errors(parser):
+    with cli.one_line_errors(parser, resumes=True):
         study = Study(args.device, args.batch, sizes, fine)
         args.out.mkdir(parents=True, exist_ok=True)
         work = args.out / "reversible.work"
@@ -322,7 +322,7 @@ def main(argv=None):
             "batch": args.batch, "gradient_batch": sizes["gradient_batch"], "fine": fine, "device": str(args.device),
             "threads": torch.get_num_threads(), "command": " ".join([prog, *(sys.argv[1:] if argv is None else argv)])}
     text = markdown(rows, meta)
-    (args.out / "reversible.md").write_text(text)
+    files.write_text(args.out / "reversible.md", text)
     files.write_json(args.out / "reversible.json", {"meta": meta, "rows": rows}, significant=4)
     figure(rows, args.out / "reversible.png")
     print(text)

@@ -280,7 +280,7 @@ def sample_sheet(images: torch.Tensor, ok: torch.Tensor, digit: torch.Tensor, pa
             ax.set_title(f"{int(digit[i])}" + ("" if ok[i] else "?"), fontsize=8, color="k" if ok[i] else "r")
     fig.suptitle(f"{len(images)} samples, {CONVERGED}: the judges' digit; red '?' = not recognised", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    files.save_figure(fig, path, dpi=100)
 
 
 TITLES = {"stand-in": "STAND-IN run (not CIFAR-10 FID)", "checkpoint": "FID on score_sde's VP CIFAR-10",
@@ -436,7 +436,7 @@ def write(result: dict, out: Path) -> str:
     mode = result["mode"]
     out.mkdir(parents=True, exist_ok=True)
     name = FILENAMES[mode]
-    (out / f"{name}.md").write_text(text)
+    files.write_text(out / f"{name}.md", text)
     files.write_json(out / f"{name}.json", result)
     if "floors" in result:
         plot(result, out / f"{name}.png")
@@ -475,7 +475,7 @@ def plot(result: dict, path: Path) -> None:
     axes[1, 0].set_ylabel("median per-image RMSE vs a converged solve")
     axes[0, 0].legend(fontsize=7)
     axes[1, 0].legend(fontsize=7)
-    fig.savefig(path, dpi=100)
+    files.save_figure(fig, path, dpi=100)
 
 
 def main(argv=None):
@@ -531,7 +531,7 @@ def main(argv=None):
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     cuda = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     device = args.device or torch.device(cuda)
-    with cli.one_line_errors(parser):
+    with cli.one_line_errors(parser, resumes=True):
         if given:
             setup = checkpoint_setup(args.checkpoint, args.inception, args.fid_stats, args.config, device)
         elif args.model == "digits":

@@ -146,7 +146,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=cli.nonnegative_int, default=0, help="the recipe's seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    with cli.one_line_errors(parser):
+    with cli.one_line_errors(parser, resumes=True):
         record = train(args.out, Recipe(seed=args.seed, steps=args.steps), args.export, not args.no_progress,
                        command="python -m cifar.train_digits " + shlex.join(argv))
     print(f"trained {record['parameters']:,} parameters in {record['seconds'] / 60:.1f} min; loss "

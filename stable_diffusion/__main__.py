@@ -197,7 +197,7 @@ def main(argv=None):
         from accelerate import Accelerator
         accelerator = Accelerator(cpu=args.device.type == "cpu")
         args.device = accelerator.device
-    with cli.one_line_errors(parser_):
+    with cli.one_line_errors(parser_, resumes=args.app == "stylize"):
         if "allocator" in args.save_memory:
             from adjointdpm.memory import return_freed_memory
             return_freed_memory()

@@ -348,7 +348,7 @@ def main(argv=None):
         records.append(record)
         everything = in_order(records + [r for r in kept if r not in records])
         files.write_json(path, everything)
-        (args.out / f"{stem}.md").write_text(markdown(everything))
+        files.write_text(args.out / f"{stem}.md", markdown(everything))
     print(markdown(everything))
     print(f"wrote {stem}.md and {stem}.json to {args.out}/ ({time.perf_counter() - start:.0f} s)")
 

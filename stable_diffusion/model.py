@@ -7,6 +7,8 @@ Time: SD's UNet is trained at discrete steps ``n = 0..N-1`` with ``t_n = (n + 1)
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -55,7 +57,16 @@ def eps_model(comps: SDComponents, guidance_scale: float = 7.5) -> nn.Module:
 
 
 def token_ids(comps: SDComponents, prompts: list[str]) -> torch.Tensor:
-    return comps.tokenizer(prompts, padding="max_length", max_length=comps.tokenizer.model_max_length,
+    """The prompts' token ids, padded to the text encoder's length; a longer prompt is cut to it, with a
+    warning that says what the model reads (as diffusers' pipelines do)."""
+    limit = comps.tokenizer.model_max_length
+    for prompt in dict.fromkeys(prompts):
+        ids = comps.tokenizer(prompt).input_ids
+        if len(ids) > limit:
+            kept = comps.tokenizer.decode(ids[1:limit - 1])
+            warnings.warn(f"a prompt of {len(ids)} tokens is cut to the text encoder's {limit}: the model reads "
+                          f"{kept!r}", stacklevel=2)
+    return comps.tokenizer(prompts, padding="max_length", max_length=limit,
                            truncation=True, return_tensors="pt").input_ids.to(comps.device)
 
 

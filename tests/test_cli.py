@@ -51,3 +51,32 @@ def test_work_errors_become_one_line(capsys):
     assert capsys.readouterr().err == "cmd: error: statistics file x.npz has neither 'mu'/'sigma' nor 'pool_3'\n"
     with pytest.raises(KeyError), cli.one_line_errors(parser):  # a bug keeps its traceback
         raise KeyError("bug")
+
+
+@pytest.mark.parametrize("signum, resumes", [("SIGINT", True), ("SIGTERM", False)])
+def test_ctrl_c_and_sigterm_end_a_command_in_one_line_with_status_130(signum, resumes, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    script = (f"import time\nfrom adjointdpm import cli\np = cli.Parser(prog='cmd')\n"
+              f"with cli.one_line_errors(p, resumes={resumes}):\n"
+              f"    open({str(tmp_path / 'started')!r}, 'w').close()\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while not (tmp_path / "started").exists():
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=30)
+    kept = "the finished work is kept: run the same command to resume" if resumes else "this command does not resume"
+    assert proc.returncode == 130 and err.count("\n") == 1 and err.startswith(f"cmd: interrupted; {kept}")
+
+
+def test_a_file_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    from adjointdpm import files
+    (tmp_path / "a_file").write_text("x")
+    parser = cli.Parser(prog="cmd")
+    with pytest.raises(SystemExit) as exit_:
+        with cli.one_line_errors(parser):
+            files.write_text(tmp_path / "a_file" / "result.md", "text")  # a file where a folder must be
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.startswith(f"cmd: error: cannot write {tmp_path / 'a_file' / 'result.md'}:")

@@ -88,6 +88,9 @@ def test_cfg_needs_a_condition_of_matching_shape():
         CFG(net, 2.0, torch.zeros(2))(noise(2), torch.ones(2), None)
     with pytest.raises(ValueError, match="does not broadcast"):
         CFG(net, 2.0, torch.zeros(3))(noise(2), torch.ones(2), torch.zeros(2, 2))
+    for scale in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance scale must be a finite number"):
+            CFG(net, scale, torch.zeros(2))
 
 
 def test_integer_like_steps_are_accepted():

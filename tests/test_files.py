@@ -1,6 +1,8 @@
 """Reading user files safely (nothing in them runs, every failure is one line naming the file)
 and writing atomically."""
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -77,16 +79,16 @@ def test_claim_keys_a_folder_by_its_settings(tmp_path):
         files.claim(tmp_path / "file", {})
 
 
-def test_exclusive_refuses_a_second_process_and_takes_over_a_dead_one_s_lock(tmp_path):
+def test_exclusive_refuses_a_second_process_and_frees_with_its_holder(tmp_path):
     import subprocess
     import sys
     with files.exclusive(tmp_path):
         other = subprocess.run([sys.executable, "-c", f"from adjointdpm import files\n"
                                 f"with files.exclusive({str(tmp_path)!r}): pass"], capture_output=True, text=True)
         assert other.returncode != 0 and f"another run (process {os.getpid()}) is writing to" in other.stderr
-    assert not (tmp_path / ".lock").exists()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / ".lock").write_text(dead.stdout.strip())  # left by a process that is gone
+    killed = subprocess.run([sys.executable, "-c", f"import os\nfrom adjointdpm import files\n"
+                             f"with files.exclusive({str(tmp_path)!r}): os.kill(os.getpid(), 9)"])
+    assert killed.returncode == -9  # died holding it: the kernel released the lock with the process
     with files.exclusive(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
 
@@ -114,3 +116,73 @@ def test_load_weights_refuses_another_architecture_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"^test weights .* do not fit Linear: Error\(s\) in loading") as err:
         files.load_weights(torch.nn.Linear(4, 2), path, "test weights")
     assert "\n" not in str(err.value)
+
+
+def _hold_and_report(folder, barrier, held, errors):
+    """One contender: wait for the others, try the lock, record whether it held it while anyone else did."""
+    barrier.wait()
+    try:
+        with files.exclusive(folder):
+            held.value += 1
+            overlap = held.value > 1
+            time.sleep(0.01)
+            held.value -= 1
+            if overlap:
+                errors.value += 1
+    except ValueError:
+        pass
+
+
+def test_exclusive_never_lets_two_processes_hold_it_at_once(tmp_path):
+    """Processes released together at the same instant: never two inside at once, over 100 trials."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    held, errors = ctx.Value("i", 0, lock=False), ctx.Value("i", 0)
+    for trial in range(100):
+        n = 2 + trial % 3
+        barrier = ctx.Barrier(n)
+        procs = [ctx.Process(target=_hold_and_report, args=(tmp_path / str(trial), barrier, held, errors))
+                 for _ in range(n)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    assert errors.value == 0
+
+
+def test_results_are_written_whole_and_never_through_a_symlink(tmp_path):
+    import multiprocessing as mp
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "result.json").symlink_to(outside)
+    files.write_json(tmp_path / "out" / "result.json", {"a": 1})
+    assert outside.read_text() == "keep me" and not (tmp_path / "out" / "result.json").is_symlink()
+    ctx = mp.get_context("fork")
+    target = tmp_path / "out" / "big.json"
+    payloads = [{"writer": w, "values": list(range(20_000))} for w in range(2)]
+    for _ in range(20):
+        procs = [ctx.Process(target=files.write_json, args=(target, p)) for p in payloads]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        assert json.loads(target.read_text()) in payloads
+    assert not list((tmp_path / "out").glob(".*.tmp*"))  # no temporary left behind
+
+
+def test_a_write_that_hits_a_size_limit_is_one_line_and_keeps_the_old_file(tmp_path):
+    import subprocess
+    import sys
+    files.save_atomic({"x": torch.zeros(10)}, tmp_path / "a.pt")
+    files.write_text(tmp_path / "b.md", "old")
+    script = (f"import resource, signal, torch\nfrom adjointdpm import files\n"
+              f"signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))\n"
+              f"for write in (lambda: files.save_atomic({{'x': torch.zeros(100_000)}}, {str(tmp_path / 'a.pt')!r}),\n"
+              f"              lambda: files.write_text({str(tmp_path / 'b.md')!r}, 'x' * 100_000)):\n"
+              f"    try:\n        write()\n    except OSError as err:\n        print(err)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.stdout.splitlines() == [f"[Errno 27] cannot write {tmp_path / name}: File too large" for name in ("a.pt", "b.md")]
+    assert torch.equal(files.load(tmp_path / "a.pt", "file")["x"], torch.zeros(10))
+    assert (tmp_path / "b.md").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.md"]

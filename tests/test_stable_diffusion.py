@@ -471,3 +471,15 @@ def test_bench_save_memory_all_records_live_bytes_growth_and_floor(tmp_path):
     text = (tmp_path / "bench.md").read_text()
     assert "+ text-encoder released + vae-encoder released + allocator" in text
     assert "Growth per step" in text and "**Floor at 32x32**" in text
+
+
+def test_a_prompt_longer_than_the_text_encoder_is_cut_with_a_warning(comps):
+    from stable_diffusion.model import token_ids
+    limit = comps.tokenizer.model_max_length
+    with pytest.warns(UserWarning, match=f"a prompt of {limit + 8} tokens is cut to the text encoder's {limit}"):
+        ids = token_ids(comps, ["a photo of a dog"] + [" ".join(["dog"] * (limit + 6))])
+    assert ids.shape == (2, limit)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        token_ids(comps, ["a photo of a dog"])  # a short prompt: no word

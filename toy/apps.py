@@ -259,7 +259,7 @@ def morph_markdown(r: dict) -> str:
 
 def write_morph(r: dict, out: Path) -> str:
     text = morph_markdown(r)
-    (out / "app_morph.md").write_text(text)
+    files.write_text(out / "app_morph.md", text)
     fig = Figure(figsize=(7, 6.5), layout="tight")
     ax = fig.subplots()
     plot_density(ax, r["mixture"])
@@ -269,7 +269,7 @@ def write_morph(r: dict, out: Path) -> str:
         ax.scatter(*pts.T, s=10, label=name)
     ax.set(aspect="equal", title="Morphs between neighbouring modes")
     ax.legend(fontsize=7)
-    fig.savefig(out / "app_morph.png", dpi=110)
+    files.save_figure(fig, out / "app_morph.png", dpi=110)
     return text
 
 
@@ -294,7 +294,7 @@ def _scatter_pair(path: Path, title: str, before, after, labels=("before", "afte
         ax.set_title(label)
         ax.set_aspect("equal")
     fig.suptitle(title)
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None):
@@ -327,7 +327,7 @@ def main(argv=None):
             ax.set(xlabel="class of the unperturbed sample", ylabel="success rate", ylim=(0, 1),
                    title="Bounded-noise audit: decisions changed")
             ax.legend()
-            fig.savefig(args.out / "app_audit.png", dpi=110)
+            files.save_figure(fig, args.out / "app_audit.png", dpi=110)
         elif name == "finetune":
             r = finetune(seed=args.seed, **extra)
             _scatter_pair(args.out / "app_finetune.png",

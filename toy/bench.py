@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, ReversibleAdjoint, VPSchedule, cli, sample
+from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, ReversibleAdjoint, VPSchedule, cli, files, sample
 from adjointdpm.memory import peak as peak_bytes, reset_peak, run_in_fresh_process
 from adjointdpm.report import markdown_table
 from toy.mixture import eight_modes
@@ -160,8 +160,8 @@ def write(rows, out: Path, meta: dict):
     from matplotlib.ticker import NullFormatter
     unit = _unit(meta)
     text = markdown(rows, meta)
-    (out / "bench.md").write_text(text)
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    files.write_text(out / "bench.md", text)
+    files.write_text(out / "bench.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
     fig = Figure(figsize=(12, 4.5), layout="tight")
     axes = fig.subplots(1, 2)
     for name in [n for strategies, _, _ in FAMILIES.values() for n in strategies]:
@@ -176,7 +176,7 @@ def write(rows, out: Path, meta: dict):
     axes[1].set(xlabel="seconds per gradient", ylabel="relative error of dL/dx_T", title="Error vs time (ODE)")
     axes[1].xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
     axes[0].legend(fontsize=7)
-    fig.savefig(out / "bench.png", dpi=120)
+    files.save_figure(fig, out / "bench.png", dpi=120)
     return text
 
 

@@ -157,7 +157,7 @@ def write_gradients(rows, out: Path):
             "log-scales of the Gaussian; `c` shifts the mean. Memory = bytes autograd keeps for backward. "
             "Time and peak memory are measured by `python -m toy.bench` (bench.md).\n\n"
             + markdown_table(header, lines) + "\n")
-    (out / "gradients.md").write_text(text)
+    files.write_text(out / "gradients.md", text)
     files.write_json(out / "gradients.json", rows, significant=6)
     return text
 
@@ -182,10 +182,10 @@ def write_convergence(solver_rows, grad_rows, out: Path):
     axes[1].set(xlabel="steps (forward = adjoint)", ylabel="relative error of dL/dx_T",
                 title="Gradient strategies (forward RK4)")
     axes[1].legend(fontsize=7)
-    fig.savefig(out / "convergence.png", dpi=120)
+    files.save_figure(fig, out / "convergence.png", dpi=120)
     text = ("# Measured convergence orders (slope over the three finest step counts)\n\n"
             + markdown_table(["space", "solver", "order"], orders) + "\n")
-    (out / "convergence.md").write_text(text)
+    files.write_text(out / "convergence.md", text)
     files.write_json(out / "convergence.json", solver_rows, significant=6)
     return text
 
@@ -211,7 +211,7 @@ def write_table1(rows, out: Path):
                      f"exact NLL {meta['exact_nll']:.3f}; reference error {meta['reference_error']:.1e}.\n\n"
                      + markdown_table(["NFE"] + samplers, lines) + "\n")
     text = "".join(parts)
-    (out / "table1.md").write_text(text)
+    files.write_text(out / "table1.md", text)
     files.write_json(out / "table1.json", rows, significant=6)
     return text
 

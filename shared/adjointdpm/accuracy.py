@@ -252,13 +252,13 @@ def figure(rows: list[dict], meta: dict, path: Path) -> None:
             ax.axhline(1, color="k", linewidth=0.5)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{meta['title']}: loss `{loss}` (1 - cosine = 1: uncorrelated)")
-    fig.savefig(path, dpi=110)
+    files.save_figure(fig, path, dpi=110)
 
 
 def write(rows: list[dict], meta: dict, out: Path) -> str:
     """``adjoint_accuracy.md/json/png`` in ``out``; returns the Markdown."""
     text = markdown(rows, meta)
-    (out / "adjoint_accuracy.md").write_text(text)
+    files.write_text(out / "adjoint_accuracy.md", text)
     files.write_json(out / "adjoint_accuracy.json", {"meta": meta, "rows": rows}, significant=4)
     figure(rows, meta, out / "adjoint_accuracy.png")
     return text
@@ -275,7 +275,7 @@ def command(prog: str, description: str, build: Callable[..., Setup], default_ou
                              f"{QUICK_FINE['solver']} steps")
     parser.add_argument("--device", type=cli.device, default=cli.default_device(), help="default: cuda if available")
     args = parser.parse_args(argv)
-    with cli.one_line_errors(parser):
+    with cli.one_line_errors(parser, resumes=True):
         setup = build(args.device, args.batch, args.quick)
         todo = cases(**QUICK) if args.quick else cases()
         args.out.mkdir(parents=True, exist_ok=True)

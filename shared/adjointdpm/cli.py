@@ -6,8 +6,8 @@
 * The ``type=`` functions below refuse a bad value while the arguments are parsed, before any
   compute: ranges, finite numbers, devices that exist here, paths of the right kind.
 * :func:`one_line_errors` turns a ``ValueError`` raised by the work itself (a file of the wrong
-  shape, a checkpoint made with other settings) into the same one line. Bugs raise other
-  exceptions and keep their tracebacks.
+  shape, a checkpoint made with other settings), a file that cannot be written, and Ctrl-C or SIGTERM
+  into one line each. Bugs raise other exceptions and keep their tracebacks.
 """
 from __future__ import annotations
 
@@ -27,12 +27,32 @@ class Parser(argparse.ArgumentParser):
 
 
 @contextlib.contextmanager
-def one_line_errors(parser: argparse.ArgumentParser):
-    """Inside, a ``ValueError`` ends the command with ``prog: error: <message>`` and status 2."""
+def one_line_errors(parser: argparse.ArgumentParser, resumes: bool = False):
+    """Inside, a ``ValueError`` ends the command with ``prog: error: <message>`` and status 2; a failure to
+    write a file (a full disk, a read-only folder, a size limit: :func:`adjointdpm.files.replacing` names
+    the file) with ``prog: error: <message>`` and status 1; Ctrl-C or SIGTERM with one line, status 130,
+    saying that the same command resumes when it does (``resumes``)."""
+    import signal
+    import threading
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except OSError as err:
+        parser.exit(1, f"{parser.prog}: error: {err.strerror or err}\n")
+    except KeyboardInterrupt:
+        kept = ("the finished work is kept: run the same command to resume" if resumes else
+                "this command does not resume: run it again to start over")
+        parser.exit(130, f"{parser.prog}: interrupted; {kept}\n")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _integer(text) -> int:

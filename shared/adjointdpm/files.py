@@ -5,10 +5,12 @@
   (truncated, corrupt, not a torch file), or refused (it holds Python objects other than
   tensors and plain containers). The refusal does not repeat torch's advice to lift the guard.
 * :func:`cached` reads a saved result, or makes (and saves) it if absent or unreadable.
-* :func:`save_atomic` writes through a temporary file unique to the process and renames it
-  over the target: a reader never sees half a file, and two writers never share a temporary.
+* :func:`save_atomic`, :func:`write_text`, :func:`write_json` and :func:`save_figure` write through a
+  temporary file unique to the process and rename it over the target (:func:`replacing`): a reader
+  never sees half a file, two writers never share a temporary, and a symlink planted at the target is
+  replaced, not followed.
 * :func:`claim` keys a folder of resumable work by the settings that made it, and
-  :func:`exclusive` keeps a second process out of a folder while one works there.
+  :func:`exclusive` keeps a second process out of a folder while one works there (a kernel lock).
 * :func:`fingerprint` hashes tensors and modules for such settings; :func:`write_json` writes
   results as strict JSON.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -80,19 +83,53 @@ def _load_safetensors(path: Path, what: str) -> dict:
 
 
 def save_atomic(obj, path) -> Path:
-    """``torch.save(obj, path)`` through a temporary file in the same folder, then a rename."""
+    """``torch.save(obj, path)``, atomically (:func:`replacing`). The object is serialised in memory first,
+    so that a failure to write (a full disk, a file-size limit) is the file system's ``OSError``, named in
+    one line, and not an error deep in torch's zip writer."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with replacing(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
+    return Path(path)
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """Write ``path`` whole or not at all: yields a temporary path in the same folder (unique to the
+    process, with ``path``'s suffix so writers that infer the format from it still do), renamed over
+    ``path`` when the block ends. The rename replaces a symlink at ``path`` rather than following it, a
+    reader never sees half a file, and an error (a full disk, a size limit) leaves the old file whole and
+    becomes one ``OSError`` naming the file and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+        os.close(fd)
+        yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the target is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        message = f"cannot write {path}: {err.strerror or err}"
+        raise (OSError(err.errno, message) if err.errno else OSError(message)) from None
+
+
+def write_text(path, text: str) -> Path:
+    """``text`` to ``path``, atomically (:func:`replacing`)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def save_figure(fig, path, **kwargs) -> Path:
+    """``fig.savefig(path, **kwargs)``, atomically (:func:`replacing`)."""
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or None, **kwargs)
+    return Path(path)
 
 
 def cached(path, what: str, make):
@@ -125,10 +162,7 @@ def write_json(path, obj, significant: int | None = None) -> Path:
     """Results as strict JSON: a non-finite number becomes ``null`` (JSON has no NaN), keys become
     strings; ``significant`` rounds floats (committed results then stay byte-identical across
     machines whose last bits differ)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(obj, significant), indent=1, allow_nan=False) + "\n")
-    return path
+    return write_text(path, json.dumps(_finite(obj, significant), indent=1, allow_nan=False) + "\n")
 
 
 def claim(folder, settings: dict, what: str = "this folder") -> Path:
@@ -156,50 +190,35 @@ def claim(folder, settings: dict, what: str = "this folder") -> Path:
             raise ValueError(f"{what} {folder} holds work made with other settings: {', '.join(diffs)}; give "
                              f"another output folder, or delete {folder} to start over")
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".settings.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, record)
+    write_text(record, json.dumps(settings, indent=1, sort_keys=True) + "\n")
     return folder
 
 
 @contextlib.contextmanager
 def exclusive(folder, name: str = ".lock"):
-    """Hold ``folder/name`` while working there; a second process that tries is refused with one
-    line (a lock left by a process that died is taken over)."""
+    """Hold a kernel lock (``flock``) on ``folder/name`` while working there; a second process that
+    tries is refused with one line. The kernel releases the lock when its holder ends, however it ends
+    (kill -9 included), so there is nothing to take over and no window between testing and taking.
+    The file stays after release: removing it would let a third process lock a new file while a second
+    still holds the old one. It holds the holder's pid, for the refusal's message only."""
+    import fcntl
     path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            try:
-                pid = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _alive(pid):
-                raise ValueError(f"another run (process {pid}) is writing to {folder}: wait for it, or give "
-                                 "another output folder") from None
-            path.unlink(missing_ok=True)  # its process is gone
-    else:
-        raise ValueError(f"cannot lock {path}")
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f"another run (process {holder})" if holder.isdigit() else "another run"
+        raise ValueError(f"{who} is writing to {folder} (it holds {path}): wait for it, or give another "
+                         "output folder") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield path
     finally:
-        path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        os.close(fd)  # releases the lock
 
 
 def fingerprint(*objects) -> str:

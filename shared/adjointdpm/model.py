@@ -1,6 +1,8 @@
 """Epsilon-model wrappers (paper Sec. 2.1)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -16,6 +18,8 @@ class CFG(nn.Module):
 
     def __init__(self, model: nn.Module, scale: float, null_cond: torch.Tensor):
         super().__init__()
+        if not math.isfinite(float(scale)):
+            raise ValueError(f"guidance scale must be a finite number, got {scale}")
         self.model, self.scale = model, float(scale)
         self.register_buffer("null_cond", null_cond)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from adjointdpm import files
 from adjointdpm.report import markdown_table
 
 from ..components import SDComponents
@@ -88,7 +89,7 @@ def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, ta
             mine = labels == label
             grid[f"class {label} clean"], grid[f"class {label} attacked"] = clean[mine][:6], attacked[mine][:6]
         save_images(out / "audit.png", {k: v for k, v in grid.items() if len(v)} or {"none audited": clean[:0]})
-        (out / "audit.md").write_text(markdown(result))
+        files.write_text(out / "audit.md", markdown(result))
         write_result(out, "audit", result)
     return result
 

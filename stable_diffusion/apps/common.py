@@ -129,7 +129,7 @@ def save_images(path: Path, rows: dict[str, torch.Tensor]) -> None:
                 ax.imshow(images[c].detach().float().permute(1, 2, 0).cpu().clamp(0, 1).numpy())
         axes[r][0].text(0, 1.04, title, transform=axes[r][0].transAxes, fontsize=9, ha="left", va="bottom")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    files.save_figure(fig, path, dpi=100)
 
 
 def write_result(out: Path, name: str, result: dict) -> dict:

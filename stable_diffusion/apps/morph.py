@@ -116,7 +116,7 @@ def morph_table(comps: SDComponents, verifiers: dict, a: torch.Tensor, b: torch.
               "thresholds": {who: threshold for who, (_, threshold) in verifiers.items()}, "fmr": 1e-3,
               "mean_similarity_of_the_references": references, "feasible": feasible, "rows": rows, **(record or {})}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "morph.md").write_text(markdown(result))
+    files.write_text(out / "morph.md", markdown(result))
     files.write_json(out / "morph.json", result, significant=6)
     save_images(out / "morph.png", {"reference a": a, "reference b": b, **{k: v["images"] for k, v in morphs.items()}})
     arrays = {"a": a, "b": b, **{ARRAYS[k]: v["images"] for k, v in morphs.items()}}

@@ -33,7 +33,7 @@
 # | guided sampling (Sec. 4.1.1) | initial latent `x_T` | a classifier's `-log p(target)` |
 # | auditing (Sec. 4.1.2) | `x_T + delta`, `‖delta‖∞ ≤ tau` | the classifier's cross-entropy, raised |
 # | stylization (Sec. 4.2, eq. 13) | UNet cross-attention weights | Gram-matrix style + content |
-# | inversion (App. A) | one new token's embedding | MSE to target images |
+# | a visual effect into a token (App. A) | one new token's embedding | MSE to the effect's images |
 # | morphing (AdjointDEIS poster) | initial latent `x_T` and conditioning `c` | `1 - cos` to two identities in an identity model |
 #
 # All five go through one call, `adjointdpm.sample(model, x_T, schedule, cond, gradient=...)`:
@@ -45,7 +45,9 @@
 # "eight". It has **seen nines, but never with their name**: every nine was captioned with the
 # generic "a handwritten digit" (which every digit shares a tenth of), so "a handwritten digit
 # nine" names a word it never saw with an image, as Stable Diffusion has seen dogs of every breed
-# without every breed's name. Set `REAL = True` to run the applications on a real Stable
+# without every breed's name. A quarter of its examples are **slanted writing**, the image sheared
+# by 20 degrees and the caption given the keyword ("a slanted handwritten digit four"): the visual
+# effect that section 4 turns into a token. Set `REAL = True` to run the applications on a real Stable
 # Diffusion v1.x on a GPU.
 
 # %%
@@ -134,17 +136,16 @@ def show(rows: dict, title: str):
 from handwritten.judges import judges
 
 judge = judges()
-prompts = [data.prompt(k) for k in range(10)] + [data.GENERIC] if not REAL else [PROMPT]
+prompts = [data.prompt(k) for k in range(10)] + [data.GENERIC, data.prompt(4, slanted=True)] if not REAL else [PROMPT]
 grid = {p: apps.Pipeline(comps, sampler).generate([p] * 8, range(8)) for p in prompts}
 show(grid, "what the model draws (8 DPM-Solver-2M steps, guidance 4)")
 if not REAL:
     readers = {p: experiments.readings(images, guide) for p, images in grid.items()}
     for p, read in readers.items():
-        print(f"{p:28s}", "  ".join(f"{who}: {' '.join(str(int(k)) for k in r)}" for who, r in read.items()))
-    # every reader reads every named digit as itself; the word "nine" draws no nine; the generic caption draws several digits
+        print(f"{p:34s}", "  ".join(f"{who}: {' '.join(str(int(k)) for k in r)}" for who, r in read.items()))
+    # every reader reads every named digit as itself; the word "nine" draws like the generic caption: several digits
     assert all((r == k).all() for k, p in enumerate(prompts[:9]) for r in readers[p].values())
-    assert not any((r == 9).any() for r in readers[data.prompt(9)].values())
-    assert len(set(readers[data.GENERIC]["net"].tolist())) >= 4
+    assert len(set(readers[data.prompt(9)]["net"].tolist())) >= 3 and len(set(readers[data.GENERIC]["net"].tolist())) >= 3
 
 # %% [markdown]
 # ## 1. Guided sampling, and a loss that can be satisfied without its meaning
@@ -176,8 +177,10 @@ if not REAL:
 show(naive["images"], "naive guidance toward the guide's nine")
 
 # %% [markdown]
-# The guide is easier to satisfy than the judges: some images it now reads as nines, while both
-# judges (and your eyes) read something else. That share is the **adversarial rate**. A loss
+# Compare the guide's reading with the judges'. On eight seeds they may agree; over the 32 seeds of
+# the ablation below, the naive descent leaves about a tenth of its images read as nines by the
+# guide while both judges (and your eyes) read something else. That share is the **adversarial
+# rate**. A loss
 # that a network defines can be satisfied without the thing it stands for, and a network's
 # gradient is exactly the tool that finds how. This is why no table here is read by the guide.
 #
@@ -191,8 +194,7 @@ restrained = apps.guided_sampling(comps, guide, PROMPT, TARGET, seeds, iters=10,
                                   restraints=experiments.TABLE2_RESTRAINTS, sampler=sampler, progress=False)
 if not REAL:
     restrained_rates, restrained_gap = readout(restrained["images"]["after"], "restrained")
-    # the judges read more nines with the restraints than without, and more than before guidance
-    assert restrained_rates["svc"] + restrained_rates["net"] > naive_rates["svc"] + naive_rates["net"]
+    # the judges read more nines after the restrained guidance than before it
     assert min(restrained_rates["svc"], restrained_rates["net"]) > max(before["svc"], before["net"])
 show({"before": restrained["images"]["before"], "AdamW": naive["images"]["after"],
       "restrained": restrained["images"]["after"]}, "guidance toward nine, read by the judges above")
@@ -216,6 +218,13 @@ if not REAL:
         print(f"{row['route']:70s} guide {100 * row[f'guide_reads_{k}']:3.0f}%  SVC {100 * row[f'judge_svc_reads_{k}']:3.0f}%"
               f"  LeNet {100 * row[f'judge_net_reads_{k}']:3.0f}%  adversarial {100 * row['adversarial_rate']:3.0f}%")
     assert min(t2["judge_svc_reads_nine_after"], t2["judge_net_reads_nine_after"]) >= 0.6
+    routes = {row["route"]: row for row in ablation["rows"]}
+    naive_route, table2_route = (routes[r] for r in ("generic caption guided, AdamW",
+                                                     "generic caption guided, DOODL + 4 shifts (Table 2)"))
+    judges_sum = lambda row: row["judge_svc_reads_nine"] + row["judge_net_reads_nine"]  # noqa: E731
+    # over 32 seeds the restraints turn more of the guide's nines into the judges' nines, with fewer adversarial
+    assert judges_sum(table2_route) > judges_sum(naive_route)
+    assert table2_route["adversarial_rate"] < naive_route["adversarial_rate"]
 
 # %% [markdown]
 # The judge-FID falls much more than the paper's per-class FID: a tenth of the generic caption's
@@ -286,30 +295,81 @@ show({"style": style, "unseen, original": before, "unseen, stylized": after}, "s
 assert ink["after"] > ink["before"]
 
 # %% [markdown]
-# ## 4. Text-embedding inversion: a word for nine
+# ## 4. A visual effect into a token (App. A)
 #
-# A new token `<nine>` whose embedding row is optimised from real nines, then used from noises it
-# never trained on, read by the judges. The paper's loss (App. A) is the MSE between the images
-# drawn from fixed noises and the targets; it fits those pairs, and nothing asks the token to draw
-# a nine from other noises. Matching the mean features of images from fresh noises to the targets'
-# asks exactly that (`features=` of `apps.invert_embedding`). The committed run
-# (`results/stable_diffusion/digits/invert.md`), with the whole conditioning optimised
-# freely beside it: more freedom than one token has.
+# The paper's App. A turns a *visual effect* into a text embedding. Images are drawn from the same
+# noises with a base prompt and with the prompt plus an effect's keyword; a new token `#` is
+# optimised, through the sampler, so that the base prompt plus `#` draws the effect images (the MSE
+# between them); then `#` goes with other prompts and other noises, and the effect should follow it.
+# The digits model knows one effect by a keyword: a quarter of its training examples were sheared
+# by 20 degrees and captioned "a slanted handwritten digit ...". The slant is measured by an
+# instrument that takes no part in the optimisation (`handwritten.slant.slant`): the angle of the
+# ink's least-squares axis from its second moments, in degrees, positive when the top leans right.
+#
+# A small run: the token learned from three pairs of threes, then used with other digits and noises.
+
+# %%
+from handwritten.slant import deskew, slant
+
+if REAL:  # an effect SD knows by a word; the instrument below is the digits' and is skipped
+    TEMPLATE, EFFECT, OTHERS, KEYWORD = "a {} photo of a dog", "a bokeh photo of a dog", ["a {} photo of a cat"], "bokeh"
+else:
+    TEMPLATE, EFFECT = data.effect_prompt(3, "{}"), data.prompt(3, slanted=True)
+    OTHERS, KEYWORD = [data.effect_prompt(k, "{}") for k in (0, 2, 5, 7)], data.KEYWORD
+pipe = apps.Pipeline(comps, sampler)
+effect_seeds = [0, 1, 2]
+effect_targets = pipe.generate([EFFECT] * len(effect_seeds), effect_seeds)
+learner = open_model(MODEL, DEVICE)  # the token goes into a fresh tokenizer
+r = apps.invert_embedding(learner, effect_targets, effect_seeds, token="<slant>", init_token="a", template=TEMPLATE,
+                          iters=8, lr=0.02, sampler=sampler, progress=False)
+print("MSE to the effect images:", " ".join(f"{v:.4f}" for v in r["losses"]))
+fresh = list(range(100, 100 + len(OTHERS)))  # noises the token never saw
+ways = {"base prompt": pipe.generate([t.replace("{} ", "") for t in OTHERS], fresh),
+        "with <slant>": apps.Pipeline(learner, sampler).generate([t.format("<slant>") for t in OTHERS], fresh),
+        "with the keyword": pipe.generate([t.format(KEYWORD) for t in OTHERS], fresh)}
+show(ways, "the token with other prompts and fresh noises")
+if not REAL:
+    for way, images in ways.items():
+        print(f"{way:18s} slant " + " ".join(f"{float(a):+5.1f}" for a in slant(images)))
+    assert slant(ways["with <slant>"]).mean() > slant(ways["base prompt"]).mean()
+
+# %% [markdown]
+# The committed run (`python -m stable_diffusion.digits results`; `effect.md`, raw images in
+# `effect_images.npz`) learns the token on more pairs and steps and reads it on every other digit
+# zero to eight with fresh noises; here it is re-measured from its raw images. "Half way" asks, for
+# each unseen (digit, noise), whether the token moves the slant at least half as far as the keyword
+# does from the same noise. The judges read the digits with the slant sheared away
+# (`handwritten.slant.deskew`), because the SVC judge reads pixels of an 8x8 scan and misses even real
+# digits once they are slanted.
 
 # %%
 if not REAL:
-    inv = json.loads((RESULTS / "invert.json").read_text())
-    for name, m in inv["rows"].items():
-        print(f"{name:48s} read as nine by the SVC judge {100 * m['judge_svc_reads_nine']:3.0f}%, "
-              f"the LeNet judge {100 * m['judge_net_reads_nine']:3.0f}%")
-    bound = inv["rows"]["the whole conditioning, free"]
-    assert max(bound["judge_svc_reads_nine"], bound["judge_net_reads_nine"]) < 0.5
+    import numpy as np
+
+    ef = json.loads((RESULTS / "effect.json").read_text())
+    arrays = np.load(RESULTS / "effect_images.npz")
+    images_of = lambda key: torch.from_numpy(arrays[key]).permute(0, 3, 1, 2)  # noqa: E731
+    labels = torch.from_numpy(arrays["labels"])
+    angle = {way: slant(images_of(way)) for way in ("base", "token", "keyword")}
+    half_way = (angle["token"] - angle["base"]) >= 0.5 * (angle["keyword"] - angle["base"])
+    read = {who: (r == labels).float().mean().item() for who, r in judge.read(deskew(images_of("token"))).items()}
+    for way, a in angle.items():
+        print(f"{way:8s} slant {a.mean():+5.1f} ± {a.std():4.1f} degrees")
+    print(f"half way or more on {100 * half_way.double().mean():.0f}% of {len(labels)} unseen pairs; the judges read "
+          "the prompted digit in the token's images (de-skewed): "
+          + ", ".join(f"{who} {100 * v:.0f}%" for who, v in read.items()))
+    assert abs(half_way.double().mean().item() - ef["half_way_share"]) < 1e-6  # the table, from the raw images
+    show({way: images_of(way)[::ef["unseen_per_digit"]] for way in ("base", "token", "keyword")},
+         "unseen digits and noises: base prompt, with <slant>, with \"slanted\"")
 
 # %% [markdown]
-# No text reaches the nines that guidance on `x_T` reaches: the model saw nines only under a caption
-# shared with every digit, so its conditioning never learned to separate them, and what selects a
-# nine is the noise. One embedding cannot teach the UNet a distinction it never made; as in the
-# paper, inversion is an aid to guidance, not a replacement for it.
+# The token carries the effect to digits and noises it never saw: on all 32 unseen pairs it moves the
+# slant at least half way to the keyword's (the median pair goes the whole way), and the judges still
+# read the prompted digit in 97 % of its images. The learned row ends close to the keyword's own
+# embedding (cosine 0.78, printed in `effect.md`): from six pairs of threes, the MSE through the sampler
+# found the word the model was taught. That is App. A's claim, shown on an effect the model has a word
+# for. A digit it was never taught by name, the nine, is no effect of this kind: section 1 reaches it
+# by guiding `x_T`.
 
 # %% [markdown]
 # ## 5. Morphing between two identities (the AdjointDEIS poster)
@@ -356,23 +416,23 @@ if not REAL:
     rows = {row["attack"]: row for row in mo["rows"]}
     dim, ode, sde = (mmpmr[k, "F"] for k in ("DiM (no optimisation)", "DiM + AdjointDEIS-1 (ODE)",
                                              "DiM + AdjointDEIS-1 (SDE)"))
-    assert dim < sde <= ode  # the poster's ordering under the attacked model
+    assert dim < ode and sde <= ode  # the ODE morph ahead, as in the poster, under the attacked model
     assert mmpmr["DiM + AdjointDEIS-1 (ODE)", "F'"] <= mmpmr["DiM (no optimisation)", "F'"]  # F' is fooled less
     print(f"pairs a morph can match at all (their own cosine >= 2 t^2 - 1): "
           + ", ".join(f"under {w} {100 * v:.0f}%" for w, v in mo["feasible"].items()))
 
 # %% [markdown]
 # Under F, which it attacks, the optimisation through the ODE sampler raises the MMPMR from DiM's
-# 0 % to 44 % (8 of 18 pairs). Through the SDE sampler it rises to 22 % (4 pairs). This is the poster's
-# ordering, at a lower level (the poster reports 92 % and 99 % on faces). With 18 pairs, one pair is
-# 5.6 points, so only DiM against the ODE is clearly apart. Geometry sets the ceiling. If a morph matches
-# both references at threshold `t`, the two references are within twice the angle `arccos t` of each
-# other, so their own cosine is at least `2 t^2 - 1`. Under F only 56 % of these pairs meet that, and
-# the ODE morphs succeed on 8 of those 10 pairs. Under F', which never served as a loss, the
-# optimised morphs do *worse* than DiM's (1 pair against 2), unlike the poster's three face systems.
-# They fit F rather than the digits: section 1's adversarial rate again, now between two identity
-# models, and the reason a judge must be another model. The pixel average, a morph made
-# without any model, is matched more often than DiM, as Webmorph, a landmark morph, is in the poster.
+# 17 % to 50 % (from 3 to 9 of 18 pairs). Through the SDE sampler it stays at DiM's 17 %, so of the
+# poster's ordering (DiM 92 %, SDE 98.6 %, ODE 99.8 % on faces) only DiM below the ODE holds here. With
+# 18 pairs, one pair is 5.6 points. Geometry sets the ceiling. If a morph matches both references at
+# threshold `t`, the two references are within twice the angle `arccos t` of each other, so their own
+# cosine is at least `2 t^2 - 1`. Under F only 56 % of these pairs meet that, and the ODE morphs succeed
+# on 9 of those 10 pairs. Under F', which never served as a loss, the optimised morphs do *worse* than
+# DiM's (2 pairs against 3), unlike the poster's three face systems. They fit F rather than the digits:
+# section 1's adversarial rate again, now between two identity models, and the reason a judge must be
+# another model. The pixel average, a morph made without any model, is matched more often than DiM, as
+# Webmorph, a landmark morph, is in the poster.
 
 # %% [markdown]
 # ## Summary
@@ -383,6 +443,9 @@ if not REAL:
 #   other images, read the results here, and the gap (the adversarial rate) is reported beside.
 # - Restraints on the optimiser (DOODL's) and on the guide (shifts) turn guide-pleasing images
 #   into images the judges read as the target.
+# - An effect the model knows by a word (slant) goes into a token learned from a few pairs of one
+#   digit, and the token carries it to other digits and noises: App. A, read by an instrument
+#   that never served as a loss.
 # - A morph optimised against one identity model fools it more and a second one less: the
 #   adversarial gap, measured with a judge that never served as a loss.
 #

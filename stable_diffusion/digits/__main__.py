@@ -57,7 +57,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser_ = parser()
     args = parser_.parse_args(argv)
-    with cli.one_line_errors(parser_):
+    with cli.one_line_errors(parser_, resumes=args.command == "train"):
         if args.command == "train":
             from .train import Recipe, train
             record = train(args.out, Recipe(seed=args.seed), args.export, progress=not args.no_progress,

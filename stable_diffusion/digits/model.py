@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ..components import SDComponents, freeze, scaled_linear_betas, small_tokenizer
-from .data import NAMES
+from .data import KEYWORD, NAMES
 
-WORDS = ("a", "handwritten", "digit", *NAMES, "photo", "of", "the", "number", "drawing")
+WORDS = ("a", "handwritten", "digit", *NAMES, "photo", "of", "the", "number", "drawing", KEYWORD)
 MAX_TOKENS = 16
 
 VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64), layers_per_block=1,

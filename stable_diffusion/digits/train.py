@@ -21,6 +21,7 @@ from adjointdpm import files
 from adjointdpm.seeds import mix_seed
 from adjointdpm.training import Training
 from handwritten.data import augment
+from handwritten.slant import shear
 
 from ..components import SD_BETAS, SDComponents, scaled_linear_betas
 from . import data
@@ -49,6 +50,7 @@ class Recipe:
     unet_ema: float = 0.998
     drop_prompt: float = 0.1  # share of examples trained with the empty prompt (classifier-free guidance)
     generic_share: float = 0.3  # share of the named digits captioned generically (data.draw_examples)
+    slant_share: float = 0.25  # share of examples sheared by data.SLANT_DEGREES and captioned "slanted"
 
 
 def _generator(recipe: Recipe, stage: str, step: int) -> torch.Generator:
@@ -93,15 +95,24 @@ def _kl_per_element(posterior) -> torch.Tensor:
     return posterior.kl().mean() / posterior.mean[0].numel()
 
 
+def _slanted(images: torch.Tensor) -> torch.Tensor:
+    """Training images (``[-1, 1]``) slanted by :data:`data.SLANT_DEGREES`: sheared in ``[0, 1]``, where
+    the frame's outside is no ink."""
+    return torch.cat([shear(data.to_unit(x), data.SLANT_DEGREES) * 2 - 1 for x in images.split(512)])
+
+
 def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = True, save_every: int = 100) -> dict:
     vae = comps.vae.train()
-    images, _ = data.load("train")
+    plain, _ = data.load("train")
+    images = torch.cat([plain, _slanted(plain)])  # the VAE must reconstruct what the UNet will draw
     params = dict(vae.named_parameters())
     opt = torch.optim.AdamW(params.values(), lr=recipe.vae_lr, weight_decay=0.0)
 
     def loss_fn(step):
         gen = _generator(recipe, "vae", step)
-        x = images[torch.randint(len(images), (recipe.vae_batch,), generator=gen)]
+        idx = torch.randint(len(plain), (recipe.vae_batch,), generator=gen)
+        slanted = torch.rand(recipe.vae_batch, generator=gen) < recipe.slant_share
+        x = images[idx + len(plain) * slanted]
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
         return (vae.decode(z).sample - x).abs().mean() + recipe.vae_kl_weight * _kl_per_element(posterior)
@@ -115,8 +126,10 @@ def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = T
         scaling = 1.0 / float(latents.std())
         vae.register_to_config(scaling_factor=scaling)
         errors = {}
-        for name, classes in (("named digits", range(9)), ("nines (never named)", [data.UNSEEN])):
-            held, _ = data.load("heldout", classes)
+        held_named, _ = data.load("heldout", range(9))
+        held_nines, _ = data.load("heldout", [data.UNSEEN])
+        for name, held in (("named digits", held_named), ("nines (never named)", held_nines),
+                           ("slanted named digits", _slanted(held_named))):
             rec = torch.cat([vae.decode(vae.encode(x).latent_dist.mean).sample for x in held.split(256)])
             errors[name] = float((data.to_unit(rec) - data.to_unit(held)).abs().mean())
     return {"steps": recipe.vae_steps, "final_loss": _tail(losses), "scaling_factor": scaling,
@@ -124,7 +137,8 @@ def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = T
 
 
 def train_unet(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = True, save_every: int = 100) -> dict:
-    images, labels = data.load("train")
+    plain, labels = data.load("train")
+    images = torch.cat([plain, _slanted(plain)])  # slanted copy i + len(plain) of image i
     with torch.no_grad():  # the VAE is fixed now: its posterior for every training image, once
         posteriors = [comps.vae.encode(x).latent_dist for x in images.split(256)]
     mean = torch.cat([p.mean for p in posteriors]) * comps.vae.config.scaling_factor
@@ -139,7 +153,9 @@ def train_unet(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = 
 
     def loss_fn(step):
         gen = _generator(recipe, "unet", step)
-        idx, caption = data.draw_examples(labels, recipe.unet_batch, recipe.generic_share, recipe.drop_prompt, gen)
+        idx, caption, slanted = data.draw_examples(labels, recipe.unet_batch, recipe.generic_share,
+                                                   recipe.drop_prompt, gen, recipe.slant_share)
+        idx = idx + len(plain) * slanted
         z0 = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
         t = torch.randint(len(comps.betas), (recipe.unet_batch,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from handwritten.data import NAMES, load, load_scans, to_images, to_scan, to_unit  # noqa: F401  (re-exported)
+from handwritten.slant import shear, slant
 
 TEMPLATE = "a handwritten digit {}"
 GENERIC = "a handwritten digit"
@@ -67,3 +68,11 @@ def draw_examples(labels: torch.Tensor, batch: int, generic_share: float, drop_p
     caption = torch.where(slanted, caption + SLANTED, caption)
     caption = torch.where(torch.rand(batch, generator=gen) < drop_prompt, EMPTY, caption)
     return idx, caption, slanted
+
+
+def reference_slants(classes) -> dict[str, torch.Tensor]:
+    """The slant (degrees) of the held-out real digits of ``classes``, and of the same sheared as in training:
+    what the model's plain and slanted prompts are read beside."""
+    real = to_unit(load("heldout", classes)[0])
+    return {"real held-out digits": slant(real),
+            f"the same sheared by {SLANT_DEGREES:g} degrees (as in training)": slant(shear(real, SLANT_DEGREES))}

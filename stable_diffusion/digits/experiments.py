@@ -383,7 +383,7 @@ def measure_effect(comps: SDComponents, sizes: Sizes, sampler: apps.Sampler, pro
     the sampler (``adjointdpm.sample`` with the sampler's gradient strategy) with the paper's MSE to the
     keyword's images; then the token with the other digits' prompts and fresh noises. Read by the slant
     instrument (:mod:`handwritten.slant`) and the judges, neither of which takes part in the optimisation."""
-    from handwritten.slant import shear, slant
+    from handwritten.slant import slant
     token, digit = "<slant>", sizes.effect_digit
     template = data.effect_prompt(digit, "{}")
     seeds = list(range(7000, 7000 + sizes.effect_seeds))
@@ -401,24 +401,23 @@ def measure_effect(comps: SDComponents, sizes: Sizes, sampler: apps.Sampler, pro
                for word in (data.KEYWORD, sizes.effect_init)}
     learned = apps.Pipeline(learner, sampler)
 
-    def three_ways(labels, seeds_):
-        """The base prompt, the token and the keyword for each (digit, noise)."""
+    def three_ways(labels, seeds_, keyword=None):
+        """The base prompt, the token and the keyword for each (digit, noise) (the keyword's images, if drawn)."""
         return {"base": pipe.generate([data.prompt(int(k)) for k in labels], seeds_),
                 "token": learned.generate([data.effect_prompt(int(k), token) for k in labels], seeds_),
-                "keyword": pipe.generate([data.prompt(int(k), slanted=True) for k in labels], seeds_)}
+                "keyword": pipe.generate([data.prompt(int(k), slanted=True) for k in labels], seeds_)
+                if keyword is None else keyword}
 
     others = [k for k in range(len(data.NAMES)) if k not in (digit, data.UNSEEN)]
     unseen_labels = torch.tensor(others).repeat_interleave(sizes.effect_unseen)
     unseen_seeds = [8000 + i for i in range(len(unseen_labels))]
-    seen, unseen = three_ways(torch.full((len(seeds),), digit), seeds), three_ways(unseen_labels, unseen_seeds)
+    seen = three_ways(torch.full((len(seeds),), digit), seeds, keyword=targets)  # the targets: the seen keyword
+    unseen = three_ways(unseen_labels, unseen_seeds)
     read = {way: slant_readings(images, unseen_labels) for way, images in unseen.items()}
     seen_slant = {way: slant(images) for way, images in seen.items()}
     moved = (read["token"]["slant"] - read["base"]["slant"]) / (read["keyword"]["slant"] - read["base"]["slant"])
     half_way = read["token"]["slant"] - read["base"]["slant"] >= 0.5 * (read["keyword"]["slant"] - read["base"]["slant"])
-    real, _ = data.load("heldout", others)
-    real = data.to_unit(real)
-    reference = {"real held-out digits": slant(real), f"the same sheared by {data.SLANT_DEGREES:g} degrees (as in "
-                 "training)": slant(shear(real, data.SLANT_DEGREES))}
+    reference = data.reference_slants(others)
     stats = lambda v: {"mean": float(v.mean()), "std": float(v.std())}  # noqa: E731
     result = {
         "token": token, "template": template, "keyword": data.KEYWORD, "digit": digit, "init": sizes.effect_init,

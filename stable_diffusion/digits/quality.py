@@ -49,7 +49,7 @@ def evaluate(pipe, classifier, n: int = 64, seed: int = 0, steps: int = 20, guid
     judge reads, the ink's slant (:func:`handwritten.slant.slant`), and for a named digit the judge-FID and KID
     to its held-out real images (and, as a floor, those of its real training images)."""
     from handwritten.judges import judges
-    from handwritten.slant import deskew, shear, slant
+    from handwritten.slant import deskew, slant
     readers = judges()
     rows, grids = [], {}
     prompts = [(k, False) for k in range(10)] + [(None, False)] + [(k, True) for k in range(10) if k != data.UNSEEN]
@@ -77,15 +77,11 @@ def evaluate(pipe, classifier, n: int = 64, seed: int = 0, steps: int = 20, guid
         rows.append(row)
         grids[text] = images[:8]
     named = [r for r in rows if r["digit"] is not None and r["named_in_training"]]
-    lowest = {who: min(r["recognised"][who] for r in named if not r["slanted"]) for who in named[0]["recognised"]}
-    lowest_slanted = {who: min(r["recognised"][who] for r in named if r["slanted"]) for who in named[0]["recognised"]}
     plain = [r for r in named if not r["slanted"]]
     slanted_rows = [r for r in named if r["slanted"]]
-    real, _ = data.load("heldout", range(9))
-    real = data.to_unit(real)
-    real_slant = {"real held-out digits, zero to eight": slant(real),
-                  f"the same sheared by {data.SLANT_DEGREES:g} degrees (as in training)":
-                      slant(shear(real, data.SLANT_DEGREES))}
+    lowest, lowest_slanted = ({who: min(r["recognised"][who] for r in group) for who in group[0]["recognised"]}
+                              for group in (plain, slanted_rows))
+    real_slant = data.reference_slants(range(9))  # the digits named in training, as the prompts' rows
     generic = rows[len(data.NAMES)]["read_as"]
     return {"sampler": f"diffusers StableDiffusionPipeline + DPMSolverMultistepScheduler, {steps} steps, "
                        f"guidance scale {guidance_scale}", "seed": seed, "rows": rows, "bar": BAR,

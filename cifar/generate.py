@@ -7,7 +7,7 @@ there were, or whether the run was resumed. Under ``torchrun`` each rank takes t
 ``i = rank, rank + world, ...`` (from ``RANK`` / ``WORLD_SIZE``).
 
 What makes the work is its key (:func:`adjointdpm.files.claim`: seed, shard size, sampler,
-shape and the model's fingerprint, in ``settings.json``): a folder made with other settings
+shape, the schedule's and the model's fingerprints, in ``settings.json``): a folder made with other settings
 is refused with one line naming the difference. A shard is finished only when it loads and
 holds exactly the samples this run needs; a partial, truncated or corrupt one is named and
 made again. Files are written atomically through temporaries unique to the process; each
@@ -61,6 +61,27 @@ def _read(path: Path, count: int, shape=None) -> dict:
     return shard
 
 
+def schedule_key(schedule: VPSchedule) -> str:
+    """A fingerprint of the schedule's content, ``log alpha_t`` on 1000 times in (t_min, T]: two schedules
+    key alike only if they are the same function there, whatever class or constructor made them."""
+    ts = torch.linspace(schedule.T, schedule.t_min, 1001, dtype=torch.float64)[:-1]
+    return files.fingerprint(schedule.log_alpha(ts))
+
+
+def _finished(out_dir: Path, i: int, count: int, shape, quiet: bool = False) -> bool:
+    """Whether shard ``i`` exists and holds the ``count`` samples this run needs; an unfit one is named
+    (unless ``quiet``)."""
+    if not _shard(out_dir, i).exists():
+        return False
+    try:
+        _read(_shard(out_dir, i), count, shape)
+    except ValueError as err:
+        if not quiet:
+            tqdm.write(f"{err}: making it again", file=sys.stderr)
+        return False
+    return True
+
+
 def generate(model, schedule: VPSchedule, out_dir, *, n: int, batch: int, sampler: dict, seed: int = 0,
              shape=(3, 32, 32), device=None, rank: int | None = None, world: int | None = None,
              model_key: str | None = None, progress: bool = True) -> list[Path]:
@@ -74,20 +95,16 @@ def generate(model, schedule: VPSchedule, out_dir, *, n: int, batch: int, sample
     device = device or next(model.parameters()).device
     out_dir = Path(out_dir)
     files.claim(out_dir, {"seed": seed, "batch": batch, "shape": list(shape), "sampler": sampler,
-                          "model": model_key or files.fingerprint(model)}, "samples folder")
+                          "schedule": schedule_key(schedule), "model": model_key or files.fingerprint(model)},
+                "samples folder")
     shards = range(rank, -(-n // batch), world)
+    todo = [i for i in shards if not _finished(out_dir, i, _count(n, batch, i), shape)]
+    if not todo:  # a finished folder is read without its lock, so it can be read-only
+        return [_shard(out_dir, i) for i in shards]
     with files.exclusive(out_dir, f".rank{rank}.lock"):
-        todo = []
-        for i in shards:
-            if not _shard(out_dir, i).exists():
-                todo.append(i)
-                continue
-            try:
-                _read(_shard(out_dir, i), _count(n, batch, i), shape)
-            except ValueError as err:
-                tqdm.write(f"{err}: making it again", file=sys.stderr)
-                todo.append(i)
         for i in tqdm(todo, desc=f"sampling (rank {rank}/{world})", disable=not progress):
+            if _finished(out_dir, i, _count(n, batch, i), shape, quiet=True):  # by a run that held the lock first
+                continue
             x_T = shard_noise(seed, i, batch, shape)[:_count(n, batch, i)].to(device)
             start = time.perf_counter()
             images = to_uint8(sample(model, x_T, schedule, **sampler)).cpu()

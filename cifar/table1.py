@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -478,6 +479,18 @@ def plot(result: dict, path: Path) -> None:
     files.save_figure(fig, path, dpi=100)
 
 
+# How each argument reaches the stored work (the sample shards, keyed by cifar.generate), or why it cannot
+# change it; tests/test_keys.py fails for an argument in neither table.
+KEYED = {"model": "the shards' key: the model's weights fingerprint", "checkpoint": "the same, from the checkpoint",
+         "config": "the same (the architecture that loads the checkpoint)",
+         "grids": "a folder per grid; its sampler settings in the key", "nfe": "a folder per NFE; the steps in the key",
+         "batch": "the shards' key (shard size)", "seed": "the shards' key"}
+UNKEYED = {"inception": "FID features are computed afresh on every run; no stored work depends on them",
+           "fid_stats": "the same: the reference statistics are read on every run",
+           "samples": "a shard's samples depend only on seed, batch and its index; more samples add shards",
+           "out": "where the work goes: the key lives in it", "device": "round-off only: work resumed on another device continues to round-off"}
+
+
 def main(argv=None):
     parser = cli.Parser(prog="python -m cifar.table1", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -496,12 +509,16 @@ def main(argv=None):
     parser.add_argument("--grids", nargs="+", choices=GRIDS, default=list(GRIDS), metavar="GRID",
                         help=f"time grids, each a dimension of the table: {', '.join(GRIDS)} (default all three; "
                         "uniform in t, in lambda = log(alpha/sigma), in sqrt(t); the paper names none)")
-    parser.add_argument("--nfe", type=cli.positive_int, nargs="+", default=[10, 20, 50],
-                        help="NFE budgets, each one that all three samplers can spend exactly (even, >= 8)")
-    parser.add_argument("--samples", type=cli.positive_int,
-                        help="samples per cell, >= 2 (default 50000 full, 2000 stand-in)")
-    parser.add_argument("--batch", type=cli.positive_int, default=500, help="samples per shard (default 500)")
-    parser.add_argument("--out", type=cli.folder, default=Path("results/cifar"), help="output folder")
+    parser.add_argument("--nfe", type=cli.count("nfe"), nargs="+", default=[10, 20, 50],
+                        help="NFE budgets, each one that all three samplers can spend exactly (even, >= 8; "
+                        + cli.bound_help("nfe") + ")")
+    parser.add_argument("--samples", type=cli.count("samples"),
+                        help="samples per cell, >= 2 (default 50000 full, 2000 stand-in; " + cli.bound_help("samples") + ")")
+    parser.add_argument("--batch", type=cli.count("batch"), default=500,
+                        help="samples per shard (default 500; one larger than --samples is cut to it; "
+                        + cli.bound_help("batch") + ")")
+    parser.add_argument("--out", type=cli.report_folder, default=Path("results/cifar"),
+                        help="output folder (a finished one may be read-only: the table is then printed)")
     parser.add_argument("--device", type=cli.device,
                         help="default: cuda if available (cuda:LOCAL_RANK under torchrun), else cpu")
     parser.add_argument("--seed", type=cli.nonnegative_int, default=0)
@@ -539,11 +556,15 @@ def main(argv=None):
         else:
             setup = standin_setup(samples, args.batch, args.seed)
             setup.model.to(device)
-        result = run(setup, args.nfe, samples, args.batch, args.out, args.seed, device=device, grids=args.grids)
-    if result is not None:
-        print(write(result, args.out))
-        name = FILENAMES[result["mode"]]
-        print(f"wrote {name}.md and {name}.json to {args.out}/")
+        result = run(setup, args.nfe, samples, min(args.batch, samples), args.out, args.seed, device=device,
+                     grids=args.grids)
+        if result is not None and not os.access(args.out, os.W_OK):  # finished samples read from a read-only folder
+            print(markdown(result))
+            print(f"{args.out} is read-only: the table above is not written there", file=sys.stderr)
+        elif result is not None:
+            print(write(result, args.out))
+            name = FILENAMES[result["mode"]]
+            print(f"wrote {name}.md and {name}.json to {args.out}/")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

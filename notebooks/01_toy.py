@@ -701,7 +701,9 @@ with torch.no_grad():  # no gradient here: only the states
     for i in reversed(range(10)):
         undone.insert(0, step.inverse(eps_in_y, *undone[0], rhos[i], rhos[i + 1]))
 drift = max(float((a[0] - b[0]).norm() / b[0].norm()) for a, b in zip(undone, pairs))
-print(f"largest relative distance of an undone state from the forward's: {drift:.1e}")
+# round-off's scale: float64's epsilon in each of the 10 steps, at the largest y (y_T = x_T / alpha_T) against the smallest
+scale = 10 * torch.finfo(torch.float64).eps * float(schedule.alpha(times[-1]) / schedule.alpha(times[0]))
+print(f"largest relative distance of an undone state from the forward's: {drift:.1e} (round-off's scale: {scale:.1e})")
 x_path = lambda states: torch.stack([float(schedule.alpha(t)) * p[0] for t, p in zip(times, states)])  # noqa: E731
 fwd, back = x_path(pairs), x_path(undone)
 plt.figure(figsize=(4.5, 4.5))
@@ -710,7 +712,7 @@ for k in range(8):
     plt.plot(back[:, k, 0], back[:, k, 1], "o--", color="C3", markersize=3, label="undone" if k == 0 else None)
 plt.title("x along 10 reversible steps: forward, and undone from the end")
 plt.legend(); plt.show()
-assert drift < 1e-12
+assert drift < 100 * scale  # round-off: the undo is exact arithmetic up to the last bits
 assert torch.allclose(sample(mixture, x_Tr, schedule, steps=1, t_end=times[1], solver="reversible-dpm1"),
                       sample(mixture, x_Tr, schedule, steps=1, t_end=times[1], solver="dpm1"), atol=1e-13)
 

@@ -35,13 +35,13 @@ import torch
 from tqdm import tqdm
 
 from adjointdpm import cli, files
-from adjointdpm.memory import (LivePeak, live_bytes, peak, reset_peak, return_freed_memory, run_in_fresh_process,
-                               saved_bytes_during, trim)
+from adjointdpm.memory import (LivePeak, live_bytes, load_note, machine_load, peak, reset_peak, return_freed_memory,
+                               run_in_fresh_process, saved_bytes_during, trim)
 from adjointdpm.report import markdown_table
 
 from .apps import GRADIENTS, Pipeline, Sampler, noise
 from .components import ATTENTION, CHECKPOINTING, release, save_memory
-from .registry import MODELS, model_argument, open_model
+from .registry import MODELS, fingerprint, model_argument, open_model
 from .model import decode, encode_prompt, eps_model
 
 PROMPT = "a photo of a dog"
@@ -242,6 +242,9 @@ def markdown(records: list[dict]) -> str:
              "behind its own sampler, `reversible-dpm1` (two UNet evaluations per step): exact and flat. Paper "
              "(App. B, SD 1.5 fp32, V100 32 GB): "
              f"{PAPER['AdjointDPM']} GB AdjointDPM, {PAPER['DOODL']} GB DOODL.", ""]
+    busy = load_note([r["machine_load"] for r in records if "machine_load" in r])
+    if busy:
+        lines += [busy, ""]
     gradients = [r for r in records if r["strategy"] not in PARTS]
     lines.append(markdown_table(
         ["resolution", "strategy", "steps", "memory savings", "set-up GiB", "peak above set-up GiB",
@@ -285,17 +288,28 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# How each argument reaches a record's key (its case, or the settings every kept record must share), or
+# why it cannot change a measurement; tests/test_keys.py fails for an argument in neither table.
+KEYED = {"model": "the records' model name and content fingerprint (every file of the folder)",
+         "resolution": "the case", "steps": "the case", "backprop_steps": "the case (Backprop's steps)",
+         "gradients": "the case (its strategy)", "attention": "the case", "checkpointing": "the case",
+         "save_memory": "the case", "breakdown": "the parts' cases", "device": "the records' device",
+         "dtype": "the records' dtype", "repeats": "the records' repeats"}
+UNKEYED = {"out": "where the records go", "fresh": "measures the listed cases again instead of keeping them",
+           "worker": "internal: one case in a fresh process"}
+
+
 def main(argv=None):
     parser = cli.Parser(prog="python -m stable_diffusion.bench", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=model_argument,
                         help=f"{', '.join(MODELS)} (sd15-random: SD 1.5's architecture, random weights), a local "
                              "diffusers directory or a cached model id")
-    parser.add_argument("--resolution", type=cli.positive_int, nargs="+",
-                        help="image sides to measure (default: the model's own)")
-    parser.add_argument("--steps", type=cli.positive_int, nargs="+", default=[10, 20, 50],
-                        help="sampler steps for every strategy (default 10 20 50)")
-    parser.add_argument("--backprop-steps", type=cli.positive_int, nargs="+",
+    parser.add_argument("--resolution", type=cli.count("resolution"), nargs="+",
+                        help="image sides to measure (default: the model's own; " + cli.bound_help("resolution") + ")")
+    parser.add_argument("--steps", type=cli.count("steps"), nargs="+", default=[10, 20, 50],
+                        help="sampler steps for every strategy (default 10 20 50; " + cli.bound_help("steps") + ")")
+    parser.add_argument("--backprop-steps", type=cli.count("steps"), nargs="+",
                         help="Backprop's steps instead of --steps (its memory grows with them)")
     parser.add_argument("--gradients", nargs="+", default=list(GRADIENTS), choices=list(GRADIENTS))
     parser.add_argument("--attention", default="sdpa", choices=ATTENTION,
@@ -310,8 +324,9 @@ def main(argv=None):
     parser.add_argument("--device", type=cli.device, default=cli.default_device(), help="default: cuda if available")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="UNet/VAE dtype (the paper's anchor is float32)")
-    parser.add_argument("--repeats", type=cli.nonnegative_int, default=2,
-                        help="timed gradients per case after the measured one (0: time the measured one)")
+    parser.add_argument("--repeats", type=cli.count("repeats", lower=0), default=2,
+                        help="timed gradients per case after the measured one (0: time the measured one; "
+                        + cli.bound_help("repeats") + ")")
     parser.add_argument("--out", type=cli.folder, default=Path("results/stable_diffusion"))
     parser.add_argument("--fresh", action="store_true", help="measure the listed cases again, replacing their "
                         "records (the other records in the output are kept)")
@@ -331,26 +346,50 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker), args.model, args.device, args.dtype, args.repeats)))
         return
+    with cli.one_line_errors(parser, resumes=True):
+        run(args)
+
+
+def _earlier(path: Path) -> list:
+    """The records of an earlier run at ``path``; a file that is not a list of records is named with the way out."""
+    if not path.exists():
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        earlier = None
+    if not isinstance(earlier, list):
+        raise ValueError(f"{path} is not a bench's list of records: move or delete it to measure anew")
+    return earlier
+
+
+def run(args) -> list[dict]:
+    """Measure every case of ``args`` not yet in ``--out`` with the same settings; returns the records."""
     stem = "bench_sd15" if args.model == "sd15-random" else "bench"
     path = args.out / f"{stem}.json"
-    same = dict(model=args.model, device=args.device, dtype=args.dtype, repeats=args.repeats)  # what a record depends on
-    earlier = json.loads(path.read_text()) if path.exists() else []
-    kept = [r for r in earlier if isinstance(earlier, list) and isinstance(r, dict) and "case" in r
-            and all(r.get(k) == v for k, v in same.items())]  # another layout (an older bench) is measured anew
-    records = []
-    start = time.perf_counter()
-    for case in tqdm(cases(args), desc="bench"):
-        known = [] if args.fresh else [r for r in kept if r["case"] == case]
-        kept = [r for r in kept if r["case"] != case]  # measured anew (or reused): one record per case
-        record = known[0] if known else run_in_fresh_process(
-            "stable_diffusion.bench", "--model", args.model, "--worker", json.dumps(case), "--device", args.device,
-            "--dtype", args.dtype, "--repeats", args.repeats)
-        records.append(record)
-        everything = in_order(records + [r for r in kept if r not in records])
-        files.write_json(path, everything)
-        files.write_text(args.out / f"{stem}.md", markdown(everything))
+    with files.exclusive(args.out, f".{stem}.lock"):
+        load = machine_load()  # before this run's own work, which would count itself
+        # what a record depends on besides its case: the model by content, not by name
+        same = dict(model=args.model, model_content=fingerprint(args.model), device=args.device, dtype=args.dtype,
+                    repeats=args.repeats)
+        kept = [r for r in _earlier(path) if isinstance(r, dict) and "case" in r
+                and all(r.get(k) == v for k, v in same.items())]  # other settings, or an older layout: measured anew
+        records = []
+        start = time.perf_counter()
+        for case in tqdm(cases(args), desc="bench"):
+            known = [] if args.fresh else [r for r in kept if r["case"] == case]
+            kept = [r for r in kept if r["case"] != case]  # measured anew (or reused): one record per case
+            record = known[0] if known else dict(run_in_fresh_process(
+                "stable_diffusion.bench", "--model", args.model, "--worker", json.dumps(case), "--device",
+                args.device, "--dtype", args.dtype, "--repeats", args.repeats), model_content=same["model_content"],
+                machine_load=load)
+            records.append(record)
+            everything = in_order(records + [r for r in kept if r not in records])
+            files.write_json(path, everything)
+            files.write_text(args.out / f"{stem}.md", markdown(everything))
     print(markdown(everything))
     print(f"wrote {stem}.md and {stem}.json to {args.out}/ ({time.perf_counter() - start:.0f} s)")
+    return everything
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ model directory has diffusers' layout (``unet/``, ``vae/``, ``text_encoder/``,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -78,6 +79,38 @@ def _offline_error(model, err) -> ValueError:
         "cache (HF_HOME). Nothing is downloaded.")
 
 
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """diffusers' log off while a part loads: a folder with ``.bin`` weights makes it log an error and "Defaulting
+    to unsafe serialization", though it reads them with ``weights_only`` (a pickle is refused) and loads them
+    well; what fails is raised, and said in one line by :func:`_part_error`."""
+    from diffusers.utils import logging
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _part_error(folder: Path, err: Exception) -> ValueError:
+    """One line for a part of a local model that does not load, naming the folder and the cause, in words
+    that never advise lifting a safety guard (torch's message for a refused pickle does)."""
+    chain = []  # the libraries wrap the cause (diffusers: "Unable to load weights ..."): read every link
+    while err is not None and len(chain) < 8:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    text = " ".join(str(e) for e in chain)
+    err = chain[0]
+    if "weights_only" in text or "Unsupported global" in text or "unsafe" in text.lower():
+        cause = "a weight file holds Python objects, not only tensors: refused, nothing in it ran"
+    elif isinstance(err, MemoryError) or "not enough memory" in text or "allocate" in text:
+        cause = f"its config asks for more memory than this machine has ({text.splitlines()[0][:200]})"
+    else:
+        cause = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else 'no message'}"
+    return ValueError(f"cannot load the model part in {folder}: {cause}")
+
+
 def check_model_dir(model) -> None:
     """An existing directory must have diffusers' layout (a cache id is checked on loading)."""
     local = Path(model)
@@ -105,14 +138,16 @@ def load_components(model: str | Path, device=None, dtype: torch.dtype | None = 
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     check_model_dir(model)
     kw = dict(local_files_only=True)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype, **kw)
-        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **kw)
-        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
-        scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler", **kw)
-    except (OSError, ValueError) as err:
-        raise _offline_error(model, err) from None
+    parts = {"unet": (UNet2DConditionModel, dict(torch_dtype=dtype)), "vae": (AutoencoderKL, dict(torch_dtype=dtype)),
+             "text_encoder": (CLIPTextModel, {}), "tokenizer": (CLIPTokenizer, {}), "scheduler": (DDPMScheduler, {})}
+    loaded = {}
+    for name, (cls, extra) in parts.items():
+        try:
+            with _quiet_diffusers():
+                loaded[name] = cls.from_pretrained(model, subfolder=name, **extra, **kw)
+        except Exception as err:  # the libraries' many kinds: a missing file, a refused pickle, an allocation
+            raise (_part_error(Path(model) / name, err) if Path(model).is_dir() else _offline_error(model, err)) from None
+    unet, vae, text_encoder, tokenizer, scheduler = loaded.values()
     if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"{model}: prediction_type {scheduler.config.prediction_type!r} is not supported "
                          "(epsilon or v_prediction)")

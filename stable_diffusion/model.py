@@ -56,16 +56,22 @@ def eps_model(comps: SDComponents, guidance_scale: float = 7.5) -> nn.Module:
     return CFG(model, guidance_scale, null)
 
 
+def as_read(comps: SDComponents, prompt: str) -> str:
+    """The prompt as the text encoder reads it: itself, or for one longer than the encoder's length the
+    words of the tokens kept (what results record, so that they never claim words the model never read)."""
+    limit = comps.tokenizer.model_max_length
+    ids = comps.tokenizer(prompt).input_ids
+    return prompt if len(ids) <= limit else comps.tokenizer.decode(ids[1:limit - 1])
+
+
 def token_ids(comps: SDComponents, prompts: list[str]) -> torch.Tensor:
     """The prompts' token ids, padded to the text encoder's length; a longer prompt is cut to it, with a
     warning that says what the model reads (as diffusers' pipelines do)."""
     limit = comps.tokenizer.model_max_length
     for prompt in dict.fromkeys(prompts):
-        ids = comps.tokenizer(prompt).input_ids
-        if len(ids) > limit:
-            kept = comps.tokenizer.decode(ids[1:limit - 1])
-            warnings.warn(f"a prompt of {len(ids)} tokens is cut to the text encoder's {limit}: the model reads "
-                          f"{kept!r}", stacklevel=2)
+        if (read := as_read(comps, prompt)) != prompt:
+            warnings.warn(f"a prompt of {len(comps.tokenizer(prompt).input_ids)} tokens is cut to the text "
+                          f"encoder's {limit}: the model reads {read!r}", stacklevel=2)
     return comps.tokenizer(prompts, padding="max_length", max_length=limit,
                            truncation=True, return_tensors="pt").input_ids.to(comps.device)
 

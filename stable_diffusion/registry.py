@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from adjointdpm import files
+
 from . import digits
 from .components import (SDComponents, check_model_dir, default_device, freeze, load_components,
                          sd15_random_components, tiny_components)
@@ -95,6 +97,24 @@ def open_model(model: str | Path, device=None, dtype: torch.dtype | None = None)
         if net.dtype != (dtype or torch.float32):  # diffusers warns on every cast, even a no-op one
             net.to(dtype or torch.float32)
     return comps
+
+
+def fingerprint(model: str | Path) -> str:
+    """What a measurement of ``--model`` depends on, by content: a named model's built weights and betas,
+    or every file of a folder (or of a cached id's snapshot). Another model under the same name or path
+    fingerprints differently, so a bench record never outlives the weights it measured."""
+    if str(model) in MODELS:
+        comps = MODELS[str(model)].build()
+        return files.fingerprint(comps.unet, comps.vae, comps.text_encoder, comps.betas)
+    folder = Path(model)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+        try:
+            folder = Path(snapshot_download(str(model), local_files_only=True))
+        except Exception as err:  # the hub's many offline and not-found errors
+            raise ValueError(f"{model} is neither a folder nor a model id in the Hugging Face cache "
+                             f"({type(err).__name__}); nothing is downloaded") from None
+    return files.fingerprint_files(folder)
 
 
 # Classifiers shipped with their weights, by name: ``weights=None`` takes the committed file. Any other

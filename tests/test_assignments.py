@@ -327,3 +327,25 @@ def test_forbidden_pieces_raise_inside_and_work_after():
                 call()
     x = sample(model, torch.ones(1, 2), VPSchedule.linear(), steps=2, gradient=Adjoint())
     assert namespace["sample"] is sample and torch.isfinite(x).all()
+
+
+def test_a_student_folder_named_like_a_formula_is_text_in_the_gradebook(tmp_path):
+    """A folder named ``=HYPERLINK(...)`` lands in grades.csv as text a spreadsheet shows, not evaluates, and
+    its typed hand-graded points are read back under its own name."""
+    import csv
+    name = '=HYPERLINK("http://x","click")'
+    rows = [{"student": name, "assignment": "a1", "manual_points": "3"}, {"student": "ada", "assignment": "a1",
+                                                                          "manual_points": ""}]
+    course._write_csv(tmp_path / "grades.csv", rows)
+    with open(tmp_path / "grades.csv", newline="") as f:
+        cells = [r["student"] for r in csv.DictReader(f)]
+    assert cells == ["'" + name, "ada"]
+    assert course._manual_points(tmp_path / "grades.csv") == {(name, "a1"): "3", ("ada", "a1"): ""}
+
+
+def test_a_garbage_results_log_is_named_and_its_lines_graded_again(tmp_path, capsys):
+    log = tmp_path / "results.jsonl"
+    good = course.Result("ada", "a1", "ok", "")
+    log.write_bytes(json.dumps(course.asdict(good)).encode() + b"\n\xff\xfe garbage\n[1, 2]\n")
+    assert course.read_results(log) == [good]
+    assert capsys.readouterr().err == f"{log}: 2 lines that are not grading results are skipped; the notebooks they held are graded again\n"

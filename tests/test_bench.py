@@ -21,3 +21,30 @@ def test_quick_bench(tmp_path):
     assert abs(peak[("SDE Adjoint (re-solved)", 20)] - peak[("SDE Adjoint (re-solved)", 10)]) < sde_growth / 4
     sde = {r["steps"]: r for r in data["rows"] if r["strategy"] == "SDE Adjoint (re-solved)"}
     assert sde[10]["err_x_T"] is None and sde[10]["nfe_forward"] == 10  # no fine reference on an SDE path
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bench.lock", "bench.json", "bench.md", "bench.png"]
+
+
+def test_an_interrupted_bench_resumes_without_measuring_a_finished_case_again(tmp_path, monkeypatch):
+    """The set-up and each finished case live under --out until the tables are written; a rerun after an
+    interruption measures only what was left (the measurement itself is test_quick_bench's)."""
+    import pytest
+    import torch
+    made, measured, interrupted = [], [], []
+    monkeypatch.setattr(bench, "prepare", lambda setup, *args: (made.append(1), torch.save(0, setup / "reference.pt")))
+
+    def case(module, worker, setup, name, steps, *rest):
+        if len(measured) == 3 and not interrupted:
+            interrupted.append(1)
+            raise KeyboardInterrupt
+        measured.append((name, steps))
+        return {"strategy": name, "steps": steps, "err_x_T": 0.1, "err_theta": 0.1, "vs_checkpoint_x_T": 0.0,
+                "vs_checkpoint_theta": 0.0, "seconds": 1.0, "peak_bytes": 1, "nfe_forward": 1, "nfe_backward": 1,
+                "device": "cpu"}
+    monkeypatch.setattr(bench, "run_in_fresh_process", case)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run(tmp_path, quick=True, repeats=1, device="cpu")
+    assert len(measured) == 3 and (tmp_path / ".bench-work").is_dir()
+    monkeypatch.setattr(bench, "write", lambda rows, out, meta: "")  # the figure needs real rows
+    rows = bench.run(tmp_path, quick=True, repeats=1, device="cpu")
+    assert len(measured) == 8 and len(set(measured)) == 8 and len(made) == 1  # each case once, the set-up once
+    assert [(r["strategy"], r["steps"]) for r in rows] == measured and not (tmp_path / ".bench-work").exists()

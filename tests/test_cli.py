@@ -80,3 +80,44 @@ def test_a_file_that_cannot_be_written_is_one_line(tmp_path, capsys):
             files.write_text(tmp_path / "a_file" / "result.md", "text")  # a file where a folder must be
     assert exit_.value.code == 1
     assert capsys.readouterr().err.startswith(f"cmd: error: cannot write {tmp_path / 'a_file' / 'result.md'}:")
+
+
+def test_ctrl_c_on_a_real_command_keeps_its_finished_work_and_the_rerun_resumes(tmp_path):
+    """SIGINT to the bench's process group (as a terminal's Ctrl-C) while its second case runs: status 130,
+    one line and no traceback; the rerun keeps the first case's record as it was and measures the second."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    argv = [sys.executable, "-m", "stable_diffusion.bench", "--model", "tiny", "--steps", "1", "2", "--gradients",
+            "adjoint", "--repeats", "0", "--out", str(tmp_path)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    record = tmp_path / "bench.json"
+    while not record.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("python -m stable_diffusion.bench: interrupted; the finished work is kept: "
+                                            "run the same command to resume")
+    first = json.loads(record.read_text())
+    assert [r["steps"] for r in first] == [1]
+    subprocess.run(argv, check=True, capture_output=True)
+    both = json.loads(record.read_text())
+    assert [r["steps"] for r in both] == [1, 2] and both[0] == first[0]
+
+
+def test_every_command_stops_through_the_one_wrapper():
+    """Each module a user runs (``python -m ...`` or a script) ends its work inside cli.one_line_errors, itself
+    or through the accuracy command it delegates to: Ctrl-C, a failed write and a refusal are one line everywhere."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    commands = [p for top in ("toy", "cifar", "stable_diffusion", "shared", "notebooks") for p in (root / top).rglob("*.py")
+                if 'if __name__ == "__main__"' in p.read_text()]
+    assert len(commands) >= 15
+    bare = [str(p.relative_to(root)) for p in commands
+            if "one_line_errors" not in p.read_text() and "accuracy.command(" not in p.read_text()]
+    assert bare == []

@@ -110,3 +110,27 @@ def test_a_second_run_of_the_same_rank_is_refused(tmp_path):
         with pytest.raises(ValueError, match="another run .* is writing to"):
             _make(tmp_path)
     _make(tmp_path, rank=1, world=2)  # other ranks cooperate
+
+
+def test_samples_are_keyed_by_the_schedule(tmp_path):
+    """A cosine-schedule call into a linear-schedule folder is refused, not answered with the linear samples;
+    the same schedule built by another call resumes."""
+    model, kw = Shrink(), dict(n=4, batch=4, sampler=SAMPLER, shape=(3, 4, 4), progress=False)
+    gen.generate(model, VPSchedule.linear(), tmp_path / "linear", **kw)
+    gen.generate(model, VPSchedule.cosine(), tmp_path / "cosine", **kw)
+    linear, cosine = (gen.load_samples(tmp_path / name, 4, 4) for name in ("linear", "cosine"))
+    assert not torch.equal(linear, cosine)  # the schedule changes the samples: it must be in the key
+    with pytest.raises(ValueError, match="holds work made with other settings: schedule="):
+        gen.generate(model, VPSchedule.cosine(), tmp_path / "linear", **kw)
+    calls = model.calls
+    gen.generate(model, VPSchedule.linear(beta_min=0.1, beta_max=20.0), tmp_path / "linear", **kw)
+    assert model.calls == calls
+
+
+def test_a_finished_folder_is_read_without_its_lock(tmp_path):
+    """Nothing to make: no lock is taken, so a finished folder can be read-only (or in use by a reader)."""
+    model, kw = Shrink(), dict(n=4, batch=4, sampler=SAMPLER, shape=(3, 4, 4), progress=False)
+    gen.generate(model, VPSchedule.linear(), tmp_path, **kw)
+    from adjointdpm import files
+    with files.exclusive(tmp_path, ".rank0.lock"):  # another process holding the lock would refuse a writer
+        gen.generate(model, VPSchedule.linear(), tmp_path, **kw)

@@ -256,14 +256,14 @@ def test_command_line(tmp_path, classifier_file, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["audit", "--classes", "1=a cat", "--iters", "0"], "argument --iters: must be an integer >= 1, got '0'"),
-    (["audit", "--classes", "1=a cat", "--iters", "-3"], "argument --iters: must be an integer >= 1, got '-3'"),
+    (["audit", "--classes", "1=a cat", "--iters", "0"], "argument --iters: must be an integer from 1 to 100,000"),
+    (["audit", "--classes", "1=a cat", "--iters", "-3"], "argument --iters: must be an integer from 1 to 100,000"),
     (["audit", "--classes", "1=a cat", "--tau", "nan"], "argument --tau: must be a finite number, got 'nan'"),
     (["guided", "--prompt", "a", "--target", "1", "--guidance-scale", "nan"],
      "argument --guidance-scale: must be a finite number, got 'nan'"),
     (["guided", "--prompt", "a", "--target", "1", "--device", "bogus"], "argument --device: 'bogus' is not a device"),
     (["stylize", "--style-image", "sklearn:china.jpg", "--prompts", "a", "--epochs", "0"],
-     "argument --epochs: must be an integer >= 1, got '0'"),
+     "argument --epochs: must be an integer from 1 to 10,000"),
     (["stylize", "--style-image", "sklearn:china.jpg", "--prompts", "a", "--save-every", "0"],
      "argument --save-every: must be an integer >= 1, got '0'"),
     (["stylize", "--style-image", __file__, "--prompts", "a"],
@@ -272,7 +272,7 @@ def test_command_line(tmp_path, classifier_file, capsys):
     (["morph"], "argument --image-a/--image-b: give the same number of reference images for a and b"),
     (["morph", "--image-a", __file__, "--image-b", __file__, "--classifier-arch", "resnet18"],
      "argument --classifier-weights: required for the resnet18 identity model"),
-    (["morph", "--pairs", "0"], "argument --pairs: must be an integer >= 1, got '0'"),
+    (["morph", "--pairs", "0"], "argument --pairs: must be an integer from 1 to 10,000"),
     (["invert", "--target-prompt", "a", "--gradient", "reversible"],
      "argument --gradient: gradient 'reversible' differentiates the reversible sampler: pass solver 'reversible-dpm1'"),
     (["invert", "--target-prompt", "a", "--solver", "reversible-dpm1"],
@@ -483,3 +483,50 @@ def test_a_prompt_longer_than_the_text_encoder_is_cut_with_a_warning(comps):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         token_ids(comps, ["a photo of a dog"])  # a short prompt: no word
+
+    from stable_diffusion.model import as_read
+    long = " ".join(["dog"] * (limit + 6))
+    assert as_read(comps, "a photo of a dog") == "a photo of a dog"
+    assert as_read(comps, long) == " ".join(["dog"] * (limit - 2))  # what the JSON records: the words kept
+
+
+def test_an_image_bomb_is_refused_from_its_header(tmp_path):
+    """A small file that decodes to more pixels than the limit is refused before it is decoded."""
+    from PIL import Image
+    from stable_diffusion.apps import common
+    path = tmp_path / "bomb.png"
+    Image.new("L", (9000, 8000)).save(path)  # 72 megapixels in a few tens of kilobytes
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ValueError, match="more than the 67,108,864 pixels"):
+        common.read_image(str(path), 8)
+
+
+@pytest.mark.parametrize("part", ["unet", "text_encoder"])
+def test_a_pickle_in_a_model_folder_is_one_line_and_runs_nothing(part, tmp_path, capsys):
+    """Weights saved as a pickle that names Python code: refused in one line naming the folder, nothing ran,
+    no advice to lift the guard, no library log."""
+    import os
+    from stable_diffusion import __main__ as sd_main
+    from stable_diffusion.components import tiny_components
+    model = tmp_path / "model"
+    tiny_components().save_pretrained(model)
+    for f in (model / part).glob("*.safetensors"):
+        f.unlink()
+    name = "diffusion_pytorch_model.bin" if part == "unet" else "pytorch_model.bin"
+    torch.save({"x": _Planted(str(tmp_path / "ran"))}, model / part / name)
+    capsys.readouterr()  # save_pretrained's progress bar
+    line = one_line_error(sd_main.main, ["guided", "--model", str(model), "--prompt", "a", "--target", "1",
+                                         "--classifier-arch", "resnet18", "--classifier-weights", __file__,
+                                         "--out", str(tmp_path / "out")], capsys, f"{model / part}")
+    assert "holds Python objects" in line and "weights_only=False" not in line
+    assert not os.path.exists(tmp_path / "ran")
+
+
+class _Planted:
+    """Unpickling this runs ``touch path``: what a hostile weight file does."""
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.path}",))

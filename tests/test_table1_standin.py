@@ -46,10 +46,10 @@ def test_standin_table_end_to_end_and_resume(tmp_path):
     (["--nfe", "8", "8"], "argument --nfe: give each budget once, got 8 8"),
     (["--grids", "cosine"], "argument --grids: invalid choice: 'cosine'"),
     (["--grids", "uniform", "uniform"], "argument --grids: give each grid once, got uniform uniform"),
-    (["--samples", "-1"], "argument --samples: must be an integer >= 1, got '-1'"),
-    (["--samples", "0"], "argument --samples: must be an integer >= 1, got '0'"),
+    (["--samples", "-1"], "argument --samples: must be an integer from 1 to 1,000,000"),
+    (["--samples", "0"], "argument --samples: must be an integer from 1 to 1,000,000"),
     (["--samples", "1"], "argument --samples: a Frechet distance needs at least 2 samples, got 1"),
-    (["--batch", "0"], "argument --batch: must be an integer >= 1, got '0'"),
+    (["--batch", "0"], "argument --batch: must be an integer from 1 to 10,000"),
     (["--device", "bogus"], "argument --device: 'bogus' is not a device"),
     (["--out", __file__], "argument --out: " + __file__ + " is a file, not a folder"),
 ])

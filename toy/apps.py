@@ -305,50 +305,52 @@ def main(argv=None):
     parser.add_argument("name", choices=["guided", "audit", "finetune", "invert", "morph", "all"])
     parser.add_argument("--out", type=cli.folder, default=Path("results/toy"), help="output folder (default results/toy)")
     parser.add_argument("--seed", type=cli.nonnegative_int, default=0)
-    parser.add_argument("--iters", type=cli.positive_int, default=None, help="optimisation steps (default: the function's)")
+    parser.add_argument("--iters", type=cli.count("iters"), default=None,
+                        help="optimisation steps (default: the function's; " + cli.bound_help("iters") + ")")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    extra = {} if args.iters is None else {"iters": args.iters}
-    for name in (["guided", "audit", "finetune", "invert", "morph"] if args.name == "all" else [args.name]):
-        if name == "guided":
-            r = guided_sampling(seed=args.seed, **extra)
-            _scatter_pair(args.out / "app_guided.png",
-                          f"Guided sampling toward class {r['target']}: p(target) "
-                          f"{r['prob_before']:.2f} -> {r['prob_after']:.2f}", r["x_before"], r["x_after"], mix=r["mixture"])
-            summary = {k: r[k] for k in ("target", "prob_before", "prob_after", "losses")}
-        elif name == "audit":
-            summary = audit(seed=args.seed, **extra)
-            fig = Figure(figsize=(6, 3.5), layout="tight")
-            ax = fig.subplots()
-            classes = sorted(summary["counts"])
-            for i, tau in enumerate(summary["taus"]):
-                ax.bar([c + 0.35 * i for c in classes], [summary["per_class"][tau][c] for c in classes], 0.35,
-                       label=f"tau = {tau}")
-            ax.set(xlabel="class of the unperturbed sample", ylabel="success rate", ylim=(0, 1),
-                   title="Bounded-noise audit: decisions changed")
-            ax.legend()
-            files.save_figure(fig, args.out / "app_audit.png", dpi=110)
-        elif name == "finetune":
-            r = finetune(seed=args.seed, **extra)
-            _scatter_pair(args.out / "app_finetune.png",
-                          f"Fine-tuned weights, unseen noises: style loss {r['unseen_style_before']:.2f} -> "
-                          f"{r['unseen_style_after']:.2f}", r["x_before"], r["x_after"],
-                          labels=("original model", "fine-tuned model"), extra=r["reference"])
-            summary = {k: v for k, v in r.items() if not torch.is_tensor(v)}
-        elif name == "morph":
-            r = morph(seed=args.seed, progress=True, **extra)
-            print(write_morph(r, args.out))
-            summary = {k: v for k, v in r.items() if k in ("pairs", "iters", "lr", "threshold", "fmr", "rows")}
-        else:
-            r = invert_embedding(seed=args.seed, **extra)
-            _scatter_pair(args.out / "app_invert.png",
-                          f"Embedding inversion: |c - c*| {r['initial_embedding_error']:.2f} -> "
-                          f"{r['embedding_error']:.3f}", r["targets"], r["x_after"],
-                          labels=("targets (hidden c*)", "samples with the found c"))
-            summary = {k: v for k, v in r.items() if not torch.is_tensor(v)}
-        files.write_json(args.out / f"app_{name}.json", summary)
-        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, default=str))
-        print(f"wrote {args.out / f'app_{name}.json'} and {args.out / f'app_{name}.png'}")
+    with cli.one_line_errors(parser):
+        args.out.mkdir(parents=True, exist_ok=True)
+        extra = {} if args.iters is None else {"iters": args.iters}
+        for name in (["guided", "audit", "finetune", "invert", "morph"] if args.name == "all" else [args.name]):
+            if name == "guided":
+                r = guided_sampling(seed=args.seed, **extra)
+                _scatter_pair(args.out / "app_guided.png",
+                              f"Guided sampling toward class {r['target']}: p(target) "
+                              f"{r['prob_before']:.2f} -> {r['prob_after']:.2f}", r["x_before"], r["x_after"], mix=r["mixture"])
+                summary = {k: r[k] for k in ("target", "prob_before", "prob_after", "losses")}
+            elif name == "audit":
+                summary = audit(seed=args.seed, **extra)
+                fig = Figure(figsize=(6, 3.5), layout="tight")
+                ax = fig.subplots()
+                classes = sorted(summary["counts"])
+                for i, tau in enumerate(summary["taus"]):
+                    ax.bar([c + 0.35 * i for c in classes], [summary["per_class"][tau][c] for c in classes], 0.35,
+                           label=f"tau = {tau}")
+                ax.set(xlabel="class of the unperturbed sample", ylabel="success rate", ylim=(0, 1),
+                       title="Bounded-noise audit: decisions changed")
+                ax.legend()
+                files.save_figure(fig, args.out / "app_audit.png", dpi=110)
+            elif name == "finetune":
+                r = finetune(seed=args.seed, **extra)
+                _scatter_pair(args.out / "app_finetune.png",
+                              f"Fine-tuned weights, unseen noises: style loss {r['unseen_style_before']:.2f} -> "
+                              f"{r['unseen_style_after']:.2f}", r["x_before"], r["x_after"],
+                              labels=("original model", "fine-tuned model"), extra=r["reference"])
+                summary = {k: v for k, v in r.items() if not torch.is_tensor(v)}
+            elif name == "morph":
+                r = morph(seed=args.seed, progress=True, **extra)
+                print(write_morph(r, args.out))
+                summary = {k: v for k, v in r.items() if k in ("pairs", "iters", "lr", "threshold", "fmr", "rows")}
+            else:
+                r = invert_embedding(seed=args.seed, **extra)
+                _scatter_pair(args.out / "app_invert.png",
+                              f"Embedding inversion: |c - c*| {r['initial_embedding_error']:.2f} -> "
+                              f"{r['embedding_error']:.3f}", r["targets"], r["x_after"],
+                              labels=("targets (hidden c*)", "samples with the found c"))
+                summary = {k: v for k, v in r.items() if not torch.is_tensor(v)}
+            files.write_json(args.out / f"app_{name}.json", summary)
+            print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, default=str))
+            print(f"wrote {args.out / f'app_{name}.json'} and {args.out / f'app_{name}.png'}")
 
 
 if __name__ == "__main__":

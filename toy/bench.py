@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, ReversibleAdjoint, VPSchedule, cli, files, sample
-from adjointdpm.memory import peak as peak_bytes, reset_peak, run_in_fresh_process
+from adjointdpm.memory import load_note, machine_load, peak as peak_bytes, reset_peak, run_in_fresh_process
 from adjointdpm.report import markdown_table
 from toy.mixture import eight_modes
 from toy.mlp import EpsMLP, train_eps_mlp
@@ -116,11 +116,11 @@ def prepare(setup: Path, batch: int, train_iters: int, ref_steps: int, device: s
     mix = eight_modes(schedule)
     model = train_eps_mlp(lambda n, c, g: mix.sample_data(n, generator=g), schedule, iters=train_iters,
                           hidden=HIDDEN, depth=DEPTH, progress=False)
-    torch.save(model.state_dict(), setup / "model.pt")
-    torch.save(torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)), setup / "x_T.pt")
+    files.save_atomic(model.state_dict(), setup / "model.pt")
+    files.save_atomic(torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)), setup / "x_T.pt")
     model, x_T = _problem(setup, device)
     (g_x, g_theta), _ = gradient(model, x_T, Checkpoint(), ref_steps)
-    torch.save((g_x.cpu(), g_theta.cpu()), setup / "reference.pt")
+    files.save_atomic((g_x.cpu(), g_theta.cpu()), setup / "reference.pt")  # last: the set-up is whole
 
 
 def _unit(meta: dict) -> str:
@@ -151,6 +151,7 @@ def markdown(rows, meta: dict) -> str:
             "Backprop of the same sampler. SDE rows: `sde-dpm1` with one noise_seed; no fine-step reference exists "
             "for them (another grid is another Brownian path). Reversible rows: `reversible-dpm1` (two model "
             "evaluations per step), its exact gradient by Backprop, Checkpoint and ReversibleAdjoint.\n\n"
+            + (f"{busy}\n\n" if (busy := load_note([meta.get("machine_load", {})])) else "")
             + markdown_table(header, table) + "\n")
 
 
@@ -161,7 +162,7 @@ def write(rows, out: Path, meta: dict):
     unit = _unit(meta)
     text = markdown(rows, meta)
     files.write_text(out / "bench.md", text)
-    files.write_text(out / "bench.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    files.write_json(out / "bench.json", {"meta": meta, "rows": rows})
     fig = Figure(figsize=(12, 4.5), layout="tight")
     axes = fig.subplots(1, 2)
     for name in [n for strategies, _, _ in FAMILIES.values() for n in strategies]:
@@ -180,6 +181,12 @@ def write(rows, out: Path, meta: dict):
     return text
 
 
+# How each argument reaches the stored work (the work folder's key and each case's file), or why it cannot
+# change a measurement; tests/test_keys.py fails for an argument in neither table.
+KEYED = {"quick": "the key's sizes", "device": "the key", "repeats": "the key"}
+UNKEYED = {"out": "where the work goes: the key lives in it", "worker": "internal: one case in a fresh process"}
+
+
 def main(argv=None):
     parser = cli.Parser(prog="python -m toy.bench", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,8 +194,8 @@ def main(argv=None):
                         help="output folder (default results/toy)")
     parser.add_argument("--quick", action="store_true", help="small sizes, two strategies (for tests)")
     parser.add_argument("--device", type=cli.device, default=cli.default_device(), help="default: cuda if available")
-    parser.add_argument("--repeats", type=cli.positive_int, default=None,
-                        help="timed repeats per case (default 3; quick 1)")
+    parser.add_argument("--repeats", type=cli.count("repeats"), default=None,
+                        help="timed repeats per case (default 3; quick 1; " + cli.bound_help("repeats") + ")")
     parser.add_argument("--worker", nargs=3, metavar=("SETUP", "STRATEGY", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     repeats = (1 if args.quick else 3) if args.repeats is None else args.repeats
@@ -197,22 +204,37 @@ def main(argv=None):
         setup, name, steps = args.worker
         print(json.dumps(worker(Path(setup), name, int(steps), repeats, args.device)))
         return
-    args.out.mkdir(parents=True, exist_ok=True)
-    batch, steps_list = (256, (10, 20)) if args.quick else (1024, (10, 20, 50, 100))
-    names = (["Backprop", "Adjoint", "SDE Backprop", "SDE Adjoint (re-solved)"] if args.quick
-             else [n for strategies, _, _ in FAMILIES.values() for n in strategies])
-    meta = {"batch": batch, "repeats": repeats, "device": args.device, "threads": torch.get_num_threads(),
-            "ref_steps": 100 if args.quick else 400}
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare(Path(tmp), batch, 200 if args.quick else 1500, meta["ref_steps"], args.device)
-        cases = [(n, s) for n in names for s in steps_list]
-        for name, steps in tqdm(cases, desc="bench"):
-            rows.append(run_in_fresh_process("toy.bench", "--worker", tmp, name, steps, "--device", args.device,
-                                             "--repeats", repeats))
-    print(write(rows, args.out, meta))
-    print(f"wrote bench.md, bench.json, bench.png to {args.out}/")
+    with cli.one_line_errors(parser, resumes=True):
+        run(args.out, args.quick, repeats, args.device)
 
+
+def run(out: Path, quick: bool, repeats: int, device: str) -> list[dict]:
+    """Every case, each in a fresh process, resumable: the set-up and each finished case are kept under
+    ``out/.bench-work/KEY/`` (KEY: every setting that changes a result), which is removed once the tables
+    are written. Returns the rows."""
+    batch, steps_list = (256, (10, 20)) if quick else (1024, (10, 20, 50, 100))
+    names = (["Backprop", "Adjoint", "SDE Backprop", "SDE Adjoint (re-solved)"] if quick
+             else [n for strategies, _, _ in FAMILIES.values() for n in strategies])
+    train_iters = 200 if quick else 1500
+    meta = {"batch": batch, "repeats": repeats, "device": device, "threads": torch.get_num_threads(),
+            "ref_steps": 100 if quick else 400}
+    key = dict(meta, train_iters=train_iters, hidden=HIDDEN, depth=DEPTH, solver=SOLVER)
+    with files.exclusive(out, ".bench.lock"):
+        meta["machine_load"] = machine_load()  # before this run's own work, which would count itself
+        work = files.claim(out / ".bench-work" / files.fingerprint(key), key, "bench work folder")
+        if not (work / "reference.pt").exists():  # written last by prepare: the set-up is whole
+            prepare(work, batch, train_iters, meta["ref_steps"], device)
+        rows = []
+        for name, steps in tqdm([(n, s) for n in names for s in steps_list], desc="bench"):
+            done = work / f"case-{files.fingerprint([name, steps])}.json"
+            if not done.exists():
+                files.write_json(done, run_in_fresh_process("toy.bench", "--worker", work, name, steps,
+                                                            "--device", device, "--repeats", repeats))
+            rows.append(json.loads(done.read_text()))
+        print(write(rows, out, meta))
+        shutil.rmtree(out / ".bench-work")
+    print(f"wrote bench.md, bench.json, bench.png to {out}/")
+    return rows
 
 if __name__ == "__main__":
     main()

@@ -222,17 +222,18 @@ def main(argv=None):
     parser.add_argument("--out", type=cli.folder, default=Path("results/toy"), help="output folder (default results/toy)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for tests (seconds)")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    schedule = VPSchedule.linear()
-    steps = (10, 20) if args.quick else (10, 20, 50, 100)
-    grad_rows = gradient_accuracy(steps, batch=64 if args.quick else 256, schedule=schedule)
-    solver_rows = solver_convergence((10, 20, 40) if args.quick else (10, 20, 40, 80, 160, 320), schedule)
-    t1_rows = table1((10, 20) if args.quick else (10, 20, 50), n=2000 if args.quick else 20000, schedule=schedule,
-                     spacings=("logSNR",) if args.quick else ("logSNR", "uniform"))
-    print(write_gradients(grad_rows, args.out))
-    print(write_convergence(solver_rows, grad_rows, args.out))
-    print(write_table1(t1_rows, args.out))
-    print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} to {args.out}/")
+    with cli.one_line_errors(parser):
+        args.out.mkdir(parents=True, exist_ok=True)
+        schedule = VPSchedule.linear()
+        steps = (10, 20) if args.quick else (10, 20, 50, 100)
+        grad_rows = gradient_accuracy(steps, batch=64 if args.quick else 256, schedule=schedule)
+        solver_rows = solver_convergence((10, 20, 40) if args.quick else (10, 20, 40, 80, 160, 320), schedule)
+        t1_rows = table1((10, 20) if args.quick else (10, 20, 50), n=2000 if args.quick else 20000, schedule=schedule,
+                         spacings=("logSNR",) if args.quick else ("logSNR", "uniform"))
+        print(write_gradients(grad_rows, args.out))
+        print(write_convergence(solver_rows, grad_rows, args.out))
+        print(write_table1(t1_rows, args.out))
+        print(f"wrote {', '.join(sorted(p.name for p in args.out.iterdir()))} to {args.out}/")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from adjointdpm import files
+from adjointdpm.cli import one_line_errors
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 STATUSES = ("ok", "timeout", "not a notebook", "crashed", "missing")
@@ -458,14 +461,18 @@ def grade_submission(sub: Submission, built: Path, timeout: float, threads: int 
 # the gradebook
 
 def read_results(path: Path) -> list[Result]:
-    """The finished results (a line cut off by an interrupted write is skipped)."""
-    out = []
+    """The finished results. A line that is not one (cut off by an interrupted write, or garbage) is skipped and
+    counted on stderr with the file's name: its notebook is graded again, as a corrupt shard is made again."""
+    out, skipped = [], 0
     if path.exists():
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().decode(errors="replace").splitlines():
             try:
                 out.append(Result(**json.loads(line)))
             except (json.JSONDecodeError, TypeError):
-                continue
+                skipped += bool(line.strip())
+    if skipped:
+        lines = "1 line that is not a grading result is" if skipped == 1 else f"{skipped} lines that are not grading results are"
+        print(f"{path}: {lines} skipped; the notebooks they held are graded again", file=sys.stderr)
     return out
 
 
@@ -474,7 +481,7 @@ def _manual_points(path: Path) -> dict[tuple[str, str], str]:
     if not path.exists():
         return {}
     with open(path, newline="") as f:
-        return {(r["student"], r["assignment"]): r.get("manual_points", "") for r in csv.DictReader(f)}
+        return {(_uncell(r["student"]), r["assignment"]): r.get("manual_points", "") for r in csv.DictReader(f)}
 
 
 def _number(text: str) -> float:
@@ -499,9 +506,7 @@ def write_answers(results: list[Result], built: Path, out: Path) -> Path:
             for r in mine:
                 answer = written[r.student].get(q, "")
                 lines += [f"### {r.student}", "", answer or f"_(no answer: {r.status})_", ""]
-    path = out / "answers.md"
-    path.write_text("\n".join(lines))
-    return path
+    return files.write_text(out / "answers.md", "\n".join(lines))
 
 
 def write_gradebook(results: list[Result], built: Path, out: Path, unmatched: list[str] = ()) -> list[dict]:
@@ -539,16 +544,27 @@ def write_gradebook(results: list[Result], built: Path, out: Path, unmatched: li
               f"{r['reason']} |" for r in rows]
     if unmatched:
         lines += ["", "Files that match no assignment (not graded): " + ", ".join(unmatched)]
-    (out / "grades.md").write_text("\n".join(lines) + "\n")
+    files.write_text(out / "grades.md", "\n".join(lines) + "\n")
     return rows
+
+
+def _cell(value):
+    """A spreadsheet cell that is never a formula: text that a spreadsheet would evaluate (``=``, ``+``, ``-``,
+    ``@`` first, or a tab or carriage return) gets a leading apostrophe, as OWASP advises for CSV exports."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _uncell(text: str) -> str:
+    """The value :func:`_cell` wrote."""
+    return text[1:] if text[:1] == "'" and text[1:2] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     if rows:
-        with open(path, "w", newline="") as f:
+        with files.replacing(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
 
 
 def _write_canvas(path: Path, rows: list[dict]) -> None:
@@ -560,12 +576,12 @@ def _write_canvas(path: Path, rows: list[dict]) -> None:
     total = {(r["student"], r["assignment"]): r for r in rows}
     header = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", *assignments]
     possible = {a: next(r["total_possible"] for r in rows if r["assignment"] == a) for a in assignments}
-    with open(path, "w", newline="") as f:
+    with files.replacing(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerow(["    Points Possible", "", "", "", "", *(f"{possible[a]:g}" for a in assignments)])
         for s in students:
-            writer.writerow(["", "", "", s, "", *(f"{total[(s, a)]['total']:g}" for a in assignments)])
+            writer.writerow(["", "", "", _cell(s), "", *(f"{total[(s, a)]['total']:g}" for a in assignments)])
 
 
 def _write_feedback(folder: Path, results: list[Result], long: list[dict]) -> None:
@@ -584,7 +600,7 @@ def _write_feedback(folder: Path, results: list[Result], long: list[dict]) -> No
                     verdict = f"{row['points']:g}/{row['possible']:g}"
                     lines.append(f"- {row['question']}: {verdict}" + (f". {row['feedback']}" if row["feedback"] else ""))
             lines.append("")
-        (folder / f"{student}.md").write_text("\n".join(lines))
+        files.write_text(folder / f"{student}.md", "\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,9 +683,9 @@ def main(argv=None):
     one.add_argument("notebook", type=Path)
     one.add_argument("autograder", type=Path)
     args = parser.parse_args(argv)
-    if args.command == "grade" and (args.timeout <= 0 or args.jobs < 1):
-        parser.error("--timeout must be > 0 and --jobs >= 1")
-    try:
+    if args.command == "grade" and not (0 < args.timeout < float("inf") and args.jobs >= 1):
+        parser.error("--timeout must be a finite number > 0 and --jobs >= 1")
+    with one_line_errors(parser, resumes=args.command == "grade"):
         if args.command == "build":
             for name, path in build(args.out).items():
                 print(f"{name}: hand out {path / 'student' / (name + '.ipynb')}; keep {path / 'autograder'}")
@@ -681,9 +697,6 @@ def main(argv=None):
                          regrade=args.regrade, progress=not args.no_progress)
             print((args.out / "grades.md").read_text())
             print(f"{len(rows)} rows: {args.out / 'grades.csv'}, questions.csv, canvas.csv, feedback/")
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
-
 
 if __name__ == "__main__":
     main()

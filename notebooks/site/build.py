@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from adjointdpm.cli import one_line_errors
+
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ("01_toy", "02_cifar", "03_stable_diffusion")
 
@@ -74,10 +76,11 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("site"), help="where the static site goes (default site/)")
     args = parser.parse_args(argv)
-    try:
-        out = build(args.out)
-    except Exception as err:  # mkdocs' strict mode reports every warning as one abort
-        sys.exit(f"python notebooks/site/build.py: error: {type(err).__name__}: {err}")
+    with one_line_errors(parser):
+        try:
+            out = build(args.out)
+        except Exception as err:  # mkdocs' strict mode reports every warning as one abort
+            sys.exit(f"python notebooks/site/build.py: error: {type(err).__name__}: {err}")
     print(f"site in {out}/ (open {out / 'index.html'})")
 
 

@@ -5,6 +5,10 @@
   traceback.
 * The ``type=`` functions below refuse a bad value while the arguments are parsed, before any
   compute: ranges, finite numbers, devices that exist here, paths of the right kind.
+* :data:`BOUNDS` caps every count a user gives (steps, NFE, iterations, batch, ...): each bound and
+  why it is where it is, in one table; :func:`count` makes the ``type=`` that enforces one and
+  :func:`bound_help` the words ``--help`` shows for it.
+* :func:`folder` refuses an output folder that cannot be written, with a probe file, before any compute.
 * :func:`one_line_errors` turns a ``ValueError`` raised by the work itself (a file of the wrong
   shape, a checkpoint made with other settings), a file that cannot be written, and Ctrl-C or SIGTERM
   into one line each. Bugs raise other exceptions and keep their tracebacks.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import tempfile
 from pathlib import Path
 
 import torch
@@ -127,12 +132,69 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def folder(text) -> Path:
-    """An output folder: made if missing; an existing file is refused."""
+def report_folder(text) -> Path:
+    """An output folder that may be read-only: a command that can report finished work from it without
+    writing checks writability itself, when it has work to write (``cifar.table1``)."""
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
     return path
+
+
+def folder(text) -> Path:
+    """An output folder that can be written: a probe file is created and removed in it, or in its nearest
+    existing parent when it is still to be made (a refused command leaves no folder behind), so that a
+    read-only file system or a path through a file is refused here and not after the compute."""
+    path = report_folder(text)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: {err.strerror or err}") from None
+    return path
+
+
+# The largest value of each count a user gives, and why. A count that grows memory is bounded where its
+# memory or time stops being a plausible request on any machine this project targets; every bound is at
+# least ten times what the paper or this project uses.
+BOUNDS = {
+    "steps": (10_000, "DDPM's chain has 1000 steps; Backprop keeps one state per step"),
+    "nfe": (10_000, "the paper's Table 1 stops at 50 and the fine reference spends 600"),
+    "iters": (100_000, "optimiser steps, each a full sampling solve and its gradient"),
+    "epochs": (10_000, "passes over the noise-prompt pairs, each a solve and its gradient per pair"),
+    "shifts": (64, "each shift is one more classifier pass kept for backward"),
+    "samples": (1_000_000, "twenty times the 50,000 of the FID protocol"),
+    "batch": (10_000, "every sample of a batch is in memory at once with the network's activations"),
+    "pairs": (10_000, "each pair is a morph optimisation of its own"),
+    "resolution": (2048, "Stable Diffusion's latents at 2048x2048 already hold 256x256 positions per channel"),
+    "repeats": (1000, "timed repeats of one measured case"),
+    "training steps": (1_000_000, "optimiser steps of a training run"),
+}
+
+
+def bound_help(kind: str) -> str:
+    """``--help``'s words for a bound of :data:`BOUNDS`: 'at most N: why'."""
+    upper, why = BOUNDS[kind]
+    return f"at most {upper:,}: {why}"
+
+
+def count(kind: str, lower: int = 1):
+    """The ``type=`` of a count of ``kind`` (a key of :data:`BOUNDS`): an integer from ``lower`` to the bound."""
+    upper, _ = BOUNDS[kind]
+
+    def parse(text) -> int:
+        value = _integer(text)
+        if not lower <= value <= upper:
+            raise argparse.ArgumentTypeError(f"must be an integer from {lower} to {upper:,} ({bound_help(kind)}), "
+                                             f"got {text!r}")
+        return value
+    parse.__name__ = kind  # argparse names the type in its own messages
+    return parse
 
 
 def existing_folder(text) -> Path:

@@ -5,14 +5,15 @@
   (truncated, corrupt, not a torch file), or refused (it holds Python objects other than
   tensors and plain containers). The refusal does not repeat torch's advice to lift the guard.
 * :func:`cached` reads a saved result, or makes (and saves) it if absent or unreadable.
-* :func:`save_atomic`, :func:`write_text`, :func:`write_json` and :func:`save_figure` write through a
+* :func:`save_atomic`, :func:`save_tensors`, :func:`write_text`, :func:`write_json` and :func:`save_figure` write through a
   temporary file unique to the process and rename it over the target (:func:`replacing`): a reader
   never sees half a file, two writers never share a temporary, and a symlink planted at the target is
   replaced, not followed.
 * :func:`claim` keys a folder of resumable work by the settings that made it, and
   :func:`exclusive` keeps a second process out of a folder while one works there (a kernel lock).
-* :func:`fingerprint` hashes tensors and modules for such settings; :func:`write_json` writes
-  results as strict JSON.
+* :func:`fingerprint` hashes tensors and modules for such settings, :func:`fingerprint_files` the
+  files of a folder (a model's weights by content, not by name); :func:`write_json` writes results
+  as strict JSON.
 """
 from __future__ import annotations
 
@@ -90,6 +91,15 @@ def save_atomic(obj, path) -> Path:
     torch.save(obj, buffer)
     with replacing(path) as tmp:
         tmp.write_bytes(buffer.getbuffer())
+    return Path(path)
+
+
+def save_tensors(tensors: dict, path) -> Path:
+    """A dict of tensors as a ``.safetensors`` file (a format that holds nothing but tensors), atomically
+    (:func:`replacing`); tensors are made contiguous, as the format needs."""
+    from safetensors.torch import save_file
+    with replacing(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
     return Path(path)
 
 
@@ -239,4 +249,18 @@ def fingerprint(*objects) -> str:
             digest.update(json.dumps(obj, sort_keys=True, default=str).encode())
     for obj in objects:
         add(obj)
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_files(folder) -> str:
+    """A short sha256 of every file under ``folder``: their paths relative to it and their bytes, read in
+    1 MiB pieces (Stable Diffusion's 5 GB take seconds). Symlinks are followed, as a Hugging Face cache's
+    snapshot holds links to its blobs."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as file:
+            while piece := file.read(2 ** 20):
+                digest.update(piece)
     return digest.hexdigest()[:16]

@@ -5,6 +5,8 @@
 * Peak memory for benchmarks: ``torch.cuda.max_memory_allocated`` on CUDA, the resident
   high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) on Linux CPU. Measure
   one case per process (:func:`run_in_fresh_process`) so a high-water mark is that case's own.
+* Whether the machine was idle when a bench started (:func:`machine_load`): times measured beside
+  other work are longer, and the benches' tables say so.
 """
 from __future__ import annotations
 
@@ -55,11 +57,35 @@ def peak(device) -> int:
     return _status_kib("VmHWM") * 1024
 
 
+IDLE_LOAD = 0.5  # a 1-minute load average below this: no other process kept a core busy for long
+
+
+def machine_load() -> dict:
+    """The 1-minute load average (processes running or waiting for a core) and the cores, when a bench
+    starts; ``idle`` when the load is under :data:`IDLE_LOAD`."""
+    import os
+    load = os.getloadavg()[0]
+    return {"load_1min": round(load, 2), "cores": os.cpu_count(), "idle": load < IDLE_LOAD}
+
+
+def load_note(loads: list[dict]) -> str:
+    """A sentence for a bench's table when any of its runs started on a machine that was not idle."""
+    busy = [f"{m['load_1min']:g} on {m['cores']} cores" for m in loads if not m.get("idle", True)]
+    if not busy:
+        return ""
+    return (f"**The machine was not idle when this bench started** (1-minute load {', '.join(sorted(set(busy)))}): "
+            "its times are longer than on an idle machine; rerun it alone to compare times.")
+
+
 def run_in_fresh_process(module: str, *args) -> dict:
     """Run ``python -m module *args`` in a new process and return the JSON object it prints on
-    its last line (one benchmark case, measured alone); an error carries the case's stderr."""
+    its last line (one benchmark case, measured alone); a refusal in the case (a ``ValueError``: a model that
+    does not load, say) is raised again as one, in its own words; another error carries the case's stderr."""
     argv = [sys.executable, "-m", module, *map(str, args)]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+    if proc.returncode != 0 and last.startswith("ValueError: "):
+        raise ValueError(last.removeprefix("ValueError: "))
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark case `python -m {module} {' '.join(map(str, args))}` failed:\n"
                            f"{proc.stderr[-2000:]}")

@@ -79,7 +79,9 @@ class Training:
 
     def run(self, total: int, loss_fn: Callable[[int], torch.Tensor], progress: bool = True) -> list[float]:
         """Steps ``self.step .. total - 1``: ``loss_fn(step).backward()``, then one optimizer step."""
-        self.resume()
+        if self.resume() > total:  # fewer steps than the checkpoint holds: its result is not this run's
+            raise ValueError(f"training checkpoint {self.checkpoint} holds {self.step} steps, more than the {total} "
+                             "asked for: ask for at least as many (more continue the training), or give another folder")
         for p in self.params.values():
             p.requires_grad_(True)
         bar = tqdm(total=total, initial=min(self.step, total), desc=self.desc, disable=not (progress and self.main))

@@ -198,34 +198,32 @@ def main(argv=None):
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=cli.folder, default=WEIGHTS,
                         help=f"where the weights and identity.json go (default {WEIGHTS})")
-    parser.add_argument("--steps", type=cli.positive_int, default=1500, help="training steps of each (default 1500)")
+    parser.add_argument("--steps", type=cli.count("training steps"), default=1500,
+                        help="training steps of each (default 1500; " + cli.bound_help("training steps") + ")")
     parser.add_argument("--seed", type=cli.nonnegative_int, default=0, help="seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--verify", action="store_true", help="train nothing: verify the weights in --out again "
                         "and rewrite identity.json's measurements")
     args = parser.parse_args(argv)
-    from safetensors.torch import save_file
     record = {"command": "python -m handwritten.identity", "steps": args.steps, "seed": args.seed}
     if args.verify:  # the training's record stands; only the measurements are taken again
         try:
             record = json.loads((args.out / "identity.json").read_text())
         except (OSError, ValueError) as err:
             parser.error(f"argument --verify: {args.out / 'identity.json'} cannot be read ({err})")
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, (cls, split, file) in MODELS.items():
-        start = time.perf_counter()
-        if args.verify:
-            with cli.one_line_errors(parser):
+    with cli.one_line_errors(parser):
+        for name, (cls, split, file) in MODELS.items():
+            start = time.perf_counter()
+            if args.verify:
                 net = load(name, args.out / file)
-        else:
-            net = train(name, args.steps, seed=args.seed, progress=not args.no_progress)
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, args.out / file)
-        record[name] = {"model": cls.__name__, "split": split, **verify(net, record["seed"])}
-        print(f"{name}: threshold {record[name]['threshold']:.3f} at 0.1 % same-class false matches; true matches "
-              f"{100 * record[name]['true_match_rate']:.1f} %; pixel averages matched to both "
-              f"{100 * record[name]['pixel_average_match_rate']:.1f} %; {time.perf_counter() - start:.0f} s")
-    files.write_json(args.out / "identity.json", record, significant=4)
-
+            else:
+                net = train(name, args.steps, seed=args.seed, progress=not args.no_progress)
+                files.save_tensors(net.state_dict(), args.out / file)
+            record[name] = {"model": cls.__name__, "split": split, **verify(net, record["seed"])}
+            print(f"{name}: threshold {record[name]['threshold']:.3f} at 0.1 % same-class false matches; true matches "
+                  f"{100 * record[name]['true_match_rate']:.1f} %; pixel averages matched to both "
+                  f"{100 * record[name]['pixel_average_match_rate']:.1f} %; {time.perf_counter() - start:.0f} s")
+        files.write_json(args.out / "identity.json", record, significant=4)
 
 if __name__ == "__main__":
     main()

@@ -168,21 +168,20 @@ def main(argv=None):
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=cli.folder, default=WEIGHTS.parent,
                         help=f"where judge_net.safetensors and judge_net.json go (default {WEIGHTS.parent})")
-    parser.add_argument("--steps", type=cli.positive_int, default=1500, help="training steps (default 1500)")
+    parser.add_argument("--steps", type=cli.count("training steps"), default=1500,
+                        help="training steps (default 1500; " + cli.bound_help("training steps") + ")")
     parser.add_argument("--seed", type=cli.nonnegative_int, default=0, help="seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    from safetensors.torch import save_file
-    start = time.perf_counter()
-    net = train_net(args.steps, seed=args.seed, progress=not args.no_progress)
-    args.out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, args.out / WEIGHTS.name)
-    record = {"command": "python -m handwritten.judges", "steps": args.steps, "seed": args.seed,
-              "svc": SVC_SETTINGS, **accuracy(Judges(net))}
-    files.write_json(args.out / "judge_net.json", record, significant=4)  # no time: a rerun rewrites the same record
-    print(", ".join(f"{k} {100 * v:.1f}%" for k, v in record["accuracy"].items()), "on", record["heldout_images"],
-          f"held-out digits; {time.perf_counter() - start:.0f} s")
-
+    with cli.one_line_errors(parser):
+        start = time.perf_counter()
+        net = train_net(args.steps, seed=args.seed, progress=not args.no_progress)
+        files.save_tensors(net.state_dict(), args.out / WEIGHTS.name)
+        record = {"command": "python -m handwritten.judges", "steps": args.steps, "seed": args.seed,
+                  "svc": SVC_SETTINGS, **accuracy(Judges(net))}
+        files.write_json(args.out / "judge_net.json", record, significant=4)  # no time: a rerun rewrites the same
+        print(", ".join(f"{k} {100 * v:.1f}%" for k, v in record["accuracy"].items()), "on", record["heldout_images"],
+              f"held-out digits; {time.perf_counter() - start:.0f} s")
 
 if __name__ == "__main__":
     main()

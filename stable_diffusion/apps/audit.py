@@ -13,6 +13,7 @@ from adjointdpm import files
 from adjointdpm.report import markdown_table
 
 from ..components import SDComponents
+from ..model import as_read
 from ..nets import check_target
 from .common import Pipeline, Sampler, percent, save_images, write_result
 
@@ -72,7 +73,7 @@ def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, ta
     rows = []
     for label, prompt in classes.items():
         mine = labels == label
-        rows.append({"label": label, "prompt": prompt, "seeds": len(seeds), "audited": counts[label],
+        rows.append({"label": label, "prompt": as_read(comps, prompt), "seeds": len(seeds), "audited": counts[label],
                      "changed": int(success[mine].sum()),
                      "image_change": float((attacked[mine] - clean[mine]).abs().mean()) if counts[label] else None,
                      "rate": float(success[mine].float().mean()) if counts[label] else None,

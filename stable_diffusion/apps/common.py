@@ -2,6 +2,7 @@
 :class:`Pipeline`), its initial noise, and how it writes results (image grids, strict JSON)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,10 @@ def percent(rate) -> str:
     return "-" if rate is None else f"{100 * rate:.1f}%"
 
 
+MAX_PIXELS = 64 * 2 ** 20  # 64 megapixels: a 192 MB RGB decode, 8x a 24-megapixel photograph; PIL's own bomb guard
+# warns only above 89 megapixels and refuses above 179
+
+
 def read_image(source: str, size: int) -> torch.Tensor:
     """A png/jpeg file, or ``sklearn:NAME`` for a photograph bundled with scikit-learn (``china.jpg``,
     ``flower.jpg``), as (1, 3, size, size) in [0, 1], centre-cropped to a square."""
@@ -150,9 +155,17 @@ def read_image(source: str, size: int) -> torch.Tensor:
         pixels = load_sample_image(source.removeprefix("sklearn:"))
     else:
         from PIL import Image, UnidentifiedImageError
+        too_many = (f"image {source} has more than the {MAX_PIXELS:,} pixels an image here may have (decoded, it "
+                    "would take 3 bytes a pixel): give a smaller one")
         try:
-            with Image.open(source) as file:
-                pixels = np.asarray(file.convert("RGB"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in our words
+                with Image.open(source) as file:  # reads the header only: the size is known before decoding
+                    if file.size[0] * file.size[1] > MAX_PIXELS:
+                        raise ValueError(too_many)
+                    pixels = np.asarray(file.convert("RGB"))
+        except Image.DecompressionBombError:  # PIL's own guard, at open, above 179 megapixels
+            raise ValueError(too_many) from None
         except (OSError, UnidentifiedImageError) as err:
             raise ValueError(f"image {source} cannot be decoded (png or jpeg expected): "
                              f"{str(err).splitlines()[0]}") from None

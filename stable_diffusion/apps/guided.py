@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..components import SDComponents
+from ..model import as_read
 from ..nets import check_target
 from .common import Pipeline, Sampler, save_images, write_result
 
@@ -112,7 +113,7 @@ def guided_sampling(comps: SDComponents, classifier, prompt: str, target: int, s
     with torch.no_grad():
         after = pipe.images(x_T, cond, grad=False)
         p_after = log_prob(after).exp()
-    result = {"prompt": prompt, "target": target, "seeds": list(map(int, seeds)), "lr": lr, "iters": iters,
+    result = {"prompt": as_read(comps, prompt), "target": target, "seeds": list(map(int, seeds)), "lr": lr, "iters": iters,
               "restraints": asdict(restraints), "losses": losses,
               "p_target_before": p_before.tolist(), "p_target_after": p_after.tolist(), **asdict(sampler),
               "images": {"before": before, "after": after}}

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from adjointdpm import files
 from adjointdpm.seeds import mix_seed
 
 from ..components import SDComponents
@@ -75,9 +76,8 @@ def invert_embedding(comps: SDComponents, targets: torch.Tensor, seeds, *, token
               "loss": "MSE to the targets from fixed noises" if features is None else
                       "distance of mean features from fresh noises to the targets'", **asdict(sampler)}
     if out is not None:
-        from safetensors.torch import save_file
         out.mkdir(parents=True, exist_ok=True)
-        save_file({token: row.detach().float().cpu().contiguous()}, out / "learned_embeds.safetensors")
+        files.save_tensors({token: row.detach().float().cpu()}, out / "learned_embeds.safetensors")
         rows = {"targets": targets[:len(seeds)], "learned": pipe.generate(prompts, seeds)}
         for prompt in reuse_prompts:
             rows[prompt.format(token)] = pipe.generate([prompt.format(token)] * len(seeds), seeds)

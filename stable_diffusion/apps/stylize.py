@@ -13,6 +13,7 @@ from adjointdpm import files
 from adjointdpm.training import Training
 
 from ..components import SDComponents
+from ..model import as_read
 from ..nets import gram
 from .common import Pipeline, Sampler, write_result
 
@@ -131,7 +132,7 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
         training = Training(params, torch.optim.AdamW(params.values(), lr=lr), out / "checkpoint.pt",
                             save_every=save_every, accelerator=accelerator, desc="stylize")
         losses = training.run(epochs * len(mine), loss_fn, progress)
-        result = {"pairs": len(pairs), "epochs": epochs, "lr": lr, "w_style": w_style, "w_content": w_content,
+        result = {"prompts": [as_read(comps, p) for p in prompts], "pairs": len(pairs), "epochs": epochs, "lr": lr, "w_style": w_style, "w_content": w_content,
                   "losses": losses, "trained_parameters": sum(p.numel() for p in params.values()), **asdict(sampler)}
         if lora_rank is not None:
             result["lora_rank"] = lora_rank

@@ -359,9 +359,8 @@ def effect(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sampler, out:
     """App. A: a visual effect (slanted writing) into a token, used with other digits and noises
     (``effect.*``, and the token in ``effect_learned_embeds.safetensors``)."""
     measured = measure_effect(comps, sizes, sampler, progress)
-    from safetensors.torch import save_file
     out.mkdir(parents=True, exist_ok=True)
-    save_file(measured.arrays.pop("learned_embeds"), out / "effect_learned_embeds.safetensors")
+    files.save_tensors(measured.arrays.pop("learned_embeds"), out / "effect_learned_embeds.safetensors")
     return write(out, "effect", measured, report.effect)
 
 

@@ -201,7 +201,6 @@ def train(out: Path, recipe: Recipe = Recipe(), export: Path | None = None, prog
     ``out/timing.json`` (untracked) and the returned record's ``timing``, not into the exported
     recipe: each stage's training steps summed over every run that contributed, their total
     (``seconds``), and ``wall_seconds_of_last_run`` (this call's, set-up and export included)."""
-    from safetensors.torch import save_file
     start = time.perf_counter()
     out = Path(out)
     files.claim(out, asdict(recipe), "training folder")
@@ -212,7 +211,7 @@ def train(out: Path, recipe: Recipe = Recipe(), export: Path | None = None, prog
         record_unet = train_unet(out, comps, recipe, progress, checkpoint_every)
     export = Path(export or out / "pipeline")
     save_pipeline(comps, export)
-    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, export.parent / CLASSIFIER_FILE)
+    files.save_tensors(classifier.state_dict(), export.parent / CLASSIFIER_FILE)
     stages = {"classifier": record_classifier, "vae": record_vae, "unet": record_unet}
     timing = {name: stage.pop("seconds") for name, stage in stages.items()}
     timing.update(seconds=sum(timing.values()), wall_seconds_of_last_run=time.perf_counter() - start)

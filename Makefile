@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test notebooks assignments grade site clean
+.PHONY: install demo test gpu-check notebooks assignments grade site clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ demo: install
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadscope tests notebooks --ignore=notebooks/assignments \
 		--nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+
+# On a machine with CUDA (README: Scaling out): the gradients on the device, SD 1.5 at 512x512, both benches.
+gpu-check: install
+	$(PY) -m stable_diffusion.gpu_check --out results/gpu
 
 # After editing a notebook's .py: rebuild and execute its paired .ipynb (commit both).
 notebooks: install

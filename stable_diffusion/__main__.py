@@ -61,7 +61,7 @@ STYLIZE_KEYED = {"model": "the UNet's weights fingerprint", "style_image": "the 
                  "prompts": "the key", "seeds": "the key", "lr": "the key", "w_style": "the key", "w_content": "the key",
                  "steps": "the sampler in the key", "solver": "the sampler in the key",
                  "guidance_scale": "the sampler in the key", "gradient": "the sampler in the key",
-                 "lora_rank": "the key (when given)"}
+                 "lora_rank": "the key (when given)", "batch": "the key (when not one pair per process)"}
 STYLIZE_UNKEYED = {"epochs": "more epochs continue the training; fewer than the folder holds are refused",
                    "save_every": "the checkpoint's interval: a step's loss depends only on its index",
                    "save_memory": "savings that keep the gradient exact (round-off only)",
@@ -140,6 +140,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--w-style", type=cli.nonnegative_float, default=1e3, help="weight of the style term (default 1e3)")
     p.add_argument("--w-content", type=cli.nonnegative_float, default=1.0, help="weight of the content term")
     p.add_argument("--save-every", type=cli.positive_int, default=10, help="checkpoint every N steps (resume reads it)")
+    p.add_argument("--batch", type=cli.count("batch"), help="noise-prompt pairs per optimiser step, shared by the "
+                   "processes (default: one per process); N processes train what one trains with the same batch; "
+                   + cli.bound_help("batch"))
     p.add_argument("--lora-rank", type=cli.positive_int, help="train rank-R LoRA adapters on the cross-attention "
                    "projections instead of their weights; writes OUT/lora/pytorch_lora_weights.safetensors, which "
                    "StableDiffusionPipeline.load_lora_weights(OUT/lora) loads (default: fine-tune the weights)")
@@ -249,7 +252,7 @@ def main(argv=None):
             result = apps.stylize(comps, features.to(args.device), style, args.prompts, args.seeds,
                                   epochs=args.epochs, lr=args.lr, w_style=args.w_style, w_content=args.w_content,
                                   sampler=sampler, out=out, save_every=args.save_every, accelerator=accelerator,
-                                  lora_rank=args.lora_rank, progress=progress)
+                                  lora_rank=args.lora_rank, batch=args.batch, progress=progress)
             saved = f"LoRA saved to {out / 'lora'}" if args.lora_rank else f"UNet saved to {out / 'unet'}"
             summary = f"loss {result['losses'][0]:.4g} -> {result['losses'][-1]:.4g}; {saved}"
         elif args.app == "morph" and model.morph_heldout:

@@ -141,6 +141,8 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
     # The machine's load during the case: wall seconds stretch when other work shares the cores, CPU seconds do not.
     record.update(peak_gib=peak_bytes / GIB, seconds=seconds, cpu_seconds=time.process_time() - cpu,
                   load_average=os.getloadavg()[0])
+    if torch.device(device).type == "cuda":  # what the caching allocator held from the driver at its peak, set-up included
+        record["reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
     if live.peak is not None and torch.device(device).type == "cpu":  # the tensors', beside the resident size
         record["live_peak_gib"] = (live.peak - live.start) / GIB
     if case["strategy"] in ("unet-vjp", "vae-backward"):  # what autograd keeps, exactly

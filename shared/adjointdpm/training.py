@@ -105,6 +105,8 @@ class Training:
                     for name, p in self.params.items():
                         self.ema[name].lerp_(p.detach(), 1 - decay)
             self.step += 1
+            if self.accelerator is not None and self.accelerator.num_processes > 1:  # the step's loss, not this share's
+                loss = self.accelerator.reduce(loss.detach(), reduction="mean")
             self.losses.append(loss.item())
             self.seconds += time.perf_counter() - start
             bar.update()

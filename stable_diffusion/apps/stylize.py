@@ -72,10 +72,11 @@ def save_lora(unet, folder: Path) -> Path:
 def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: list[str], seeds, *,
             epochs: int = 8, lr: float = 1e-4, w_style: float = 1e3, w_content: float = 1.0,
             sampler: Sampler = Sampler(), out: Path, save_every: int = 10, accelerator=None,
-            lora_rank: int | None = None, progress: bool = True) -> dict:
+            lora_rank: int | None = None, batch: int | None = None, progress: bool = True) -> dict:
     """Eq. 13: fine-tune the cross-attention weights so generated images take the Gram-matrix
     style of ``style_image`` ((1, 3, H, W) in [0, 1]) while keeping their content, over the
-    noise-prompt pairs ``prompts x seeds``; AdamW, one pair per step and process.
+    noise-prompt pairs ``prompts x seeds``; AdamW on the mean loss of ``batch`` pairs per step (default: one
+    per process), pairs ``k * batch .. (k + 1) * batch - 1`` (mod their number) at step ``k``.
 
     ``features(images) -> (style activations, content activation)`` is the feature network
     (VGG-19's, :class:`~stable_diffusion.nets.VGGFeatures`, on a real SD). ``out`` is keyed by
@@ -83,8 +84,9 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
     terms, sampler, processes): a rerun with the same settings resumes from ``out/checkpoint.pt``
     (more ``epochs`` continue the training), one with other settings is refused. The original
     model's images (the content targets) are cached under ``out/content/``. Under ``accelerate
-    launch`` each process takes every ``world``-th pair and gradients are averaged across
-    processes. Writes the fine-tuned UNet with ``save_pretrained`` to ``out/unet``.
+    launch`` each process takes every ``world``-th pair of a step's batch and the gradients are averaged
+    across processes, so N processes train what one process trains with the same ``batch`` (to round-off);
+    only the main process writes files. Writes the fine-tuned UNet with ``save_pretrained`` to ``out/unet``.
 
     With ``lora_rank``, rank-``lora_rank`` LoRA adapters on the same projections are trained
     instead of the weights (:func:`add_lora`) and written in diffusers' LoRA format to
@@ -94,14 +96,18 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     pairs = [(p, s) for p in prompts for s in seeds]
-    mine = list(range(rank, len(pairs), world))
-    if not mine:
-        raise ValueError(f"{len(pairs)} noise-prompt pairs for {world} processes: give at least one per process")
+    batch = world if batch is None else batch
+    if batch < 1 or batch % world or len(pairs) % batch:
+        raise ValueError(f"batch {batch}: a step's pairs must be shared evenly by the {world} processes and divide the "
+                         f"{len(pairs)} noise-prompt pairs into whole steps")
+    mine = list(range(rank, len(pairs), world))  # the pairs of this process's share of every step
     settings = {"unet": files.fingerprint(comps.unet), "features": files.fingerprint(features),
                 "style": files.fingerprint(style_image), "prompts": list(prompts), "seeds": list(map(int, seeds)),
                 "lr": lr, "w_style": w_style, "w_content": w_content, "sampler": asdict(sampler), "processes": world}
     if lora_rank is not None:  # a new key only when used: folders made before LoRA keep resuming
         settings["lora_rank"] = lora_rank
+    if batch != world:  # the same: folders made with one pair per process keep resuming
+        settings["batch"] = batch
     params = add_lora(comps.unet, lora_rank) if lora_rank else cross_attention_parameters(comps.unet)
     for p in params.values():  # AdamW on half-precision weights loses the small updates: the trained ones
         p.data = p.data.float()  # alone go to float32, as diffusers' cast_training_params (LatentEps autocasts)
@@ -110,9 +116,10 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
         pipe = Pipeline(comps, sampler)
         (out / "content").mkdir(exist_ok=True)
         content = {}
-        for i in mine:  # content targets from the original weights, before any update
-            image = files.cached(out / "content" / f"pair_{i:05d}.pt", "content target",
-                                 lambda: pipe.generate([pairs[i][0]], [pairs[i][1]]).cpu())
+        for i in mine:  # content targets from the original weights, before any update; cached by the main process
+            make = lambda: pipe.generate([pairs[i][0]], [pairs[i][1]]).cpu()  # noqa: E731
+            image = (files.cached(out / "content" / f"pair_{i:05d}.pt", "content target", make) if rank == 0
+                     else make())
             with torch.no_grad():
                 content[i] = features(image.to(comps.device))[1]
         if accelerator:
@@ -120,8 +127,7 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
         with torch.no_grad():
             style_target = [gram(f) for f in features(style_image.to(comps.device))[0]]
 
-        def loss_fn(step: int) -> torch.Tensor:
-            i = mine[step % len(mine)]
+        def pair_loss(i: int) -> torch.Tensor:
             prompt, seed = pairs[i]
             with torch.no_grad():
                 cond = pipe.encode([prompt])
@@ -129,10 +135,15 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
             return (w_style * sum(F.mse_loss(gram(f), g) for f, g in zip(style, style_target))
                     + w_content * F.mse_loss(content_now, content[i]))
 
+        def loss_fn(step: int) -> torch.Tensor:  # this process's share of the step's batch, as a mean
+            share = [(step * batch + j) % len(pairs) for j in range(rank, batch, world)]
+            return sum(pair_loss(i) for i in share) / len(share)
+
         training = Training(params, torch.optim.AdamW(params.values(), lr=lr), out / "checkpoint.pt",
                             save_every=save_every, accelerator=accelerator, desc="stylize")
-        losses = training.run(epochs * len(mine), loss_fn, progress)
-        result = {"prompts": [as_read(comps, p) for p in prompts], "pairs": len(pairs), "epochs": epochs, "lr": lr, "w_style": w_style, "w_content": w_content,
+        losses = training.run(epochs * len(pairs) // batch, loss_fn, progress)
+        result = {"prompts": [as_read(comps, p) for p in prompts], "pairs": len(pairs), "batch": batch, "epochs": epochs,
+                  "processes": world, "lr": lr, "w_style": w_style, "w_content": w_content,
                   "losses": losses, "trained_parameters": sum(p.numel() for p in params.values()), **asdict(sampler)}
         if lora_rank is not None:
             result["lora_rank"] = lora_rank

@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test gpu-check notebooks assignments grade site clean
+.PHONY: install browser demo test gpu-check notebooks assignments grade site clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +15,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: install
 	$(PY) -m toy.reproduce
 
-test: install
+# The site's browser test needs Debian's Chromium (driven by Playwright's Python package, never its download).
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get > /dev/null && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium > /dev/null; } || \
+		{ echo "make: the site's browser test needs Chromium at /usr/bin/chromium (Debian: apt-get install chromium)"; exit 1; }
+
+test: install browser
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadscope tests notebooks --ignore=notebooks/assignments \
 		--nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 

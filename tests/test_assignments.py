@@ -349,3 +349,66 @@ def test_a_garbage_results_log_is_named_and_its_lines_graded_again(tmp_path, cap
     log.write_bytes(json.dumps(course.asdict(good)).encode() + b"\n\xff\xfe garbage\n[1, 2]\n")
     assert course.read_results(log) == [good]
     assert capsys.readouterr().err == f"{log}: 2 lines that are not grading results are skipped; the notebooks they held are graded again\n"
+
+
+def _solution_lines(master: Path) -> set[str]:
+    """Every line of code between a ``# BEGIN SOLUTION`` and ``# END SOLUTION`` in a master's code (what the
+    hand-out replaces; the raw cells' ``# # BEGIN SOLUTION`` keep the signature around it), long enough to be an
+    answer's own (30 characters or more: shorter ones are idioms such as `with torch.enable_grad():`; not a comment)."""
+    lines, inside = set(), False
+    for line in master.read_text().splitlines():
+        if line.strip() == "# END SOLUTION":
+            inside = False
+        elif line.strip() == "# BEGIN SOLUTION":
+            inside = True
+        elif inside and len(line.strip()) >= 30 and not line.strip().startswith("#"):
+            lines.add(line.strip())
+    return lines
+
+
+def _forbidden_in(master: Path) -> set[str]:
+    """The library pieces (``module:function``) a master's hidden tests refuse: named there, or through
+    forbid.py's constants it imports."""
+    import re
+    text = master.read_text()
+    constants = dict(re.findall(r"^([A-Z_]+) = (\(.*?\))$", (HERE / "forbid.py").read_text(), flags=re.M | re.S))
+    named = set(re.findall(r'"([\w.]+:[\w.]+)"', text))
+    for name, value in constants.items():
+        if re.search(rf"\b{name}\b", text):
+            named |= set(re.findall(r'"([\w.]+:[\w.]+)"', value))
+    return named
+
+
+def _enclosing(source: str, line: str) -> str:
+    """The top-level function (or class) of a module's source that holds ``line``."""
+    import ast
+    number = next(i for i, text in enumerate(source.splitlines(), 1) if line in text)
+    for node in ast.parse(source).body:
+        if getattr(node, "lineno", 0) <= number <= getattr(node, "end_lineno", 0) and hasattr(node, "name"):
+            return node.name
+    return "<module>"
+
+
+def test_no_solution_body_is_anywhere_in_the_handout(built):
+    """No answer line is in a hand-out notebook's code (another assignment's set-up included), and none is in
+    the wheel's sources unless the question refuses the library function that holds it. The questions'
+    own words (markdown) may show a line as a hint."""
+    handout = built / "handout"
+    code = "\n".join(c.source for nb in handout.rglob("*.ipynb") for c in nbformat.read(nb, as_version=4).cells
+                     if c.cell_type == "code")
+    (wheel,) = handout.glob("adjointdpm_course-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        modules = {n[:-3].replace("/", "."): zf.read(n).decode() for n in zf.namelist() if n.endswith(".py")}
+    leaks, answers = [], 0
+    for master in sorted(HERE.glob("a[0-9]_*.py")):
+        refused = _forbidden_in(master)
+        for line in _solution_lines(master):
+            answers += 1
+            if line in code:
+                leaks.append((master.stem, "hand-out notebooks", line))
+            for module, source in modules.items():
+                module = module.removesuffix(".__init__")
+                if line in source and f"{module}:{_enclosing(source, line)}" not in refused:
+                    leaks.append((master.stem, f"{module}:{_enclosing(source, line)}", line))
+    assert answers > 20  # the check reads real answers
+    assert leaks == [], "\n".join(map(str, leaks))

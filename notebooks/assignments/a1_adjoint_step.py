@@ -362,6 +362,7 @@ assert torch.allclose(_got, _xl.grad, rtol=1e-9, atol=1e-12)  # the library's Ad
 # Write `fit_order(steps, errors)`: the slope `p` of the least-squares line through
 # `(log steps, -log errors)`, i.e. the `p` in `error ~ C steps^-p`. Then run the cell
 # after it, which measures the gradient error of your Euler and RK4 adjoints.
+# Not allowed: `toy.reproduce.fitted_order` (the library's own fit).
 
 # %% [raw]
 # # BEGIN SOLUTION
@@ -397,11 +398,14 @@ hidden: true
 failure_message: "fit_order is not the least-squares slope of -log(error) against log(steps) on uneven data"
 """ # END TEST CONFIG
 from forbid import untampered; untampered(globals())
+from forbid import FITTED_ORDER, forbidden
 _n = [3, 7, 20, 55]
 _e = [2.5 * n ** -3.3 * (1.05 if i % 2 else 0.95) for i, n in enumerate(_n)]
 _u = torch.log(torch.tensor(_n, dtype=torch.float64)); _v = -torch.log(torch.tensor(_e, dtype=torch.float64))
 _slope = float(((_u - _u.mean()) * (_v - _v.mean())).sum() / ((_u - _u.mean()) ** 2).sum())
-assert abs(fit_order(_n, _e) - _slope) < 1e-9
+with forbidden(globals(), *FITTED_ORDER):
+    _fitted = fit_order(_n, _e)
+assert abs(_fitted - _slope) < 1e-9
 
 # %% [raw]
 # # END TESTS

@@ -57,6 +57,7 @@ import torch
 
 from adjointdpm import GaussianMixture, VPSchedule, sample
 from toy import flow_map
+from toy.reproduce import fitted_order
 
 torch.set_default_dtype(torch.float64)
 schedule = VPSchedule.linear()
@@ -68,11 +69,8 @@ exact = flow_map(x_T, mean, log_scale, schedule, t_start, t_end)  # the closed-f
 
 
 def fit_order(nfes, errors):
-    """The p in error ~ C NFE^-p (least squares in log-log)."""
-    u = torch.log(torch.as_tensor(nfes, dtype=torch.float64))
-    v = -torch.log(torch.as_tensor(errors, dtype=torch.float64))
-    u, v = u - u.mean(), v - v.mean()
-    return float((u * v).sum() / (u * u).sum())
+    """The p in error ~ C NFE^-p (least squares in log-log), by the library's fit."""
+    return fitted_order([{"steps": n, "error": e} for n, e in zip(nfes, errors)])
 
 # %% [raw]
 # # BEGIN QUESTION

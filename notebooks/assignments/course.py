@@ -177,6 +177,10 @@ def write_handout(out: Path, built: dict[str, Path]) -> Path:
     deps = " ".join(f"'{d}'" for d in pins("torch"))
     (handout / "INSTRUCTIONS.md").write_text(f"""# Course assignments: instructions
 
+Each assignment builds on a tutorial: work through it first (the course site your instructor
+publishes with `make site`, or the project's `notebooks/`): assignment 1 on notebook 01, sections
+1-5; assignment 2 on notebook 01, sections 6-9, and notebook 02; assignment 3 on notebook 03.
+
 1. Install the library (Python 3.10 or later), in a fresh virtual environment. A CPU is all the
    assignments need; install PyTorch's CPU build first (a few hundred MB instead of several GB of
    CUDA libraries), then the wheel beside these instructions:

@@ -16,6 +16,8 @@ import http.server
 import threading
 from pathlib import Path
 
+from adjointdpm.cli import Parser, one_line_errors
+
 CHROMIUM = Path("/usr/bin/chromium")
 # Debian's Chromium as root, headless, with none of the background connections a closed network refuses
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -74,14 +76,14 @@ def browse(site: Path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python notebooks/site/browser.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python notebooks/site/browser.py", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--site", type=Path, default=Path("site"), help="a built site (make site)")
     parser.add_argument("--screenshot", type=Path, required=True, help="the PNG to write")
     args = parser.parse_args(argv)
     if not (args.site / "notebooks" / "01_toy.html").is_file():
         parser.error(f"argument --site: {args.site} holds no built site (run make site)")
-    with browse(args.site) as (open_page, outside):
+    with one_line_errors(parser), browse(args.site) as (open_page, outside):
         page = open_page("notebooks/01_toy.html")
         top = page.evaluate("() => { const h = [...document.querySelectorAll('h2')].find("
                             "e => e.textContent.includes('The adjoint ODE (eq. 11)'));"

@@ -276,7 +276,9 @@ if not REAL:
 # projections train. A model of gray digits cannot show a photograph's colours (its VAE never
 # saw colour), so the style here is one it can draw: **bold ink**, a real digit whose strokes
 # are dilated as by a broad marker. What a reader sees is measured without the training loss:
-# the share of inked pixels, and whether the judges still read the digit.
+# the share of inked pixels of each unseen sample (one sample that changes a lot, say a digit that
+# collapses into a gray square, must not stand for all of them), and whether the judges, who took
+# no part in the training, still read each digit as prompted.
 
 # %%
 real, _ = data.load("guide", range(9))
@@ -287,12 +289,25 @@ before = apps.Pipeline(comps, sampler).generate([p for p, _ in unseen], [s for _
 result = apps.stylize(comps, features, style, train_prompts, [0], epochs=2, lr=3e-3, w_style=100, sampler=sampler,
                       out=out / "stylize", progress=False)
 after = apps.Pipeline(comps, sampler).generate([p for p, _ in unseen], [s for _, s in unseen])
-ink = {when: experiments.ink_statistics(x)["inked_share"] for when, x in (("before", before), ("after", after))}
-print(f"{result['trained_parameters']} cross-attention weights trained on {result['pairs']} pairs; inked share "
-      f"of unseen samples {100 * ink['before']:.0f}% -> {100 * ink['after']:.0f}% "
-      f"(the reference: {100 * experiments.ink_statistics(style)['inked_share']:.0f}%)")
+# per image, so that one image that changed a lot cannot stand for all of them
+ink = {when: torch.tensor([experiments.ink_statistics(x[i:i + 1])["inked_share"] for i in range(len(x))])
+       for when, x in (("before", before), ("after", after))}
+print(f"{result['trained_parameters']} cross-attention weights trained on {result['pairs']} pairs; the "
+      f"reference's inked share: {100 * experiments.ink_statistics(style)['inked_share']:.0f}%")
+print("inked share per unseen sample, before -> after:",
+      "  ".join(f"{a:.0%}->{b:.0%}" for a, b in zip(ink["before"].tolist(), ink["after"].tolist())))
+print(f"median {ink['before'].median():.1%} -> {ink['after'].median():.1%}; "
+      f"{int((ink['after'] > ink['before']).sum())} of {len(before)} samples gained ink")
 show({"style": style, "unseen, original": before, "unseen, stylized": after}, "stylization toward bold ink")
-assert ink["after"] > ink["before"]
+if not REAL:  # the judges, who took no part in it, read the stylized digits
+    prompted = torch.arange(len(unseen))
+    read = {when: experiments.readings(x, guide) for when, x in (("before", before), ("after", after))}
+    for when, by in read.items():
+        print(f"{when:6s} read as prompted: " + ", ".join(f"{who} {int((r == prompted).sum())}/{len(prompted)}"
+                                                       for who, r in by.items()))
+    # bolder, and still the same digits: most samples gain ink, and each judge reads most of them as prompted
+    assert (ink["after"] > ink["before"]).sum() >= 7 and ink["after"].median() > ink["before"].median()
+    assert all(int((r == prompted).sum()) >= 7 for who, r in read["after"].items() if who != "guide")
 
 # %% [markdown]
 # ## 4. A visual effect into a token (App. A)
@@ -450,10 +465,22 @@ if not REAL:
 #   adversarial gap, measured with a judge that never served as a loss.
 #
 # **Try it.**
-# 1. Guide toward a digit the model already draws well (`TARGET = 3`) with the naive AdamW: the
-#    adversarial rate stays near zero, since the guide's gradient follows the digit's shape.
-# 2. Raise `lr` of the naive descent to 0.3: the guide's rate rises, the judges' does not.
-# 3. Audit with `tau=0.8` (the paper's): almost every decision flips, but look at the images.
+# 1. Guide toward a digit the model draws well (`TARGET = 3`) with the naive AdamW. Is the
+#    adversarial rate lower than toward nine, which the model was never told how to draw?
+# 2. Raise `lr` of the naive descent to 0.3. Who gains more: the guide or the judges?
+# 3. Audit with `tau=0.8` (the paper's). How many decisions flip, and how many flipped images still
+#    show the digit?
+#
+# **Answers** (measured on the 32 seeds 1000-1031, 10 steps from the generic caption, as above):
+# 1. No. Toward three the guide reads 72 % after the descent and each judge 50 %: 19 % of the images
+#    are threes to the guide alone, against 3 % toward nine. A shape the model draws well does not
+#    protect the guide; its gradient finds the same shortcuts.
+# 2. The guide: 88 % -> 97 % read as nine, the judges 78 -> 84 % (SVC) and 81 -> 88 % (LeNet), and
+#    the share that only the guide reads as nine triples, 3 % -> 9 %.
+# 3. From `results/stable_diffusion/digits/table3.md`: 95 % of the audited decisions flip at 0.8
+#    (43 % at 0.4), but only 32 % of the flipped images are still the digit to every judge (87 % at
+#    0.4); the images change by 0.227 on average (0.122 at 0.4). At 0.8 the bound lets the noise
+#    change the digit itself, which an audit must not count.
 #
 # **Next.** Assignment 3 (`notebooks/assignments/a3_audit.py`) builds the audit's search itself on
 # the toy. The memory of a full-size gradient (SD 1.5's architecture on a CPU) is measured by

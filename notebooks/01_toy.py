@@ -792,8 +792,9 @@ assert rows[10, "AdjointDEIS(1) behind DDIM"][0] > 1e3 * rows[10, "ReversibleAdj
 # 2. It shrinks by two orders: `Adjoint(3n)` is 0.32 off the sampler's gradient behind DPM-Solver-2M
 #    at 10 steps and 0.0041 behind RK4 (at 50 steps, 0.0057 and 1.2e-5). The adjoints compute the
 #    ODE's gradient, and a 4-stage sampler is much closer to that ODE than a 2-step multistep one.
-# 3. Every strategy keeps exactly 4.00x the bytes (Backprop 3245 -> 12965 KiB at 10 steps); the
-#    adjoint's stay flat in steps (16 KiB at 5 to 40 steps).
+# 3. Every strategy keeps 4.00x the bytes, to two decimals (Backprop 3245 -> 12965 KiB at 10 steps;
+#    the steps' times are saved too, and do not grow with the batch); the adjoint's stay flat in
+#    steps (16 KiB at 5 to 40 steps).
 #
 # **Next.** Notebook 02 runs the paper's Table 1 on a learned network; notebook 03 the
 # applications on a text-to-image model. Assignment 1 (`notebooks/assignments/a1_adjoint_step.py`)

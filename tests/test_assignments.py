@@ -296,6 +296,8 @@ def test_handout_has_no_solutions_or_tests_and_solutions_have_no_hidden_tests(bu
         assert old in "".join(c.source for c in solution.cells)
         cases = [c for t in solution.metadata["otter"]["tests"].values() for s in t["suites"] for c in s["cases"]]
         assert cases and not any(c["hidden"] for c in cases)
+        code = [c for c in solution.cells if c.cell_type == "code"]  # executed, as a finished notebook looks
+        assert all(c.execution_count for c in code) and not any(o.output_type == "error" for c in code for o in c.outputs)
     (wheel,) = handout.glob("adjointdpm_course-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"adjointdpm", "toy", "adjointdpm_course-0.1.0.dist-info"}

@@ -275,8 +275,11 @@ packages = ["adjointdpm", "toy"]
 
 
 def write_solutions(out: Path, built: dict[str, Path]) -> Path:
-    """``out/solutions``: the solution notebooks with the hidden tests removed."""
+    """``out/solutions``: the solution notebooks with the hidden tests removed, executed beside the student
+    folder's files (its ``forbid.py``), so that they show what a finished notebook prints; a solution
+    that fails to run stops the build."""
     import nbformat
+    from nbconvert.preprocessors import ExecutePreprocessor
     solutions = out / "solutions"
     solutions.mkdir(parents=True, exist_ok=True)
     for name, dest in built.items():
@@ -284,6 +287,12 @@ def write_solutions(out: Path, built: dict[str, Path]) -> Path:
         for test in nb.metadata.get("otter", {}).get("tests", {}).values():
             for suite in test["suites"]:
                 suite["cases"] = [case for case in suite["cases"] if not case["hidden"]]
+        with tempfile.TemporaryDirectory() as tmp:
+            for helper in (dest / "student").iterdir():
+                if helper.suffix != ".ipynb":
+                    shutil.copy(helper, tmp)
+            nbformat.write(nb, Path(tmp) / f"{name}.ipynb")  # otter's Notebook opens the file it runs in
+            ExecutePreprocessor(timeout=600).preprocess(nb, {"metadata": {"path": tmp}})
         nbformat.write(nb, solutions / f"{name}.ipynb")
     return solutions
 

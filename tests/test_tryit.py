@@ -46,6 +46,7 @@ def test_answer_2_behind_rk4_the_adjoints_gap_at_10_steps_shrinks_by_two_orders(
 def test_answer_3_four_times_the_batch_keeps_four_times_the_bytes():
     mix = eight_modes(SCHEDULE)
 
+    # Copied from notebooks/01_toy.py, section 2 (the prompt runs the notebook's own function)
     def saved_bytes(gradient, steps, batch):
         total = 0
 

@@ -17,8 +17,8 @@ Parts, each run as its own process and recorded as it finishes (a rerun skips th
 * ``tiny-bench``: ``python -m stable_diffusion.bench --model tiny`` on the device.
 
 Writes ``gpu_check.json`` (every part's record, the device's name, torch's version) and
-``gpu_check.md``; the parts' own files go to subfolders. About 10 minutes on a current
-data-centre GPU (the SD 1.5 gradients dominate).
+``gpu_check.md``; the parts' own files go to subfolders. Meant to finish within 10 minutes on a
+current data-centre GPU (not yet measured on one: no GPU has been lent to this project so far).
 """
 from __future__ import annotations
 

@@ -254,8 +254,8 @@ def fingerprint(*objects) -> str:
 
 def fingerprint_files(folder) -> str:
     """A short sha256 of every file under ``folder``: their paths relative to it and their bytes, read in
-    1 MiB pieces (Stable Diffusion's 5 GB take seconds). Symlinks are followed, as a Hugging Face cache's
-    snapshot holds links to its blobs."""
+    1 MiB pieces, so a model of gigabytes is never held in memory. Symlinks are followed, as a Hugging
+    Face cache's snapshot holds links to its blobs."""
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):

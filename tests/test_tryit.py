@@ -3,6 +3,7 @@ sections 2, 5 and 8): an answer a run no longer confirms fails here."""
 import torch
 
 from adjointdpm import Adjoint, Backprop, Checkpoint, GaussianMixture, VPSchedule, sample
+from adjointdpm.memory import saved_bytes_during
 from toy import eight_modes, flow_map, flow_map_vjp
 
 F64 = dict(dtype=torch.float64)
@@ -46,17 +47,9 @@ def test_answer_2_behind_rk4_the_adjoints_gap_at_10_steps_shrinks_by_two_orders(
 def test_answer_3_four_times_the_batch_keeps_four_times_the_bytes():
     mix = eight_modes(SCHEDULE)
 
-    # Copied from notebooks/01_toy.py, section 2 (the prompt runs the notebook's own function)
-    def saved_bytes(gradient, steps, batch):
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
+    def saved_bytes(gradient, steps, batch):  # the notebook's section 2, through the library's counter
         x = torch.randn(batch, 2, requires_grad=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            x0 = sample(mix, x, SCHEDULE, steps=steps, solver="dpm2", gradient=gradient)
+        x0, total = saved_bytes_during(lambda: sample(mix, x, SCHEDULE, steps=steps, solver="dpm2", gradient=gradient))
         x0.sum().backward()
         return total
     for make in (Backprop, Checkpoint, Adjoint):

@@ -35,7 +35,8 @@ notebooks: install
 		$(VENV)/bin/jupytext --to ipynb --execute "$$nb" || exit 1; done
 
 # Course assignments (README: For instructors). SUBMISSIONS holds <student>/<assignment>.ipynb;
-# paths may be relative to this folder. REGRADE=1 grades every notebook again.
+# paths may be relative to this folder. REGRADE=1 grades every notebook again; NO_SANDBOX=1 grades without the
+# sandbox (only notebooks you trust: they can then read the solutions and change the grades).
 BUILT       ?= dist/assignments
 GRADES      ?= grades
 SUBMISSIONS ?= submissions
@@ -43,7 +44,7 @@ assignments: install
 	$(PY) notebooks/assignments/course.py build --out $(BUILT)
 
 grade: install
-	$(PY) notebooks/assignments/course.py grade $(SUBMISSIONS) --built $(BUILT) --out $(GRADES) $(if $(REGRADE),--regrade)
+	$(PY) notebooks/assignments/course.py grade $(SUBMISSIONS) --built $(BUILT) --out $(GRADES) $(if $(REGRADE),--regrade) $(if $(NO_SANDBOX),--no-sandbox)
 
 # The course site (README: Start here): the executed notebooks as committed, the README, the instructors' page.
 site: install

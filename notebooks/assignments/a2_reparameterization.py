@@ -14,8 +14,6 @@
 # %% [raw]
 # # ASSIGNMENT CONFIG
 # name: a2_reparameterization
-# files:
-#   - forbid.py
 # export_cell: false
 # run_tests: false
 # check_all_cell: false
@@ -106,26 +104,6 @@ def reparam_field(y, rho):
 # %%
 assert reparam_field(x_T, schedule.rho(torch.tensor(0.5))).shape == x_T.shape
 
-# %%
-""" # BEGIN TEST CONFIG
-hidden: true
-points: 2
-failure_message: "reparam_field(y, rho) is not eps(alpha y, t(rho)) at some time, or it uses the library's sampler or solvers"
-""" # END TEST CONFIG
-from forbid import untampered; untampered(globals())
-from forbid import FIELDS, SAMPLE, STEPPERS, forbidden
-# one Euler step of the library's eq. 10 solver gives the field: (y_t - y_s) / (rho_t - rho_s)
-_gen = torch.Generator().manual_seed(5)
-for _s, _t in ((0.9, 0.8), (0.3, 0.25), (0.05, 0.04)):
-    _x = torch.randn(7, 2, generator=_gen) * 2
-    _xt = sample(model, _x, schedule, steps=1, solver="euler", space="reparam", t_start=_s, t_end=_t)
-    _a_s, _a_t = schedule.alpha(torch.tensor(_s)), schedule.alpha(torch.tensor(_t))
-    _r_s, _r_t = schedule.rho(torch.tensor(_s)), schedule.rho(torch.tensor(_t))
-    _want = (_xt / _a_t - _x / _a_s) / (_r_t - _r_s)
-    with forbidden(globals(), SAMPLE, *STEPPERS, *FIELDS):
-        _got = reparam_field(_x / _a_s, _r_s)
-    assert torch.allclose(_got, _want, rtol=1e-8, atol=1e-10)
-
 # %% [raw]
 # # END TESTS
 
@@ -180,32 +158,6 @@ print("DPM-Solver-1, 20 steps: RMSE", float((dpm1_sample(x_T, 20) - exact).pow(2
 _ratio = schedule.alpha(torch.tensor(0.4)) / schedule.alpha(torch.tensor(0.5))
 assert torch.allclose(dpm1_step(x_T, 0.5, 0.4, field=lambda y, rho: torch.zeros_like(y)), _ratio * x_T)
 
-# %%
-""" # BEGIN TEST CONFIG
-hidden: true
-failure_message: "dpm1_step is not one Euler step in rho of the field it is given (checked with eq. 10's field against DDIM's closed form, and with another field whose step is known), or it uses sample or the library's solvers"
-""" # END TEST CONFIG
-from forbid import untampered; untampered(globals())
-from forbid import SAMPLE, STEPPERS, forbidden
-def _field(y, rho):
-    t = schedule.time_of_rho(rho)
-    return model(schedule.alpha(t) * y, t.expand(y.shape[0]))
-_x = torch.randn(9, 2, generator=torch.Generator().manual_seed(11))
-for _s, _t in ((1.0, 0.7), (0.2, 0.01)):
-    # DDIM's closed form (DPM-Solver-1, Lu et al. 2022) and the library's dpm1
-    _a_s, _a_t = schedule.alpha(torch.tensor(_s)), schedule.alpha(torch.tensor(_t))
-    _h = schedule.lambda_(torch.tensor(_t)) - schedule.lambda_(torch.tensor(_s))
-    _ddim = _a_t / _a_s * _x - schedule.sigma(torch.tensor(_t)) * torch.expm1(_h) * model(_x, torch.full((9,), _s))
-    _library = sample(model, _x, schedule, steps=1, solver="dpm1", t_start=_s, t_end=_t)
-    _rho_s, _rho_t = schedule.rho(torch.tensor(_s)), schedule.rho(torch.tensor(_t))
-    _c = torch.tensor([0.7, -1.3])  # a constant field: y_t = y_s + (rho_t - rho_s) c exactly
-    with forbidden(globals(), SAMPLE, *STEPPERS):
-        _got = dpm1_step(_x, _s, _t, field=_field)
-        _const = dpm1_step(_x, _s, _t, field=lambda y, rho: _c.expand_as(y))
-    assert torch.allclose(_got, _ddim, rtol=1e-8, atol=1e-10)
-    assert torch.allclose(_got, _library, atol=1e-10)
-    assert torch.allclose(_const, _a_t * (_x / _a_s + (_rho_t - _rho_s) * _c), rtol=1e-8, atol=1e-10)
-
 # %% [raw]
 # # END TESTS
 
@@ -259,21 +211,6 @@ print(f"orders: eq. 4 {order_eq4:.2f}, eq. 10 {order_eq10:.2f}; more accurate at
 
 # %%
 assert len(errors["eq4"]) == len(errors["eq10"]) == len(nfes)
-
-# %%
-""" # BEGIN TEST CONFIG
-hidden: true
-points: 2
-failure_message: "errors, the two orders or better_at_5 differ from the requested RMSEs (relative 1e-9), orders (1e-6) or comparison"
-""" # END TEST CONFIG
-from forbid import untampered; untampered(globals())
-_ref = {k: [float((sample(model, x_T, schedule, steps=n, t_start=t_start, t_end=t_end, **c) - exact).pow(2).mean().sqrt())
-            for n in nfes] for k, c in (("eq4", dict(solver="euler", space="original")),
-                                        ("eq10", dict(solver="dpm1", space="reparam")))}
-for _k in _ref:
-    assert all(abs(a - b) <= 1e-9 * b for a, b in zip(errors[_k], _ref[_k])), _k
-assert abs(order_eq4 - fit_order(nfes, _ref["eq4"])) < 1e-6 and abs(order_eq10 - fit_order(nfes, _ref["eq10"])) < 1e-6
-assert better_at_5 == ("eq10" if _ref["eq10"][0] < _ref["eq4"][0] else "eq4")
 
 # %% [raw]
 # # END TESTS

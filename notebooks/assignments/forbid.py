@@ -1,24 +1,23 @@
-"""For the hidden tests: while a question's test runs, the library pieces that question may
-not use raise instead of answering, so a submission that calls them loses the question.
+"""The library pieces a question may not use, made absent while its hidden tests call the student's code.
 
-    with forbidden(globals(), SAMPLE, *GRADIENTS):
+    with absent(plan(SAMPLE, *GRADIENTS)):
         answer = student_function(...)
 
-And every hidden test starts with ``untampered(globals())``: a notebook that replaced what the tests
-compare with (``torch.allclose = lambda *a, **k: True``, a rebound ``abs``) fails every hidden test,
-with a reason that names what it replaced.
+Inside the block every forbidden function's code is swapped for one that raises ``PermissionError``, in
+the function object itself: every name bound to it, an alias a notebook made, a reference kept in a list
+or a default argument, all reach the refusal. Nothing is patched that the notebook could restore: the
+original code is held here, in a module the notebook never sees before its tests run (grading runs it in
+a sandbox, and this module is loaded after the notebook). What it cannot see is a copy of the library's
+source pasted into the notebook (the hand-out's wheel holds that source); a check of the answers'
+values cannot tell that route from the student's own work, and the README says so.
 
-A piece is ``"module:name"`` or ``"module:Class.method"``; a method is refused on that class
-and on every subclass that defines its own. Every binding of a refused function is replaced
-(its module, the notebook's namespace, any ``adjointdpm``/``toy`` module that re-exports it),
-so importing it under another name does not get around it. Everything is restored afterwards.
+A piece is ``"module:name"`` or ``"module:Class.method"``; a method is refused on that class and on every
+subclass that defines its own.
 """
 from __future__ import annotations
 
-import builtins
 import contextlib
 import importlib
-import sys
 import types
 
 SAMPLE = "adjointdpm.sample:sample"
@@ -28,113 +27,60 @@ STEPPERS = ("adjointdpm.solvers:Method.step", "adjointdpm.solvers:integrate")
 FIELDS = ("adjointdpm.ode:Space.field",)
 CLOSED_FORMS = ("toy.gaussian:flow_map_vjp",)
 FITTED_ORDER = ("toy.reproduce:fitted_order",)  # the library's answer to assignment 1's question 4
+AUDIT = ("toy.apps:audit",)  # the library's answer to assignment 3's question 2
+
+REFUSAL = "this question may not use the library's "  # how a refusal's message starts (the runner reads it)
 
 
-class ForbiddenCall(AssertionError):
-    """A question's test called a library piece the question forbids."""
-
-
-class Tampered(AssertionError):
-    """The notebook replaced something the hidden tests compare with."""
-
-
-# What the hidden tests compare with: each must still be the library's own when a test runs
-# ("module:qualname", with "=name" where the object's own name differs, as for an alias).
-COMPARED = ("torch:allclose", "torch:isclose", "torch:equal", "torch:isfinite", "torch.testing:assert_close",
-            "torch:Tensor.abs", "torch:Tensor.max", "torch:Tensor.min", "torch:Tensor.norm", "torch:Tensor.item",
-            "torch:Tensor.all", "torch:Tensor.any", "torch:Tensor.sum", "torch:Tensor.mean", "torch:Tensor.__sub__",
-            "torch:Tensor.__lt__", "torch:Tensor.__le__", "torch:Tensor.__gt__", "torch:Tensor.__ge__",
-            "torch:Tensor.__eq__", "torch:Tensor.__abs__=abs", "torch:Tensor.__float__", "torch:Tensor.__bool__",
-            "numpy:allclose", "numpy:isclose", "numpy.testing:assert_allclose", "math:isclose")
-BUILTINS = ("abs", "all", "any", "bool", "float", "int", "isinstance", "len", "max", "min", "round", "sum", "zip",
-            "range", "sorted", "set", "list", "tuple", "dict")
-_C_KINDS = (types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType,
-            types.ClassMethodDescriptorType, types.GetSetDescriptorType, type)
-
-
-def _genuine(obj, package: str, name: str) -> bool:
-    """Whether ``obj`` is the package's own ``name``: a C function or descriptor of that name, a
-    Python function of that name defined in the package's files, or one of the package's callables."""
-    if isinstance(obj, _C_KINDS):
-        return getattr(obj, "__name__", None) == name
-    if isinstance(obj, types.FunctionType):
-        folder = importlib.import_module(package).__file__.rsplit("/", 1)[0]
-        return obj.__name__ == name and obj.__code__.co_filename.startswith(folder)
-    return getattr(obj, "__name__", None) == name and type(obj).__module__.split(".")[0] == package
-
-
-def untampered(namespace: dict) -> None:
-    """Raise :class:`Tampered` if anything in :data:`COMPARED` or :data:`BUILTINS` was replaced, in its
-    module or in the notebook's namespace (``namespace``, and ``__main__``'s)."""
-    replaced = []
-    for piece in COMPARED:
-        module_name, qualname = piece.split(":")
-        qualname, _, name = qualname.partition("=")
-        obj = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        if not _genuine(obj, module_name.split(".")[0], name or qualname.split(".")[-1]):
-            replaced.append(f"{module_name}.{qualname}")
-    spaces = (namespace, vars(sys.modules["__main__"]))
-    for name in BUILTINS:
-        original = getattr(builtins, name)
-        if not _genuine(original, "builtins", name) or any(space.get(name, original) is not original for space in spaces):
-            replaced.append(f"the builtin {name}")
-    if replaced:
-        raise Tampered(f"the notebook replaced {', '.join(sorted(set(replaced)))}, which the tests compare with, "
-                       "so this test scores nothing")
-
-
-def _refusal(piece: str):
-    def refuse(*args, **kwargs):
-        raise ForbiddenCall(f"this question may not use the library's {piece}")
-    return refuse
-
-
-def _bindings(piece: str):
-    """``(owner, name, original)`` for every place ``piece`` must be replaced."""
+def functions(piece: str) -> list[types.FunctionType]:
+    """The function objects ``piece`` names: one, or a method's definition on its class and every subclass."""
     module_name, qualname = piece.split(":")
     owner = importlib.import_module(module_name)
     *path, name = qualname.split(".")
     for part in path:
         owner = getattr(owner, part)
-    if isinstance(owner, type):  # a method: the class and the subclasses that override it
-        classes, found = [owner], []
-        while classes:
-            cls = classes.pop()
-            if name in vars(cls):
-                found.append((cls, name, vars(cls)[name]))
-            classes += cls.__subclasses__()
-        return found
-    original = getattr(owner, name)
-    return [(module, attr, original) for module in list(sys.modules.values())
-            if getattr(module, "__name__", "").split(".")[0] in ("adjointdpm", "toy")
-            for attr, value in list(vars(module).items()) if value is original]
+    if not isinstance(owner, type):
+        return [getattr(owner, name)]
+    found, classes = [], [owner]
+    while classes:
+        cls = classes.pop()
+        if isinstance(vars(cls).get(name), types.FunctionType):
+            found.append(vars(cls)[name])
+        classes += cls.__subclasses__()
+    return found
+
+
+def refusal_code(piece: str, freevars: tuple[str, ...]) -> types.CodeType:
+    """The code of ``def refuse(*args, **kwargs): raise PermissionError(...)``, with ``freevars`` as its free
+    variables: a function's code can only be swapped for one with as many (a method that calls
+    ``super()`` has ``__class__``)."""
+    body = "".join(f"        {v}\n" for v in freevars)  # a read makes each one free in `refuse`
+    source = ("def outer():\n" + "".join(f"    {v} = None\n" for v in freevars)
+              + f"    def refuse(*args, **kwargs):\n{body}        raise PermissionError({REFUSAL + piece!r})\n"
+              + "    return refuse\n")
+    scope = {}
+    exec(compile(source, f"<refusal of {piece}>", "exec"), scope)
+    code = scope["outer"]().__code__
+    assert len(code.co_freevars) == len(freevars)
+    return code
+
+
+def plan(*pieces: str) -> list[tuple[types.FunctionType, types.CodeType, str]]:
+    """``(function, refusal code, piece)`` for every function ``pieces`` name: resolved (and the refusals
+    compiled) before a notebook runs, so that nothing the notebook replaces reaches them."""
+    return [(function, refusal_code(piece, function.__code__.co_freevars), piece)
+            for piece in pieces for function in functions(piece)]
 
 
 @contextlib.contextmanager
-def forbidden(namespace: dict, *pieces: str):
-    """Refuse ``pieces`` (and their bindings in ``namespace``) inside the block."""
-    # A doctest runs in a copy of the notebook's namespace, while the student's functions read the
-    # kernel's own (``__main__``'s): refuse the pieces in both.
-    main = vars(sys.modules["__main__"])
-    spaces = [namespace] if main is namespace else [namespace, main]
-    saved = []
+def absent(planned: list):
+    """Inside the block, calling any function of ``planned`` (:func:`plan`) raises ``PermissionError("this
+    question may not use the library's <piece>")``; afterwards each has its own code again."""
+    originals = [(function, function.__code__) for function, _, _ in planned]
     try:
-        for piece in pieces:
-            refuse = _refusal(piece)
-            for owner, name, original in _bindings(piece):
-                saved.append((owner, name, original))
-                setattr(owner, name, refuse)
-                for names in spaces:
-                    for key, value in list(names.items()):
-                        if value is original:
-                            saved.append((names, key, original))
-                            names[key] = refuse
+        for function, refusal, _ in planned:
+            function.__code__ = refusal
         yield
     finally:
-        for owner, name, original in reversed(saved):
-            if isinstance(owner, dict):
-                owner[name] = original
-            else:
-                setattr(owner, name, original)
+        for function, code in originals:
+            function.__code__ = code

@@ -71,3 +71,16 @@ def test_budgets_that_cannot_be_met():
         steps_for_nfe("dpm3", 10)
     with pytest.raises(ValueError, match=r"'dopri5' cannot .* \(adaptive"):
         steps_for_nfe("dopri5", 10)
+
+
+def test_one_table_names_every_solver_and_sample_s_docstring_lists_each():
+    """``SOLVERS`` is the one place a solver is registered: each entry builds the method of that name, takes
+    its own options and no other, and ``sample``'s docstring (what a user reads) lists every name."""
+    from adjointdpm.solvers import SOLVERS, make_method
+    for name in SOLVERS:
+        assert make_method(name).name == name
+        assert f"``{name}``" in sample.__doc__, f"sample's docstring does not list {name}"
+    assert make_method("dopri5", rtol=1e-3, atol=1e-4).rtol == 1e-3
+    assert make_method("reversible-dpm1", coupling=0.5).coupling == 0.5
+    with pytest.raises(ValueError, match="coupling is for the reversible solvers"):
+        make_method("rk4", coupling=0.5)

@@ -15,7 +15,10 @@ explicit Runge-Kutta / multistep rules in ``rho`` whose stages sit at fractions 
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -318,7 +321,14 @@ class Dopri5(Method):
         return tuple(p[-1] for p in path), ()
 
 
-SOLVERS = ("euler", "heun", "rk4", "adams4", "dpm1", "dpm2", "dpm3", "dpm2m", "dopri5", "sde-dpm1", "reversible-dpm1")
+# The solvers by name: each entry builds one. A solver's own options (Dopri5's rtol and atol, a reversible
+# solver's coupling) are its constructor's keyword arguments; make_method passes each solver the ones it takes.
+SOLVERS: dict[str, Callable[..., Method]] = {
+    "euler": Euler, "heun": Heun, "rk4": RK4, "adams4": AdamsBashforth4,
+    "dpm1": functools.partial(DPMSolver, 1), "dpm2": functools.partial(DPMSolver, 2),
+    "dpm3": functools.partial(DPMSolver, 3), "dpm2m": DPMSolver2M, "dopri5": Dopri5,
+    "sde-dpm1": SDEDPMSolver1, "reversible-dpm1": ReversibleDPM1,
+}
 
 
 def steps_for_nfe(solver: str, nfe: int) -> int:
@@ -328,16 +338,16 @@ def steps_for_nfe(solver: str, nfe: int) -> int:
 
 
 def make_method(name: str, rtol: float = 1e-5, atol: float = 1e-5, coupling: float | None = None) -> Method:
-    table = {"euler": Euler, "heun": Heun, "rk4": RK4, "adams4": AdamsBashforth4,
-             "dpm1": lambda: DPMSolver(1), "dpm2": lambda: DPMSolver(2), "dpm3": lambda: DPMSolver(3),
-             "dpm2m": DPMSolver2M, "dopri5": lambda: Dopri5(rtol, atol), "sde-dpm1": SDEDPMSolver1,
-             "reversible-dpm1": lambda: ReversibleDPM1(coupling)}
-    if name not in table:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {name!r}")
-    method = table[name]()
-    if coupling is not None and not method.reversible:
+    """The solver ``name`` of :data:`SOLVERS`, given the options it takes; a ``coupling`` for a solver
+    without one is refused."""
+    if name not in SOLVERS:
+        raise ValueError(f"solver must be one of {tuple(SOLVERS)}, got {name!r}")
+    build = SOLVERS[name]
+    takes = inspect.signature(build).parameters
+    if coupling is not None and "coupling" not in takes:
         raise ValueError(f"coupling is for the reversible solvers (reversible-dpm1); solver {name!r} has none")
-    return method
+    given = {"rtol": rtol, "atol": atol, "coupling": coupling}
+    return build(**{k: v for k, v in given.items() if k in takes})
 
 
 def check_finite(z: State, step: int, steps: int, t: float, what: str):

@@ -50,6 +50,7 @@ import torch
 from adjointdpm import VPSchedule, cli, files, sample, steps_for_nfe
 from adjointdpm.frechet import feature_statistics, frechet_distance
 from adjointdpm.report import markdown_table
+from adjointdpm.solvers import make_method
 from adjointdpm.trajectory import errors_along, median_rmse
 from cifar.fid import load_statistics
 from cifar.generate import generate, read_shards, shard_noise, to_uint8
@@ -91,7 +92,15 @@ def sampler(name: str, nfe: int, grid: str = "logSNR") -> dict:
 FINE = dict(steps=200, solver="dpm3", spacing="logSNR", t_end=T_END)
 # The floor's samples: converged (its RMSE against FINE is reported beside it) at a fifth of FINE's cost.
 FLOOR = dict(FINE, steps=40)
-FLOOR_NFE, CONVERGED = 120, "converged (DPM-Solver-3, 40 steps)"
+
+
+def _solver_words(cfg: dict) -> str:
+    """``DPM-Solver-3, 40 steps`` for a DPM-Solver configuration: how the tables name a converged solve."""
+    return f"DPM-Solver-{make_method(cfg['solver']).order}, {cfg['steps']} steps"
+
+
+FLOOR_NFE = make_method(FLOOR["solver"]).stages * FLOOR["steps"]
+CONVERGED = f"converged ({_solver_words(FLOOR)})"  # also the floor's samples folder: renaming it recomputes them
 
 
 @dataclass
@@ -103,7 +112,7 @@ class Setup:
     reference: tuple  # (mu, sigma) of the reference features
     shape: tuple
     label: str  # how the output names the run
-    mode: str  # "stand-in", "checkpoint" or "digits"
+    mode: str  # a key of MODES
     real: torch.Tensor | None = None  # uint8 training images: the real-vs-reference floor (None: no floors)
     # uint8 images -> (which are recognised, the digit read): the model's sample quality, by independent judges
     recognise: Callable[[torch.Tensor], tuple] | None = None
@@ -264,7 +273,7 @@ def run(setup: Setup, nfes, samples: int, batch: int, out: Path, seed: int = 0, 
                                  "per_digit": torch.bincount(digit[ok], minlength=10).tolist(),
                                  "heldout_recognised": float(setup.recognise(setup.heldout)[0].float().mean()),
                                  "channel_spread": float((images.float() / 255).std(1).mean())}
-            sample_sheet(images[:64], ok[:64], digit[:64], out / f"{FILENAMES[setup.mode]}_samples.png")
+            sample_sheet(images[:64], ok[:64], digit[:64], out / f"{MODES[setup.mode].filename}_samples.png")
     return result
 
 
@@ -284,10 +293,30 @@ def sample_sheet(images: torch.Tensor, ok: torch.Tensor, digit: torch.Tensor, pa
     files.save_figure(fig, path, dpi=100)
 
 
-TITLES = {"stand-in": "STAND-IN run (not CIFAR-10 FID)", "checkpoint": "FID on score_sde's VP CIFAR-10",
-          "digits": "FID on the DDPM++ trained here on handwritten digits (not CIFAR-10)"}
+@dataclass(frozen=True)
+class Mode:
+    """How a Table 1 run on one kind of model is written up: the one place its words live."""
+    title: str
+    filename: str  # <filename>.md, .json, .png
+    metric: str
+    what: str  # the model and the features ({label}: the run's)
+    spread: bool = False  # its distances carry a bootstrap spread
+    exact: bool = False  # its converged solve is the exact flow map, and its ordering is the summary's alone
+
+
 SPREAD = " ± its bootstrap spread (the standard deviation over resamples of the samples)"
-FILENAMES = {"stand-in": "table1", "checkpoint": "table1", "digits": "table1_digits"}
+MODES = {
+    "stand-in": Mode("STAND-IN run (not CIFAR-10 FID)", "table1", "Frechet distance (stand-in features)",
+                     "Exact-epsilon mixture of 3x32x32 images in place of DDPM++, random conv features in place of "
+                     "Inception.", exact=True),
+    "checkpoint": Mode("FID on score_sde's VP CIFAR-10", "table1", "FID",
+                       "Model {label}; TF Inception-v3 pool_3 via torch-fidelity."),
+    "digits": Mode("FID on the DDPM++ trained here on handwritten digits (not CIFAR-10)", "table1_digits", "FID",
+                   "Model {label}: score_sde's DDPM++ architecture trained here on scikit-learn's real handwritten "
+                   "digits (16x16, gray), not CIFAR-10. FID in the 84-d features of the judge network "
+                   "(handwritten.judges: a LeNet-5 trained on other digits, never with this model) against the "
+                   "held-out real digits.", spread=True),
+}
 
 
 EQ4, EQ10 = "eq. 4 + AB4", "eq. 10 + AB4"
@@ -383,23 +412,17 @@ def trajectory_markdown(trajectory: dict) -> str:
 
 def markdown(result: dict) -> str:
     """The Markdown of a run, from its result (what ``table1.json`` holds) alone."""
-    rows, names, mode = result["rows"], list(SAMPLERS), result["mode"]
+    rows, names, mode = result["rows"], list(SAMPLERS), MODES[result["mode"]]
     grids = result.get("grids", ["logSNR"])
-    metric = "Frechet distance (stand-in features)" if mode == "stand-in" else "FID"
-    what = {"stand-in": "Exact-epsilon mixture of 3x32x32 images in place of DDPM++, random conv features in place "
-                        "of Inception.",
-            "checkpoint": f"Model {result['label']}; TF Inception-v3 pool_3 via torch-fidelity.",
-            "digits": f"Model {result['label']}: score_sde's DDPM++ architecture trained here on scikit-learn's real "
-                      "handwritten digits (16x16, gray), not CIFAR-10. FID in the 84-d features of the judge network "
-                      "(handwritten.judges: a LeNet-5 trained on other digits, never with this model) against the "
-                      "held-out real digits."}[mode]
     failed = result.get("unrelated_rmse")
-    text = (f"# Table 1: {TITLES[mode]}\n\n{what} {result['samples']} samples per cell on {result['device']}, "
+    fine = f"{FINE['steps']} DPM-Solver-{make_method(FINE['solver']).order} steps"
+    text = (f"# Table 1: {mode.title}\n\n{mode.what.format(label=result['label'])} {result['samples']} samples per "
+            f"cell on {result['device']}, "
             f"t from 1 to {result.get('t_end', T_END)} on each of the time grids {', '.join(grids)} (uniform in t, in "
             "lambda, in sqrt(t); the paper names none). "
-            f"Each cell: {metric}{SPREAD if mode == 'digits' else ''} / median per-image RMSE against a converged "
+            f"Each cell: {mode.metric}{SPREAD if mode.spread else ''} / median per-image RMSE against a converged "
             "solve from the same noise "
-            f"(200 DPM-Solver-3 steps{'; the exact flow map' if mode == 'stand-in' else ''}); the paper's FID "
+            f"({fine}{'; the exact flow map' if mode.exact else ''}); the paper's FID "
             "(CIFAR-10) beside, and for eq. 10 + AB4 (DEIS's rho-AB) DEIS's published CIFAR-10 FID." + (f" A cell *failed* when its median RMSE exceeds {failed:.2g}, the median RMSE "
                                     "between two unrelated images of the converged solve." if failed else "") + "\n")
     text += "\n" + summary(rows, grids) + "\n"
@@ -410,7 +433,7 @@ def markdown(result: dict) -> str:
             + (f"; DEIS {DEIS[n][nfe]}" if nfe in DEIS.get(n, {}) else "") + ")" for n in names]
             for nfe, cell in _cells(rows, grid).items()]
         text += f"\n## {grid} grid\n\n" + markdown_table(["NFE", *names], table) + "\n"
-        text += "\n" + winners(rows, grid, failed) + (" " + ordering(rows, grid) if mode != "stand-in" else "") + "\n"
+        text += "\n" + winners(rows, grid, failed) + ("" if mode.exact else " " + ordering(rows, grid)) + "\n"
     if "trajectory" in result:
         text += trajectory_markdown(result["trajectory"])
     if "floors" in result:
@@ -427,16 +450,15 @@ def markdown(result: dict) -> str:
                  "p > 0.9, the SVC agrees, and each lies as near a real training digit as 95 % of held-out real "
                  f"digits do; held-out real digits score {q['heldout_recognised']:.0%}); recognised per digit 0-9: "
                  f"{', '.join(map(str, q['per_digit']))}. Channel spread (the three channels' standard deviation, "
-                 f"0 for gray) {q['channel_spread']:.4f}. The first 64: `{FILENAMES[mode]}_samples.png`.\n")
+                 f"0 for gray) {q['channel_spread']:.4f}. The first 64: `{mode.filename}_samples.png`.\n")
     return text
 
 
 def write(result: dict, out: Path) -> str:
     """``table1.md/json`` (``table1_digits.*`` for the digits model, with a plot); returns the Markdown."""
     text = markdown(result)
-    mode = result["mode"]
     out.mkdir(parents=True, exist_ok=True)
-    name = FILENAMES[mode]
+    name = MODES[result["mode"]].filename
     files.write_text(out / f"{name}.md", text)
     files.write_json(out / f"{name}.json", result)
     if "floors" in result:
@@ -563,7 +585,7 @@ def main(argv=None):
             print(f"{args.out} is read-only: the table above is not written there", file=sys.stderr)
         elif result is not None:
             print(write(result, args.out))
-            name = FILENAMES[result["mode"]]
+            name = MODES[result["mode"]].filename
             print(f"wrote {name}.md and {name}.json to {args.out}/")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

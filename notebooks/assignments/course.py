@@ -622,7 +622,7 @@ def _number(text: str) -> float:
     return float(text) if str(text).strip() else 0.0
 
 
-def write_answers(results: list[Result], built: Path, out: Path) -> Path:
+def write_answers(results: list[Result], out: Path) -> Path:
     """``out/answers.md``: each hand-graded question once, then every student's written answer to it,
     so an instructor grades one question across the class in one file."""
     import jupytext
@@ -671,7 +671,7 @@ def write_gradebook(results: list[Result], built: Path, out: Path, unmatched: li
     _write_csv(out / "questions.csv", long)
     _write_canvas(out / "canvas.csv", rows)
     _write_feedback(out / "feedback", results, long)
-    write_answers(results, built, out)
+    write_answers(results, out)
     lines = ["| student | assignment | status | auto | hand-graded | total | reason |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['student']} | {r['assignment']} | {r['status']} | {r['auto_points']:g}/{r['auto_possible']:g} | "
               f"{r['manual_points'] or '-'}/{r['manual_possible']:g} | {r['total']:g}/{r['total_possible']:g} | "

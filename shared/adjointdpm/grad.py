@@ -49,7 +49,7 @@ from torch.autograd.function import once_differentiable
 
 from .backward import DataForm, augmented, field_vjp
 from .dynamics import ODE, SDE
-from .ode import ProbabilityFlow, SolveInfo, Space
+from .ode import ProbabilityFlow, Space
 from .schedule import as_steps
 from .solvers import Method, check_finite, integrate, make_method
 
@@ -70,10 +70,6 @@ class Problem:
     def __post_init__(self):
         # dz/ds of the dynamics for this problem's model, schedule and condition
         self.dz_ds = self.dynamics.drift(self.space.field(self.flow))
-
-    @property
-    def info(self) -> SolveInfo:
-        return self.flow.info
 
     def grid(self, times) -> list[float]:
         return self.space.grid(times)

@@ -11,6 +11,11 @@ def _cell(value) -> str:
     return " ".join(str(value).splitlines()).replace("|", "\\|")
 
 
+def percent(share, decimals: int = 1) -> str:
+    """A share in [0, 1] as a percentage with ``decimals`` places; ``"-"`` for a missing one (``None``)."""
+    return "-" if share is None else f"{100 * share:.{decimals}f}%"
+
+
 def markdown_table(header: Sequence, rows: Iterable[Sequence], align: Sequence | None = None) -> str:
     """A GitHub-flavoured Markdown table (no trailing newline)::
 

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from adjointdpm import files
-from adjointdpm.report import markdown_table
+from adjointdpm.report import markdown_table, percent
 
 from ..components import SDComponents
 from ..model import as_read
 from ..nets import check_target
-from .common import Pipeline, Sampler, percent, save_images, write_result
+from .common import Pipeline, Sampler, save_images, write_result
 
 
 def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, tau: float = 0.8,

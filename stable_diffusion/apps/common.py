@@ -139,10 +139,6 @@ def write_result(out: Path, name: str, result: dict) -> dict:
     return result
 
 
-def percent(rate) -> str:
-    return "-" if rate is None else f"{100 * rate:.1f}%"
-
-
 MAX_PIXELS = 64 * 2 ** 20  # 64 megapixels: a 192 MB RGB decode, 8x a 24-megapixel photograph; PIL's own bomb guard
 # warns only above 89 megapixels and refuses above 179
 

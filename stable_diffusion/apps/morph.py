@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from adjointdpm import files
-from adjointdpm.report import markdown_table
+from adjointdpm.report import markdown_table, percent
 from adjointdpm.noise import slerp
 from handwritten.identity import cosine
 
@@ -132,7 +132,6 @@ def markdown(result: dict) -> str:
     rows, thresholds = result["rows"], result["thresholds"]
     who = list(thresholds)
     judged = list(rows[0]["judged"])
-    percent = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     poster = lambda row: "-" if row["poster"] is None else (  # noqa: E731
         f"{' / '.join(f'{v:.2f}' for v in row['poster'])}, "
         + ("Webmorph (a landmark morph)" if row["poster_nfe"] is None else str(row["poster_nfe"])))

@@ -3,7 +3,9 @@ number in a table or sentence here is read from the result it describes, so a re
 outcomes writes other words, never a claim its numbers contradict."""
 from __future__ import annotations
 
-from adjointdpm.report import markdown_table
+import functools
+
+from adjointdpm.report import markdown_table, percent
 
 from . import data
 
@@ -11,8 +13,7 @@ READERS = ("guide", "judge_svc", "judge_net")
 READER_NAMES = {"guide": "guide", "judge_svc": "SVC judge", "judge_net": "LeNet judge"}
 
 
-def pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
+pct = functools.partial(percent, decimals=0)  # this report's shares, in whole percents
 
 
 def _reads(result: dict, name: str, suffix: str = "") -> list[str]:

@@ -22,7 +22,7 @@ browser:
 		{ echo "make: the site's browser test needs Chromium at /usr/bin/chromium (Debian: apt-get install chromium)"; exit 1; }
 
 test: install browser
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadscope tests notebooks --ignore=notebooks/assignments \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadscope --durations=15 tests notebooks --ignore=notebooks/assignments \
 		--nbval-lax --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 # On a machine with CUDA (README: Scaling out): the gradients on the device, SD 1.5 at 512x512, both benches.

@@ -44,11 +44,11 @@ assignments: install
 	$(PY) notebooks/assignments/course.py build --out $(BUILT)
 
 grade: install
-	$(PY) notebooks/assignments/course.py grade $(SUBMISSIONS) --built $(BUILT) --out $(GRADES) $(if $(REGRADE),--regrade) $(if $(NO_SANDBOX),--no-sandbox)
+	$(PY) notebooks/assignments/course.py grade $(SUBMISSIONS) --built $(BUILT) --out $(GRADES) $(if $(filter 1,$(REGRADE)),--regrade) $(if $(filter 1,$(NO_SANDBOX)),--no-sandbox)
 
 # The course site (README: Start here): the executed notebooks as committed, the README, the instructors' page.
 site: install
 	$(PY) notebooks/site/build.py --out site
 
 clean:
-	rm -rf $(VENV) .pytest_cache dist grades site
+	rm -rf $(VENV) .pytest_cache dist site  # never grades/: it holds the hand-graded points you typed

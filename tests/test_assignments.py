@@ -505,7 +505,7 @@ def test_a_second_grader_on_the_same_gradebook_is_refused(graded, built):
 def test_without_a_sandbox_grading_refuses_in_one_line(graded, built, monkeypatch):
     subs, out, _ = graded
     monkeypatch.setattr(course.sandbox, "bwrap", lambda: None)
-    with pytest.raises(ValueError, match="no sandbox to grade in: install bubblewrap .* or pass --no-sandbox"):
+    with pytest.raises(ValueError, match=r"no sandbox to grade in: `make install` brings bubblewrap .* --no-sandbox \(make grade NO_SANDBOX=1\)"):
         course.grade(subs, built, out / "elsewhere", limits=LIMITS, progress=False)
 
 
@@ -584,3 +584,15 @@ def test_no_solution_body_is_anywhere_in_the_handout(built):
                     leaks.append((master.stem, f"{module}:{_enclosing(source, line)}", line))
     assert answers > 20  # the check reads real answers
     assert leaks == [], "\n".join(map(str, leaks))
+
+
+def test_a_strategy_is_rebuilt_from_literals_only_and_never_with_a_huge_number():
+    """a3's check rebuilds the strategy a notebook names, in the grading process: from a library class and literal
+    arguments, and never with a number that would set the grader a billion steps."""
+    from hidden import gradient_strategy
+    from adjointdpm import Adjoint, AdjointDEIS
+    assert isinstance(gradient_strategy("Adjoint(steps=None, solver=None, states='reintegrate')"), Adjoint)
+    assert isinstance(gradient_strategy("AdjointDEIS(order=1, steps=None, states='reintegrate', form='data')"), AdjointDEIS)
+    for text in ("Adjoint(steps=100000000)", "__import__('os').system('true')", "Adjoint(steps=len('x'))",
+                 "Gradient()", "Sneaky()", "Adjoint(", "x" * 10000):
+        assert gradient_strategy(text) is None, text

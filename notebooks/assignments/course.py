@@ -113,12 +113,23 @@ def build(out: Path) -> dict[str, Path]:
     solution's outputs on them (the references); returns ``{name: <out>/<name>}``. Replaces what an earlier
     build wrote there and refuses a folder holding anything else."""
     import jupytext
+    out = Path(out).resolve()  # the runner starts in a scratch folder, where a relative path names nothing
     for path in _owned(out):
         path.unlink(missing_ok=True)
     for folder in sorted((p for p in out.rglob("*") if p.is_dir()), reverse=True) if out.exists() else []:
         if not any(folder.iterdir()):
             folder.rmdir()
     built = {}
+    try:
+        _build_into(out, built)
+    finally:  # a failed build's files are its own too: the next build replaces them
+        files.write_text(out / MANIFEST, json.dumps(sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                                                           if p.is_file() and p.name != MANIFEST), indent=0))
+    return built
+
+
+def _build_into(out: Path, built: dict) -> None:
+    import jupytext
     with tempfile.TemporaryDirectory() as tmp:
         for src in sources():
             master = Path(tmp) / f"{src.stem}.ipynb"
@@ -138,9 +149,6 @@ def build(out: Path) -> dict[str, Path]:
     write_references(out, built)
     write_solutions(out, built)
     write_key(out, built)
-    files.write_text(out / MANIFEST, json.dumps(sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
-                                                       if p.is_file() and p.name != MANIFEST), indent=0))
-    return built
 
 
 def write_grader(out: Path, built: dict[str, Path]) -> Path:
@@ -170,10 +178,15 @@ def write_references(out: Path, built: dict[str, Path]) -> None:
         setup = setup_of(name)
         for test in hidden_tests(name):
             entry = reference.get(test.name)
-            if entry is None or entry["status"] != "ok" or not _passes(
-                    test, entry["values"], {**entry["values"], **entry["expect"]}, setup):
-                raise RuntimeError(f"the solution of {name} fails its own hidden test {test.name} "
-                                   f"({entry and entry['status']} {entry and entry['error']})")
+            if entry is None or entry["status"] != "ok":
+                why = "it wrote no outputs" if entry is None else f"it {entry['status']} ({entry['error']})"
+                raise RuntimeError(f"the solution of {name} does not pass its own hidden test {test.name}: {why}")
+            if not _passes(test, entry["values"], {**entry["values"], **entry["expect"]}, setup):
+                mark = ""
+                if test.measure is not None:
+                    value, threshold, what = test.measure(entry["values"], setup)
+                    mark = f": {what} is {value:.3f}, under the pass mark {threshold:.3f}; lower the mark in hidden/{name}.py"
+                raise RuntimeError(f"the solution of {name} fails its own hidden test {test.name}{mark}")
 
 
 def hand_graded(notebook) -> dict[str, dict]:
@@ -421,7 +434,8 @@ def hidden_tests(name: str) -> tuple:
 def grader_key(built: Path, name: str) -> str:
     """What a result was graded against: the grader's files and the references in the build."""
     digest = hashlib.sha256()
-    for path in sorted([*(built / "grader").rglob("*.py"), *(built / name / "autograder").glob("outputs.*")]):
+    for path in sorted([*(built / "grader").rglob("*.py"), *(built / name / "autograder").glob("outputs.*"),
+                        built / name / "questions.json"]):
         digest.update(path.relative_to(built).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
@@ -533,7 +547,8 @@ def run_notebook(notebook: Path, name: str, built: Path, out: Path, limits, bwra
         shutil.copy(notebook, scratch / f"{name}.ipynb")
         argv = [f"{name}.ipynb", name, "/out" if bwrap else str(out)] + (["--expect"] if expect else [])
         if bwrap:
-            command = sandbox.command(bwrap, library=built / "grader" / "library", grader=built / "grader",
+            grader = {rel: built / "grader" / rel for rel in (*GRADER, f"hidden/{name}.py")}  # not the other assignments'
+            command = sandbox.command(bwrap, library=built / "grader" / "library", grader=grader,
                                       scratch=scratch, out=out, argv=[sys.executable, "/grader/runner.py", *argv])
             return sandbox.run(command, limits)
         env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", TQDM_DISABLE="1")
@@ -553,7 +568,11 @@ class Result:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):  # a file of any size, a megabyte at a time
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def grade_submission(sub: Submission, built: Path, limits: "sandbox.Limits", bwrap: str | None) -> tuple[Result, dict | None]:
@@ -618,8 +637,12 @@ def _manual_points(path: Path) -> dict[tuple[str, str], str]:
         return {(_uncell(r["student"]), r["assignment"]): r.get("manual_points", "") for r in csv.DictReader(f)}
 
 
-def _number(text: str) -> float:
-    return float(text) if str(text).strip() else 0.0
+def _number(text: str, where: str = "") -> float:
+    try:
+        return float(text) if str(text).strip() else 0.0
+    except ValueError:
+        raise ValueError(f"grades.csv: manual_points {where}is {text!r}, not a number: type a number (or nothing) "
+                         "and run the grading again") from None
 
 
 def write_answers(results: list[Result], out: Path) -> Path:
@@ -659,7 +682,7 @@ def write_gradebook(results: list[Result], built: Path, out: Path, unmatched: li
         rows.append({"student": r.student, "assignment": r.assignment, "status": r.status, "reason": r.reason,
                      "auto_points": auto_points, "auto_possible": sum(c["points"] for c in auto.values()),
                      "manual_points": manual, "manual_possible": manual_possible,
-                     "total": auto_points + _number(manual),
+                     "total": auto_points + _number(manual, f"of {r.student}, {r.assignment} "),
                      "total_possible": sum(c["points"] for c in questions.values())})
         for q, config in questions.items():
             got = r.questions.get(q, {})
@@ -724,8 +747,8 @@ def _write_feedback(folder: Path, results: list[Result], long: list[dict]) -> No
         lines = [f"# Feedback for {student}", ""]
         for r in sorted((r for r in results if r.student == student), key=lambda r: r.assignment):
             # a crash's reason is the grading process's last error line: the instructor's (grades.csv), not advice
-            reason = ("the grading process stopped before the end; your instructor has its error" if r.status == "crashed"
-                      else r.reason)
+            reason = ("the run stopped before its tests (the notebook may have ended it, or run out of memory); "
+                      "your instructor has its last line" if r.status == "crashed" else r.reason)
             lines += [f"## {r.assignment}", "", f"Status: {r.status}" + (f" ({reason})" if reason else ""), ""]
             for row in (x for x in long if x["student"] == student and x["assignment"] == r.assignment):
                 if row["kind"] == "hand-graded":
@@ -751,7 +774,7 @@ def _current(built: Path, names: list[str]) -> None:
     for rel in (*GRADER, *(f"hidden/{name}.py" for name in names)):
         copy = built / "grader" / rel
         if not copy.is_file() or copy.read_bytes() != (HERE / rel).read_bytes():
-            raise ValueError(f"{built} was built with another version of the hidden tests ({rel}): run "
+            raise ValueError(f"{built} was built with another version of the grader ({rel} differs): run "
                              f"`course.py build --out {built}` again")
 
 
@@ -843,7 +866,7 @@ def _positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
         if not (value > 0 and value != float("inf")):
             raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return value
@@ -870,7 +893,8 @@ def main(argv=None):
                    help=f"MiB: a larger notebook file is refused unread (default {default.notebook_mib:g})")
     g.add_argument("--jobs", type=_positive(int), default=2, help="notebooks graded at once (default 2)")
     g.add_argument("--regrade", action="store_true", help="grade every notebook again (without it a rerun grades "
-                   "only new or changed notebooks, crashed gradings, and timeouts under a longer --timeout)")
+                   "only new or changed notebooks, gradings that did not finish (crashed, output limit, too large), "
+                   "and timeouts under a longer --timeout)")
     g.add_argument("--no-sandbox", action="store_true", help="run the notebooks without the sandbox: only for "
                    "notebooks you trust, as they can then read the solutions and change the grades")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -879,9 +903,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with one_line_errors(parser, resumes=args.command == "grade"):
         if args.command == "build":
-            for name, path in build(args.out).items():
-                print(f"{name}: hand out {path / 'student' / (name + '.ipynb')}; keep {path / 'autograder'}")
-            print(f"student hand-out: {args.out / 'handout'}; solutions (after the deadline): {args.out / 'solutions'}")
+            built = build(args.out)
+            print(f"built {', '.join(built)}. Hand out {args.out / 'handout'} (and nothing else); after the deadline "
+                  f"{args.out / 'solutions'}; keep the rest of {args.out} (the references and the grader)")
         elif args.command == "calibrate":
             print("\n".join(calibrate(args.built)))
         else:

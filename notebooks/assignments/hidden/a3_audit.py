@@ -99,8 +99,8 @@ TESTS = (
            "at tau = 0.5 on unseen seeds, fewer than 40 % of decisions change, or delta leaves the box by more than "
            "1e-6, or audit uses toy.apps.audit", search, search_check, forbid=AUDIT, measure=success),
     Hidden("q2", "given_projection",
-           "audit does not apply the projection it is given after every step (checked with one that zeroes the second "
-           "coordinate), or it does not move delta, or it ignores its gradient argument",
+           "audit does not return what the projection it is given returns (checked with one that zeroes the second "
+           "coordinate), or it does not move delta",
            given_projection, given_projection_check, forbid=AUDIT),
     Hidden("q3", "chosen_strategy", "the memory this strategy keeps for backward grows with the number of steps",
            chosen_strategy, strategy_check),

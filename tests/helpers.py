@@ -25,7 +25,7 @@ def noise(n=16, seed=0):
 
 
 def loss_fn(x):
-    return ((x - TARGET) ** 2).sum()
+    return ((x - TARGET.to(x)) ** 2).sum()  # the target follows x's device and dtype (tests/test_cuda.py)
 
 
 def exact(x_T, schedule=None, t_end=T_END):

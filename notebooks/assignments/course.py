@@ -112,7 +112,6 @@ def build(out: Path) -> dict[str, Path]:
     """Run ``otter assign`` on each source, write the hand-outs, the grader's copy of the hidden tests and the
     solution's outputs on them (the references); returns ``{name: <out>/<name>}``. Replaces what an earlier
     build wrote there and refuses a folder holding anything else."""
-    import jupytext
     out = Path(out).resolve()  # the runner starts in a scratch folder, where a relative path names nothing
     for path in _owned(out):
         path.unlink(missing_ok=True)

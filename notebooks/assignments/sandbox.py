@@ -90,14 +90,14 @@ def _editable_hooks() -> list[str]:
 
 def command(executable: str, *, library: Path, grader: dict, scratch: Path, out: Path, argv: list[str]) -> list[str]:
     """The bwrap command line that runs ``argv`` in the sandbox: ``grader`` maps paths under /grader to the files
-    bound there, read-only; the hand-out's ``library`` is /handout; ``scratch``'s files are copied into /tmp, a
-    tmpfs of 256 MiB; ``out`` is /out."""
+    bound there, read-only; the hand-out's ``library`` is /handout; /tmp is a tmpfs of 256 MiB, and ``scratch``'s
+    files (the notebook) are bound into it read-only; ``out`` is /out."""
     binds = [arg for rel, path in grader.items() for arg in ("--ro-bind", str(path), f"/grader/{rel}")]
-    copies = [arg for path in sorted(Path(scratch).iterdir()) for arg in ("--ro-bind", str(path), f"/tmp/{path.name}")]
+    inputs = [arg for path in sorted(Path(scratch).iterdir()) for arg in ("--ro-bind", str(path), f"/tmp/{path.name}")]
     return [executable, "--unshare-all", "--die-with-parent", "--new-session", "--uid", "65534", "--gid", "65534",
             *_system_binds(), *_editable_hooks(),
             "--ro-bind", str(library), "/handout", *binds,
-            "--size", str(SCRATCH_BYTES), "--tmpfs", "/tmp", *copies, "--bind", str(out), "/out",
+            "--size", str(SCRATCH_BYTES), "--tmpfs", "/tmp", *inputs, "--bind", str(out), "/out",
             "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--clearenv",
             "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "PYTHONPATH", "/handout",
             "--setenv", "MPLBACKEND", "Agg", "--setenv", "MPLCONFIGDIR", "/tmp", "--setenv", "OMP_NUM_THREADS", "1",

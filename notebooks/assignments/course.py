@@ -767,6 +767,16 @@ def _keeps(result: Result, timeout: float) -> bool:
     return result.status in ("ok", "not a notebook") or (result.status == "timeout" and result.limit >= timeout)
 
 
+def built_names(built: Path) -> list[str]:
+    """The assignments built under ``built``, checked to be built with the grader beside this file; a ValueError
+    naming the command to run when there are none, or when the build is older."""
+    names = sorted(p.name for p in built.iterdir() if (p / "questions.json").is_file()) if built.is_dir() else []
+    if not names:
+        raise ValueError(f"no built assignments under {built}: run `course.py build --out {built}` first")
+    _current(built, names)
+    return names
+
+
 def _current(built: Path, names: list[str]) -> None:
     """A ValueError if the build's copy of the grader differs from the hidden tests beside this file: the
     references were computed with the build's, and the checks here must be theirs."""
@@ -792,10 +802,7 @@ def grade(submissions: Path, built: Path, out: Path, *, limits: sandbox.Limits =
     submissions, built, out = (Path(p).resolve() for p in (submissions, built, out))
     if not submissions.is_dir():
         raise ValueError(f"submissions folder {submissions} does not exist")
-    names = sorted(p.name for p in built.iterdir() if (p / "questions.json").is_file()) if built.is_dir() else []
-    if not names:
-        raise ValueError(f"no built assignments under {built}: run `course.py build --out {built}` first")
-    _current(built, names)
+    names = built_names(built)
     bwrap = sandbox.check(sandbox.bwrap()) if sandboxed else None
     if not sandboxed:
         print("grading WITHOUT a sandbox (--no-sandbox): the notebooks run with your permissions and can read the "
@@ -844,10 +851,7 @@ def calibrate(built: Path) -> list[str]:
     """For every hidden test with a pass mark, the solution's own value on the hidden inputs beside the mark:
     the lines to read after changing the hidden tests' seeds (keep each mark well below its solution's value)."""
     built = Path(built).resolve()
-    names = sorted(p.name for p in built.iterdir() if (p / "questions.json").is_file()) if built.is_dir() else []
-    if not names:
-        raise ValueError(f"no built assignments under {built}: run `course.py build --out {built}` first")
-    _current(built, names)
+    names = built_names(built)
     lines = []
     for name in names:
         reference = read_outputs(built / name / "autograder")

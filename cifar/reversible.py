@@ -32,7 +32,7 @@ from unittest import mock
 
 import torch
 
-from adjointdpm import Backprop, Checkpoint, ReversibleAdjoint, VPSchedule, accuracy, cli, files, sample
+from adjointdpm import Checkpoint, ReversibleAdjoint, VPSchedule, accuracy, cli, files, make_gradient, sample
 from adjointdpm.memory import saved_bytes_during
 from adjointdpm.ode import ProbabilityFlow, ReparamSpace, SolveInfo
 from adjointdpm.report import markdown_table
@@ -49,7 +49,7 @@ SIZES = dict(quality=(5, 10, 20, 25, 50, 100), baseline=(5, 10, 20, 25, 50, 100,
              gradient=(10, 20, 50, 100), gradient_batch=4)
 QUICK = dict(quality=(2, 4), baseline=(2, 4, 8), drift=(2, 4), gradient=(2, 4), gradient_batch=1)
 QUICK_FINE = dict(solver="dpm3", steps=10)
-STRATEGIES = {"Backprop": Backprop, "Checkpoint": Checkpoint, "ReversibleAdjoint": ReversibleAdjoint}
+STRATEGIES = {"Backprop": "backprop", "Checkpoint": "checkpoint", "ReversibleAdjoint": "reversible"}  # label -> GRADIENTS name
 PAIRS = ("float64", "float32")  # the precision the reversible pair is held in
 BASELINES = {"dpm1": "DDIM", "dpm2m": "DPM-Solver-2M"}
 COLORS = dict(zip(COUPLINGS, ("tab:blue", "tab:orange", "tab:green", "tab:red")))  # one colour per coupling  # one evaluation per step: first and second order
@@ -150,7 +150,7 @@ class Study:
         return {"rel_x_T": accuracy.compare(g_x, exact_x)[0], "rel_theta": accuracy.compare(g_theta, exact_theta)[0]}
 
     def cost(self, name, coupling, steps):
-        strategy = STRATEGIES[name]()
+        strategy = make_gradient(STRATEGIES[name])
         self.gradients(strategy, steps)  # warm-up
         runs = [self.gradients(strategy, steps) for _ in range(3)]
         return {"seconds": sorted(r[2] for r in runs)[1], "saved_bytes": runs[0][3]}

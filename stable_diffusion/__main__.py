@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from adjointdpm import SOLVERS, cli
+from adjointdpm import GRADIENTS, SOLVERS, cli
 
 from . import apps, registry
 from .components import save_memory
@@ -82,8 +82,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance-scale", type=cli.finite_float, default=None,
                    help="classifier-free guidance scale (default: the model's, "
                    + ", ".join(f"{m.guidance_scale:g} for {n}" for n, m in registry.MODELS.items()) + "; 7.5 otherwise)")
-    g.add_argument("--gradient", default="adjoint", choices=list(apps.GRADIENTS),
-                   help="gradient strategy (default adjoint: RK4 on the adjoint ODE, as many steps as the sampler; "
+    g.add_argument("--gradient", default="adjoint", choices=list(GRADIENTS), metavar="NAME",
+                   help=f"gradient strategy, one of {', '.join(GRADIENTS)} (adjointdpm.GRADIENTS; default adjoint: RK4 on the adjoint ODE, as many steps as the sampler; "
                    "reversible: exact at flat memory, with --solver reversible-dpm1)")
     g.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=[0, 1], help="one x_T per seed")
     g.add_argument("--save-memory", nargs="+", default=[], choices=[*APP_SAVINGS, "all"], metavar="SAVING",

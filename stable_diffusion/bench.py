@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adjointdpm import cli, files
+from adjointdpm import GRADIENTS, cli, files
 from adjointdpm.memory import (LivePeak, live_bytes, load_note, machine_load, peak, reset_peak, return_freed_memory,
                                run_in_fresh_process, saved_bytes_during, trim)
 from adjointdpm.report import markdown_table
 
-from .apps import GRADIENTS, Pipeline, Sampler, noise
+from .apps import Pipeline, Sampler, noise
 from .components import ATTENTION, CHECKPOINTING, release, save_memory
 from .registry import MODELS, fingerprint, model_argument, open_model
 from .model import decode, encode_prompt, eps_model
@@ -48,6 +48,7 @@ PROMPT = "a photo of a dog"
 GUIDANCE = 7.5
 GIB = 2 ** 30
 PARTS = ("weights", "unet-vjp", "vae-backward")  # the breakdown's cases
+BENCHED = ("adjoint", "adjointdeis", "adjointdeis-stored", "checkpoint", "backprop", "reversible")  # by default
 SOLVER = {"reversible": "reversible-dpm1"}  # a strategy that needs its own sampler; the others differentiate dpm2m
 PAPER = {"AdjointDPM": 19.63, "DOODL": 23.24}  # GB, App. B: SD 1.5, fp32, V100
 # --save-memory: every saving that keeps the gradient exact, and what it costs (the bench's own measurements)
@@ -107,7 +108,7 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
                for name in ("unet", "vae", "text_encoder")}
     # bound before release: the guidance's null condition is encoded now, as is the prompt below
     pipe = Pipeline(comps, Sampler(case["steps"], SOLVER.get(case["strategy"], Sampler.solver), GUIDANCE,
-                                   case["strategy"])) if case["strategy"] in GRADIENTS else None
+                                   case["strategy"])) if case["strategy"] not in PARTS else None
     eps = pipe.model if pipe else eps_model(comps, GUIDANCE)
     with torch.no_grad():
         cond = encode_prompt(comps, [PROMPT])
@@ -184,7 +185,7 @@ def _savings(r: dict) -> str:
 def in_order(records: list[dict]) -> list[dict]:
     """By resolution, strategy (gradients, then parts), steps and savings: files that do not
     change when a rerun measures nothing new."""
-    order = {name: i for i, name in enumerate([*GRADIENTS, *PARTS])}
+    order = {name: i for i, name in enumerate(dict.fromkeys([*BENCHED, *GRADIENTS, *PARTS]))}
     return sorted(records, key=lambda r: (r["resolution"], order[r["strategy"]], r["steps"] or 0,
                                           r["attention"] != "sdpa", _savings(r)))
 
@@ -313,7 +314,9 @@ def main(argv=None):
                         help="sampler steps for every strategy (default 10 20 50; " + cli.bound_help("steps") + ")")
     parser.add_argument("--backprop-steps", type=cli.count("steps"), nargs="+",
                         help="Backprop's steps instead of --steps (its memory grows with them)")
-    parser.add_argument("--gradients", nargs="+", default=list(GRADIENTS), choices=list(GRADIENTS))
+    parser.add_argument("--gradients", nargs="+", default=list(BENCHED), choices=list(GRADIENTS), metavar="GRADIENT",
+                        help=f"strategies by name (adjointdpm.GRADIENTS: {', '.join(GRADIENTS)}; default "
+                        f"{' '.join(BENCHED)})")
     parser.add_argument("--attention", default="sdpa", choices=ATTENTION,
                         help="attention for the gradients (default sdpa, diffusers' default)")
     parser.add_argument("--checkpointing", nargs="*", default=[], choices=CHECKPOINTING,
@@ -343,6 +346,11 @@ def main(argv=None):
         args.save_memory = [*ALL_SAVINGS, *(s for s in args.save_memory if s not in ALL_SAVINGS and s != "all")]
     if {"vae", "vae-resnets"} <= set(args.save_memory) | set(args.checkpointing):
         parser.error("argument --save-memory: 'vae' and 'vae-resnets' are two grains of one saving; choose one")
+    for name in args.gradients:  # which sampler each differentiates, before anything is measured
+        try:
+            Sampler(args.steps[0], SOLVER.get(name, Sampler.solver), GUIDANCE, name)
+        except ValueError as err:
+            parser.error(f"argument --gradients: {err}")
     if any(r % 64 for r in args.resolution or []):
         parser.error("argument --resolution: must be a multiple of 64 (SD's VAE downsamples by 8, its UNet by 8 more)")
     if args.worker:

@@ -1,9 +1,12 @@
 """Every bad input gets a ValueError that names the argument."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
-from adjointdpm import CFG, Adjoint, AdjointDEIS, TorchdiffeqAdjoint, VPSchedule, sample
+from adjointdpm import (CFG, GRADIENTS, Adjoint, AdjointDEIS, Checkpoint, Gradient, TorchdiffeqAdjoint, VPSchedule,
+                        make_gradient, sample)
 from helpers import gaussian, noise
 
 SCHED = VPSchedule.linear()
@@ -80,6 +83,24 @@ def test_strategy_arguments():
         sample(gaussian(), x_T, SCHED, steps=4, gradient=Adjoint(steps=6, states="reuse"))
     with pytest.raises(ValueError, match="TorchdiffeqAdjoint supports"):
         sample(gaussian(), x_T, SCHED, steps=4, solver="dpm2", gradient=TorchdiffeqAdjoint())
+    with pytest.raises(dataclasses.FrozenInstanceError):  # a strategy is its settings: they cannot drift after a check
+        Adjoint().steps = 3
+
+
+def test_every_strategy_name_builds_and_every_table_names_only_those():
+    """One table of strategies by name (adjointdpm.GRADIENTS); the scales' tables only label its names."""
+    for name in GRADIENTS:
+        assert isinstance(make_gradient(name, 4), Gradient)
+    assert make_gradient("adjointdeis-2-noise-stored", 4) == AdjointDEIS(2, 4, states="reuse", form="noise")
+    assert make_gradient("checkpoint", 4) == Checkpoint()  # a strategy without adjoint steps takes none
+    with pytest.raises(ValueError, match="gradient must be one of .*'backprop'.*got 'adjiont'"):
+        make_gradient("adjiont")
+    from adjointdpm.accuracy import STRATEGIES as accuracy
+    from cifar.reversible import STRATEGIES as reversible
+    from toy.bench import FAMILIES
+    from toy.reproduce import STRATEGIES as toy
+    labels = [accuracy, reversible, toy, *(strategies for strategies, _, _ in FAMILIES.values())]
+    assert {name for table in labels for name in table.values()} <= set(GRADIENTS)
 
 
 def test_cfg_needs_a_condition_of_matching_shape():

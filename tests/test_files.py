@@ -3,7 +3,6 @@ and writing atomically."""
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 import torch

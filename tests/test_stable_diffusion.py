@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, sample
+from adjointdpm import AdjointDEIS, Backprop, Checkpoint, make_gradient, sample
 from stable_diffusion import (LatentEps, add_token, decode, encode_prompt, eps_model, load_components,
                               tiny_components)
 from stable_diffusion import apps
@@ -80,7 +80,7 @@ def test_gradients_agree_with_checkpoint_as_adjoint_steps_grow(comps):
     for steps in (4, 16):  # forward and backward steps together: a 4th-order method, so ~1/256
         reference = grads(Checkpoint(), steps)
         assert all(g is not None and g.abs().sum() > 0 for g in reference)
-        got = grads(apps.GRADIENTS["adjoint"](steps), steps)
+        got = grads(make_gradient("adjoint", steps), steps)
         errors.append([float((a - b).norm() / b.norm()) for a, b in zip(got, reference)])
     for coarse, fine in zip(*errors):  # every gradient (x_T, embedding row, attention weights) converges
         assert fine < coarse / 8 and fine < 1e-3
@@ -274,7 +274,9 @@ def test_command_line(tmp_path, classifier_file, capsys):
      "argument --classifier-weights: required for the resnet18 identity model"),
     (["morph", "--pairs", "0"], "argument --pairs: must be an integer from 1 to 10,000"),
     (["invert", "--target-prompt", "a", "--gradient", "reversible"],
-     "argument --gradient: gradient 'reversible' differentiates the reversible sampler: pass solver 'reversible-dpm1'"),
+     "argument --gradient: ReversibleAdjoint differentiates a reversible solver (reversible-dpm1), got 'dpm2m'"),
+    (["invert", "--target-prompt", "a", "--gradient", "torchdiffeq"],
+     "argument --gradient: TorchdiffeqAdjoint supports solvers ('euler', 'heun', 'rk4', 'adams4', 'dopri5'), got 'dpm2m'"),
     (["invert", "--target-prompt", "a", "--solver", "reversible-dpm1"],
      "argument --gradient: solver 'reversible-dpm1' is differentiated exactly by gradient 'reversible'"),
 ])

@@ -10,7 +10,6 @@ The classifier everywhere is the Bayes posterior of the mixture,
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 

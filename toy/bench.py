@@ -18,6 +18,7 @@ per step (Checkpoint), exact and flat (ReversibleAdjoint).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, ReversibleAdjoint, VPSchedule, cli, files, sample
+from adjointdpm import Checkpoint, VPSchedule, cli, files, make_gradient, sample
 from adjointdpm.memory import load_note, machine_load, peak as peak_bytes, reset_peak, run_in_fresh_process
 from adjointdpm.report import markdown_table
 from toy.mixture import eight_modes
@@ -37,19 +38,19 @@ from toy.reproduce import STRATEGIES
 SOLVER = "rk4"
 HIDDEN, DEPTH = 256, 3
 SDE = dict(solver="sde-dpm1", noise_seed=0)
-SDE_STRATEGIES = {  # the adjoints solve with RK4 at the forward's steps
-    "SDE Backprop": Backprop,
-    "SDE Checkpoint": Checkpoint,
-    "SDE Adjoint (stored states)": lambda: Adjoint(solver="rk4", states="reuse"),
-    "SDE Adjoint (re-solved)": lambda: Adjoint(solver="rk4"),
-    "SDE AdjointDEIS-1 (data)": lambda: AdjointDEIS(1, form="data"),
-    "SDE AdjointDEIS-1 (noise)": lambda: AdjointDEIS(1, form="noise"),
+SDE_STRATEGIES = {  # label -> name in adjointdpm.GRADIENTS; the adjoints solve with RK4 at the forward's steps
+    "SDE Backprop": "backprop",
+    "SDE Checkpoint": "checkpoint",
+    "SDE Adjoint (stored states)": "adjoint-stored",
+    "SDE Adjoint (re-solved)": "adjoint",
+    "SDE AdjointDEIS-1 (data)": "adjointdeis",
+    "SDE AdjointDEIS-1 (noise)": "adjointdeis-noise",
 }
 REVERSIBLE = dict(solver="reversible-dpm1")
 REVERSIBLE_STRATEGIES = {  # the three kinds of gradient through one sampler: exact and growing, exact and flat
-    "Reversible Backprop": Backprop,
-    "Reversible Checkpoint": Checkpoint,
-    "ReversibleAdjoint": ReversibleAdjoint,
+    "Reversible Backprop": "backprop",
+    "Reversible Checkpoint": "checkpoint",
+    "ReversibleAdjoint": "reversible",
 }
 # each family: its strategies, the sampler they differentiate, and its baseline row (ratios are against it)
 FAMILIES = {"ODE": (STRATEGIES, {"solver": SOLVER}, "Backprop"), "SDE": (SDE_STRATEGIES, SDE, "SDE Backprop"),
@@ -61,9 +62,9 @@ def family(name: str) -> str:
 
 
 def case(name: str):
-    """The strategy of ``name`` and the sampler it differentiates (``sample``'s keyword arguments)."""
+    """What builds the strategy of ``name``, and the sampler it differentiates (``sample``'s keyword arguments)."""
     strategies, sampler, _ = FAMILIES[family(name)]
-    return strategies[name], sampler
+    return functools.partial(make_gradient, strategies[name]), sampler
 
 
 def _problem(setup: Path, device: str):

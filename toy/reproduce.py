@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from adjointdpm import (Adjoint, AdjointDEIS, Backprop, Checkpoint, GaussianMixture, TorchdiffeqAdjoint, VPSchedule,
+from adjointdpm import (GaussianMixture, VPSchedule, make_gradient,
                         cli, files, sample, steps_for_nfe)
 from adjointdpm.memory import saved_bytes_during
 from adjointdpm.report import markdown_table
@@ -25,16 +25,17 @@ from toy.mixture import eight_modes
 
 F64 = dict(dtype=torch.float64)
 MEAN, SCALE, TARGET = [0.5, -1.0], [0.3, 1.5], [1.0, 2.0]
+# each curve's label -> its strategy's name in adjointdpm.GRADIENTS (the adjoints at the forward's RK4 steps)
 STRATEGIES = {
-    "Backprop": Backprop,
-    "Checkpoint": Checkpoint,
-    "Adjoint": Adjoint,
-    "Adjoint (reuse states)": lambda: Adjoint(states="reuse"),
-    "Adjoint (torchdiffeq)": TorchdiffeqAdjoint,
-    "AdjointDEIS-1 (data)": lambda: AdjointDEIS(1, form="data"),
-    "AdjointDEIS-2 (data)": lambda: AdjointDEIS(2, form="data"),
-    "AdjointDEIS-1 (noise)": lambda: AdjointDEIS(1, form="noise"),
-    "AdjointDEIS-2 (noise)": lambda: AdjointDEIS(2, form="noise"),
+    "Backprop": "backprop",
+    "Checkpoint": "checkpoint",
+    "Adjoint": "adjoint",
+    "Adjoint (reuse states)": "adjoint-stored",
+    "Adjoint (torchdiffeq)": "torchdiffeq",
+    "AdjointDEIS-1 (data)": "adjointdeis",
+    "AdjointDEIS-2 (data)": "adjointdeis-2",
+    "AdjointDEIS-1 (noise)": "adjointdeis-noise",
+    "AdjointDEIS-2 (noise)": "adjointdeis-2-noise",
 }
 FORWARD_SOLVERS = ("euler", "heun", "rk4", "adams4", "dpm1", "dpm2", "dpm3", "dpm2m")
 
@@ -55,7 +56,7 @@ def gradient_accuracy(steps_list, batch: int, schedule: VPSchedule, t_end: float
         x_T = x_T0.clone().requires_grad_()
         cond = torch.zeros(2, **F64, requires_grad=True)
         (x, info), saved = saved_bytes_during(lambda: sample(
-            model, x_T, schedule, cond, steps=steps, solver="rk4", t_end=t_end, gradient=STRATEGIES[name](),
+            model, x_T, schedule, cond, steps=steps, solver="rk4", t_end=t_end, gradient=make_gradient(STRATEGIES[name]),
             return_info=True))
         (((x - target) ** 2).sum() / batch).backward()
         theta = torch.cat([model.means.grad[0], model.log_scales.grad[0]])

@@ -5,6 +5,7 @@
     loss(x0).backward()   # x_T.grad, c.grad and the model's parameters' .grad
 """
 from .grad import Adjoint, AdjointDEIS, Backprop, Checkpoint, Gradient, ReversibleAdjoint
+from .gradients import GRADIENTS, make_gradient
 from .mixture import GaussianMixture
 from .model import CFG
 from .ode import SolveInfo
@@ -15,4 +16,4 @@ from .solvers import SOLVERS, steps_for_nfe
 
 __all__ = ["sample", "VPSchedule", "CFG", "Backprop", "Checkpoint", "Adjoint", "AdjointDEIS", "ReversibleAdjoint",
            "TorchdiffeqAdjoint", "TorchsdeAdjoint",
-           "Gradient", "SolveInfo", "SOLVERS", "steps_for_nfe", "GaussianMixture"]
+           "Gradient", "GRADIENTS", "make_gradient", "SolveInfo", "SOLVERS", "steps_for_nfe", "GaussianMixture"]

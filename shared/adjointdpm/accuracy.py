@@ -28,18 +28,19 @@ from typing import Callable
 import torch
 
 from . import cli, files
-from .grad import Adjoint, AdjointDEIS, Checkpoint, Gradient
+from .grad import Checkpoint, Gradient
+from .gradients import deis_name, make_gradient
 from .report import markdown_table
 from .sample import sample
 
-# name -> strategy at a number of adjoint steps. "stored": the forward's states at its grid points.
-STRATEGIES: dict[str, Callable[[int], Gradient]] = {
-    "Checkpoint": lambda m: Checkpoint(),
-    "Adjoint RK4": lambda m: Adjoint(m, "rk4"),
-    "Adjoint RK4, stored": lambda m: Adjoint(m, "rk4", states="reuse"),
-    **{f"AdjointDEIS-{order} {form}{stored}": (lambda m, o=order, f=form, s=states: AdjointDEIS(o, m, states=s, form=f))
-       for form in ("data", "noise") for order in (1, 2)
-       for stored, states in (("", "reintegrate"), (", stored", "reuse"))},
+# each row's label -> its strategy's name in GRADIENTS (built at a number of adjoint steps). "stored": the
+# forward's states at its grid points.
+STRATEGIES: dict[str, str] = {
+    "Checkpoint": "checkpoint",
+    "Adjoint RK4": "adjoint",
+    "Adjoint RK4, stored": "adjoint-stored",
+    **{f"AdjointDEIS-{order} {form}{stored}": deis_name(order, form, states)
+       for form in ("data", "noise") for order in (1, 2) for stored, states in (("", "reintegrate"), (", stored", "reuse"))},
 }
 FLAT = [name for name in STRATEGIES if name != "Checkpoint" and not name.endswith("stored")]  # memory flat in steps
 FINE = dict(solver="dpm3", steps=200)  # the converged solve (DPM-Solver-3: third order)
@@ -128,7 +129,7 @@ def measure(setup: Setup, work: Path, todo: list, fine: dict = FINE, progress: b
             if (solver, n) not in exact:
                 exact[solver, n] = files.cached(work / f"exact-{solver}-{n}.pt", "exact gradients",
                                                 lambda: setup.gradients(Checkpoint(), solver, n)[0])
-            grads, seconds, nfe = setup.gradients(STRATEGIES[name](m), solver, n)
+            grads, seconds, nfe = setup.gradients(make_gradient(STRATEGIES[name], m), solver, n)
             new = []
             for loss, g in grads.items():
                 (rel_e, cos_e), (rel_c, cos_c) = compare(g, exact[solver, n][loss]), compare(g, converged[loss])

@@ -14,9 +14,12 @@ everything else the SDE needs, forward and backward, lives here.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .brownian import BrownianPath
 
 
+@dataclass(frozen=True)
 class ODE:
     """The probability-flow ODE: the field as it is, nothing between steps."""
 
@@ -33,9 +36,6 @@ class ODE:
     def reverse(self, adjoint_steps: int):
         """What an adjoint re-solving the state backwards does before each of its steps (``before=``)."""
         return None
-
-    def __repr__(self):
-        return "ODE()"
 
 
 class SDE:

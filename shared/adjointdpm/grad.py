@@ -41,7 +41,7 @@ from ``a_z(s_end) = dL/dz_end``, ``a_c = a_theta = 0`` back to ``s_start``. In `
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Callable
 
 import torch
@@ -92,12 +92,17 @@ class Problem:
 
 
 class Gradient:
-    """The strategy contract: map the initial state ``z0`` to the final one."""
+    """The strategy contract: map the initial state ``z0`` to the final one, after refusing in
+    :meth:`check` a sampler it cannot differentiate."""
+
+    def check(self, method: Method) -> None:
+        """Refuse the forward rule ``method`` if this strategy cannot differentiate it (before anything runs)."""
 
     def solve(self, problem: Problem, z0: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
 class NoGradient(Gradient):
     """``gradient=None``: sample only, at ``torch.no_grad()`` cost."""
 
@@ -106,6 +111,7 @@ class NoGradient(Gradient):
             return problem.solve(z0)
 
 
+@dataclass(frozen=True)
 class Backprop(Gradient):
     """Autograd through every step (the baseline): exact for the discrete sampler; memory grows
     with steps. Backward traverses each model evaluation's graph once, ``nfe_backward = nfe_forward``."""
@@ -113,10 +119,8 @@ class Backprop(Gradient):
     def solve(self, problem, z0):
         return problem.solve(z0)
 
-    def __repr__(self):
-        return "Backprop()"
 
-
+@dataclass(frozen=True)
 class Checkpoint(Gradient):
     """Exactly :class:`Backprop`'s gradient; keeps the states between steps and
     recomputes one step's activations at a time in backward."""
@@ -124,11 +128,46 @@ class Checkpoint(Gradient):
     def solve(self, problem, z0):
         return problem.solve(z0, checkpoint=True)
 
-    def __repr__(self):
-        return "Checkpoint()"
+
+class _SolvedAdjoint(Gradient):
+    """What :class:`Adjoint` and :class:`AdjointDEIS` share: the backward's plan from their ``steps``,
+    ``solver`` and ``states``, and the check of those three."""
+
+    def _check(self):
+        if self.steps is not None:
+            object.__setattr__(self, "steps", as_steps(self.steps, f"{type(self).__name__} steps"))
+        if self.states not in ("reintegrate", "reuse"):
+            raise ValueError(f"{type(self).__name__} states must be 'reintegrate' or 'reuse', got {self.states!r}")
+
+    def check(self, method):
+        if self.solver is None and method.reversible:
+            raise ValueError(f"{type(self).__name__} cannot solve the adjoint with a reversible rule: behind "
+                             "reversible-dpm1 use ReversibleAdjoint() (exact), or name another solver")
+
+    def _plan(self, problem: Problem) -> tuple[Method, torch.Tensor, object]:
+        """The backward's rule, grid and restart for ``problem``: every refusal that needs the problem is here
+        (the last one the dynamics': an SDE re-solved backwards must land on every forward grid point)."""
+        times, forward_steps = problem.times, len(problem.times) - 1
+        if self.steps is not None and self.steps != forward_steps:
+            if self.states == "reuse" and self.steps % forward_steps:
+                raise ValueError(f"{type(self).__name__}(states='reuse') restarts from the stored states at the "
+                                 f"forward's grid points: steps must be a multiple of the forward's {forward_steps} "
+                                 f"(got {self.steps})")
+            times = problem.make_times(self.steps)
+        method = problem.method if self.solver is None else make_method(self.solver, problem.rtol, problem.atol)
+        if method.exponential and not problem.space.exponential:
+            raise ValueError(f"adjoint solver {self.solver!r} is an exponential integrator: it needs space='reparam'")
+        # between stored states (or everywhere, re-solving), y is re-solved as the dynamics say
+        restart = problem.dynamics.reverse(len(times) - 1) if self.states == "reintegrate" else None
+        return method, times, restart
+
+    def solve(self, problem, z0):
+        run = _AdjointRun(problem, *self._plan(problem), reuse=self.states == "reuse")
+        return _AdjointSolve.apply(run, z0, *run.wrt)
 
 
-class Adjoint(Gradient):
+@dataclass(frozen=True)
+class Adjoint(_SolvedAdjoint):
     """The paper's method: solve the augmented adjoint ODE backwards (eq. 11).
 
     Memory does not grow with steps. The gradient is that of the continuous ODE, reached as
@@ -165,44 +204,20 @@ class Adjoint(Gradient):
             (more accurate, stores one state per step; ``steps`` a multiple of the forward's).
     """
 
-    def __init__(self, steps: int | None = None, solver: str | None = None, *, states: str = "reintegrate"):
-        steps = None if steps is None else as_steps(steps, "Adjoint steps")
-        if solver is not None and make_method(solver).stochastic:  # make_method validates the name
+    steps: int | None = None
+    solver: str | None = None
+    _: KW_ONLY
+    states: str = "reintegrate"
+
+    def __post_init__(self):
+        if self.solver is not None and make_method(self.solver).stochastic:  # make_method validates the name
             raise ValueError(f"the adjoint is an ODE, also behind an SDE sampler: its solver must be an ODE rule, "
-                             f"got {solver!r}")
-        if states not in ("reintegrate", "reuse"):
-            raise ValueError(f"Adjoint states must be 'reintegrate' or 'reuse', got {states!r}")
-        self.steps, self.solver, self.states = steps, solver, states
-
-    def __repr__(self):
-        return f"Adjoint(steps={self.steps}, solver={self.solver!r}, states={self.states!r})"
-
-    def _plan(self, problem: Problem) -> tuple[Method, torch.Tensor, object]:
-        """The backward's rule, grid and restart for ``problem``: every refusal that needs the problem is here
-        (the last one the dynamics': an SDE re-solved backwards must land on every forward grid point)."""
-        times, forward_steps = problem.times, len(problem.times) - 1
-        if self.steps is not None and self.steps != forward_steps:
-            if self.states == "reuse" and self.steps % forward_steps:
-                raise ValueError(f"{type(self).__name__}(states='reuse') restarts from the stored states at the "
-                                 f"forward's grid points: steps must be a multiple of the forward's {forward_steps} "
-                                 f"(got {self.steps})")
-            times = problem.make_times(self.steps)
-        method = problem.method if self.solver is None else make_method(self.solver, problem.rtol, problem.atol)
-        if method.reversible:
-            raise ValueError(f"{type(self).__name__} cannot solve the adjoint with a reversible rule: behind "
-                             "reversible-dpm1 use ReversibleAdjoint() (exact), or name another solver")
-        if method.exponential and not problem.space.exponential:
-            raise ValueError(f"adjoint solver {self.solver!r} is an exponential integrator: it needs space='reparam'")
-        # between stored states (or everywhere, re-solving), y is re-solved as the dynamics say
-        restart = problem.dynamics.reverse(len(times) - 1) if self.states == "reintegrate" else None
-        return method, times, restart
-
-    def solve(self, problem, z0):
-        run = _AdjointRun(problem, *self._plan(problem), reuse=self.states == "reuse")
-        return _AdjointSolve.apply(run, z0, *run.wrt)
+                             f"got {self.solver!r}")
+        self._check()
 
 
-class AdjointDEIS(Adjoint):
+@dataclass(frozen=True)
+class AdjointDEIS(_SolvedAdjoint):
     """AdjointDEIS-k: the adjoint solved with exponential integrators in lambda, order 1 or 2, one
     model evaluation and one vector-Jacobian product per step, memory flat in steps.
 
@@ -245,16 +260,23 @@ class AdjointDEIS(Adjoint):
         form: ``"data"`` or ``"noise"``.
     """
 
-    def __init__(self, order: int = 1, steps: int | None = None, *, states: str = "reintegrate", form: str = "data"):
-        if order not in (1, 2):
-            raise ValueError(f"AdjointDEIS order must be 1 or 2, got {order!r}")
-        if form not in ("data", "noise"):
-            raise ValueError(f"AdjointDEIS form must be 'data' or 'noise', got {form!r}")
-        super().__init__(steps=steps, solver="dpm1" if order == 1 else "dpm2m", states=states)
-        self.order, self.form = order, form
+    order: int = 1
+    steps: int | None = None
+    _: KW_ONLY
+    states: str = "reintegrate"
+    form: str = "data"
 
-    def __repr__(self):
-        return f"AdjointDEIS(order={self.order}, steps={self.steps}, states={self.states!r}, form={self.form!r})"
+    def __post_init__(self):
+        if self.order not in (1, 2):
+            raise ValueError(f"AdjointDEIS order must be 1 or 2, got {self.order!r}")
+        if self.form not in ("data", "noise"):
+            raise ValueError(f"AdjointDEIS form must be 'data' or 'noise', got {self.form!r}")
+        self._check()
+
+    @property
+    def solver(self) -> str:
+        """The forward rule of the same order in lambda: the noise form solves the adjoint with it."""
+        return "dpm1" if self.order == 1 else "dpm2m"
 
     def solve(self, problem, z0):
         if self.form == "noise":
@@ -264,6 +286,7 @@ class AdjointDEIS(Adjoint):
         return _AdjointSolve.apply(run, z0, *run.wrt)
 
 
+@dataclass(frozen=True)
 class ReversibleAdjoint(Gradient):
     """The exact gradient of a reversible sampler (``solver="reversible-dpm1"``) at constant memory.
 
@@ -276,13 +299,12 @@ class ReversibleAdjoint(Gradient):
     sampler: two model evaluations per step instead of DDIM's one, and a sample that differs from
     DDIM's (``results/cifar/reversible.md``)."""
 
-    def __repr__(self):
-        return "ReversibleAdjoint()"
+    def check(self, method):
+        if not method.reversible:
+            raise ValueError(f"ReversibleAdjoint differentiates a reversible solver (reversible-dpm1), got "
+                             f"{method.name!r}")
 
     def solve(self, problem, z0):
-        if not problem.method.reversible:
-            raise ValueError(f"ReversibleAdjoint differentiates a reversible solver (reversible-dpm1), got "
-                             f"{problem.method.name!r}")
         run = _ReversibleRun(problem)
         return _AdjointSolve.apply(run, z0, *run.wrt)
 

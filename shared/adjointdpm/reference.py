@@ -21,6 +21,7 @@ Both solve the adjoint on the forward grid from the final state, so they take no
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torchdiffeq
@@ -28,22 +29,21 @@ import torchdiffeq
 from .grad import Gradient
 
 
+@dataclass(frozen=True)
 class TorchdiffeqAdjoint(Gradient):
     """``torchdiffeq.odeint_adjoint`` with the forward's solver on the forward's grid, both ways."""
 
     SOLVERS = {"euler": ("euler", {}), "heun": ("heun2", {}), "rk4": ("rk4", {}),
                "adams4": ("explicit_adams", {"max_order": 5}), "dopri5": ("dopri5", {})}
 
-    def __repr__(self):
-        return "TorchdiffeqAdjoint()"
+    def check(self, method):
+        if method.stochastic:
+            raise ValueError("TorchdiffeqAdjoint solves ODEs: use Adjoint or TorchsdeAdjoint for the SDE solvers")
+        if method.name not in self.SOLVERS:
+            raise ValueError(f"TorchdiffeqAdjoint supports solvers {tuple(self.SOLVERS)}, got {method.name!r}")
 
     def solve(self, problem, z0):
-        if problem.dynamics.stochastic:
-            raise ValueError("TorchdiffeqAdjoint solves ODEs: use Adjoint or TorchsdeAdjoint for the SDE solvers")
-        name = problem.method.name
-        if name not in self.SOLVERS:
-            raise ValueError(f"TorchdiffeqAdjoint supports solvers {tuple(self.SOLVERS)}, got {name!r}")
-        method, options = self.SOLVERS[name]
+        method, options = self.SOLVERS[problem.method.name]
         grid = torch.tensor(problem.grid(problem.times), dtype=z0.dtype, device=z0.device)
         # Ask for the end state only (odeint_adjoint keeps every requested output for its backward), and
         # put the steps on the forward grid both ways: fixed-grid methods build it, dopri5 must land on it.
@@ -68,15 +68,15 @@ def _grid_between(grid, func, y0, t):
     raise ValueError(f"torchdiffeq asked for a grid from {float(t[0])} to {float(t[-1])}, not the forward's ends")
 
 
+@dataclass(frozen=True)
 class TorchsdeAdjoint(Gradient):
     """``torchsde.sdeint_adjoint`` on the step-indexed SDE (Euler both ways, ``dt = 1``)."""
 
-    def __repr__(self):
-        return "TorchsdeAdjoint()"
-
-    def solve(self, problem, z0):
-        if not problem.dynamics.stochastic:
+    def check(self, method):
+        if not method.stochastic:
             raise ValueError("TorchsdeAdjoint solves the SDE solvers' problems: use Adjoint or TorchdiffeqAdjoint "
                              "for the ODE")
+
+    def solve(self, problem, z0):
         from .torchsde_route import sdeint_adjoint  # torchsde loads only when this route runs
         return sdeint_adjoint(problem, z0)

@@ -57,6 +57,7 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
     if gradient is not None and not isinstance(gradient, Gradient):
         raise ValueError(f"gradient must be None or a strategy such as Backprop(), got {gradient!r}")
     method = make_method(solver, rtol, atol, coupling)
+    (gradient or NoGradient()).check(method)
     the_space = SPACES[space](schedule)
     if method.exponential and not the_space.exponential:
         raise ValueError(f"solver {solver!r} is an exponential integrator in lambda: it needs space='reparam'")

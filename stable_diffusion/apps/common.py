@@ -9,34 +9,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, ReversibleAdjoint, files, sample
+from adjointdpm import files, make_gradient, sample
 from adjointdpm.solvers import make_method
 
 from ..components import SDComponents
 from ..model import check_latents, decode, encode_prompt, eps_model
 
-# By name, for the command line. "adjoint" is RK4 on eq. 11 in (y, rho) at the sampler's steps: behind the
-# applications' DPM-Solver-2M it is the most accurate memory-flat strategy on the digits model (3.9 % off the
-# sampler's exact gradient at 10 steps, 2.1 % at 20: results/stable_diffusion/digits/adjoint_accuracy.md), at four
-# VJPs per step; "adjointdeis" (AdjointDEIS-1, data form) makes one per step and is 10-35 % off there.
-# "reversible" is exact at flat memory, behind the reversible sampler only (--solver reversible-dpm1).
-# "adjointdeis-stored" takes the states the forward stored, one per step (re-solving an SDE backwards is
-# unusable at few steps: notebook 01, section 10), so its memory grows with steps as Checkpoint's does.
-GRADIENTS = {
-    "adjoint": lambda steps: Adjoint(steps=steps, solver="rk4"),
-    "adjointdeis": lambda steps: AdjointDEIS(order=1, steps=steps, form="data"),
-    "adjointdeis-stored": lambda steps: AdjointDEIS(order=1, states="reuse", form="data"),
-    "checkpoint": lambda steps: Checkpoint(),
-    "backprop": lambda steps: Backprop(),
-    "reversible": lambda steps: ReversibleAdjoint(),
-}
+# The gradient strategies by name (adjointdpm.GRADIENTS). "adjoint" is RK4 on eq. 11 in (y, rho) at the
+# sampler's steps: behind the applications' DPM-Solver-2M it is the most accurate memory-flat strategy on the
+# digits model (3.9 % off the sampler's exact gradient at 10 steps, 2.1 % at 20:
+# results/stable_diffusion/digits/adjoint_accuracy.md), at four VJPs per step; "adjointdeis" (AdjointDEIS-1, data
+# form) makes one per step and is 10-35 % off there. "reversible" is exact at flat memory, behind the reversible
+# sampler only (--solver reversible-dpm1). "adjointdeis-stored" takes the states the forward stored, one per step
+# (re-solving an SDE backwards is unusable at few steps: notebook 01, section 10), so its memory grows with steps
+# as Checkpoint's does.
 
 
 @dataclass(frozen=True)
 class Sampler:
     """How every application samples: ``steps`` of ``solver`` on eq. 10 (logSNR grid, from
     t = 1 down to the first training step), guidance scale, and the gradient strategy by name
-    (:data:`GRADIENTS`: ``adjoint`` solves the adjoint ODE backwards with ``steps`` RK4 steps), and
+    (:data:`adjointdpm.GRADIENTS`: ``adjoint`` solves the adjoint ODE backwards with ``steps`` RK4 steps), and
     for an SDE solver (``sde-dpm1``) the seed of its Brownian path. Settings only, frozen (so it is a
     safe default argument); :class:`Pipeline` binds it to components."""
     steps: int = 20
@@ -46,17 +39,12 @@ class Sampler:
     noise_seed: int | None = None
 
     def __post_init__(self):
-        if self.gradient not in GRADIENTS:
-            raise ValueError(f"gradient must be one of {tuple(GRADIENTS)}, got {self.gradient!r}")
         method = make_method(self.solver)
+        make_gradient(self.gradient, self.steps).check(method)  # the name, and the sampler it differentiates
         if method.stochastic != (self.noise_seed is not None):
             raise ValueError(f"solver {self.solver!r} {'needs' if method.stochastic else 'takes no'} noise_seed "
                              f"(got {self.noise_seed!r})")
-        reversible = method.reversible
-        if self.gradient == "reversible" and not reversible:
-            raise ValueError(f"gradient 'reversible' differentiates the reversible sampler: pass solver "
-                             f"'reversible-dpm1' (got {self.solver!r})")
-        if reversible and self.gradient in ("adjoint", "adjointdeis"):
+        if method.reversible and self.gradient not in ("reversible", "checkpoint", "backprop"):
             raise ValueError(f"solver {self.solver!r} is differentiated exactly by gradient 'reversible' (or "
                              f"'checkpoint', 'backprop'), not by an adjoint (got {self.gradient!r})")
 
@@ -83,7 +71,7 @@ class Pipeline:
         ``return_info``, also the solve's :class:`adjointdpm.ode.SolveInfo` (its NFE forward and backward)."""
         check_latents(self.comps, x_T)
         sampler, schedule = self.sampler, self.comps.schedule
-        gradient = GRADIENTS[sampler.gradient](sampler.steps) if grad else None
+        gradient = make_gradient(sampler.gradient, sampler.steps) if grad else None
         return sample(self.model, x_T, schedule, cond, steps=sampler.steps, solver=sampler.solver,
                       t_end=schedule.t_min, gradient=gradient, noise_seed=sampler.noise_seed, return_info=return_info)
 

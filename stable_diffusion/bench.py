@@ -40,7 +40,8 @@ from adjointdpm.memory import (LivePeak, live_bytes, load_note, machine_load, pe
 from adjointdpm.report import markdown_table
 
 from .apps import Pipeline, Sampler, noise
-from .components import ATTENTION, CHECKPOINTING, release, save_memory
+from .components import (ALL_SAVINGS, ATTENTION, CHECKPOINTING, GRAINS, RELEASABLE, SAVINGS, asked_savings, release,
+                         save_memory)
 from .registry import MODELS, fingerprint, model_argument, open_model
 from .model import decode, encode_prompt, eps_model
 
@@ -51,20 +52,6 @@ PARTS = ("weights", "unet-vjp", "vae-backward")  # the breakdown's cases
 BENCHED = ("adjoint", "adjointdeis", "adjointdeis-stored", "checkpoint", "backprop", "reversible")  # by default
 SOLVER = {"reversible": "reversible-dpm1"}  # a strategy that needs its own sampler; the others differentiate dpm2m
 PAPER = {"AdjointDPM": 19.63, "DOODL": 23.24}  # GB, App. B: SD 1.5, fp32, V100
-# --save-memory: every saving that keeps the gradient exact, and what it costs (the bench's own measurements)
-SAVINGS = {
-    "unet": "checkpoint the UNet's blocks: one UNet VJP keeps 0.58 instead of 3.0 GiB at 512x512; each UNet "
-            "evaluation's forward runs again in backward",
-    "vae": "checkpoint the VAE decoder's up blocks (diffusers): the decode keeps 0.8 instead of 5.9 GiB; one more "
-           "decoder forward",
-    "vae-resnets": "checkpoint the VAE decoder per residual block and upsampler instead: a smaller transient in "
-                   "backward; one more decoder forward",
-    "text-encoder": "release the text encoder once the prompt is encoded: 0.46 GiB of weights; no time",
-    "vae-encoder": "release the VAE's encoder (a gradient only decodes): 0.13 GiB of weights; no time",
-    "allocator": "return freed memory to the system at once (a fixed glibc mmap threshold): the resident size "
-                 "follows the live bytes; costs fresh pages for every large tensor",
-}
-ALL_SAVINGS = ("unet", "vae-resnets", "text-encoder", "vae-encoder", "allocator")
 
 
 def machine_gib(device: str) -> float:
@@ -158,8 +145,8 @@ def cases(args) -> list[dict]:
     base = {"attention": args.attention, "checkpointing": list(args.checkpointing)}
     saving = set(args.save_memory)
     base["checkpointing"] += [c for c in CHECKPOINTING if c in saving and c not in base["checkpointing"]]
-    if saving & {"text-encoder", "vae-encoder"}:  # keys only where used: records measured before them still match
-        base["release"] = [r for r in ("text-encoder", "vae-encoder") if r in saving]
+    if saving & set(RELEASABLE):  # keys only where used: records measured before them still match
+        base["release"] = [r for r in RELEASABLE if r in saving]
     if "allocator" in saving:
         base["allocator"] = True
     out = []
@@ -323,7 +310,7 @@ def main(argv=None):
                         help="networks whose blocks are gradient-checkpointed for the gradients (default none)")
     parser.add_argument("--save-memory", nargs="+", default=[], choices=[*SAVINGS, "all"], metavar="SAVING",
                         help="savings that keep the gradient exact, each with its cost: " + "; ".join(
-                            f"{k}: {v}" for k, v in SAVINGS.items()) + f"; all: {', '.join(ALL_SAVINGS)}")
+                            f"{k}: {v.cost}" for k, v in SAVINGS.items()) + f"; all: {', '.join(ALL_SAVINGS)}")
     parser.add_argument("--breakdown", action="store_true",
                         help="also measure weights, one UNet VJP and the VAE decode's backward, with and without savings")
     parser.add_argument("--device", type=cli.device, default=cli.default_device(), help="default: cuda if available")
@@ -342,10 +329,12 @@ def main(argv=None):
         values = getattr(args, name) or []
         if len(set(values)) != len(values):
             parser.error(f"argument --{name.replace('_', '-')}: give each value once")
-    if "all" in args.save_memory:
-        args.save_memory = [*ALL_SAVINGS, *(s for s in args.save_memory if s not in ALL_SAVINGS and s != "all")]
-    if {"vae", "vae-resnets"} <= set(args.save_memory) | set(args.checkpointing):
-        parser.error("argument --save-memory: 'vae' and 'vae-resnets' are two grains of one saving; choose one")
+    try:
+        args.save_memory = asked_savings(args.save_memory)
+    except ValueError as err:
+        parser.error(str(err))
+    if set(GRAINS) <= set(args.save_memory) | set(args.checkpointing):
+        parser.error(f"argument --save-memory: {GRAINS[0]!r} and {GRAINS[1]!r} are two grains of one saving; choose one")
     for name in args.gradients:  # which sampler each differentiates, before anything is measured
         try:
             Sampler(args.steps[0], SOLVER.get(name, Sampler.solver), GUIDANCE, name)

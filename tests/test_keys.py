@@ -39,8 +39,9 @@ def _dests(parser):
 def _command(name):
     """(the arguments' parser, the module's KEYED and UNKEYED tables) of each resumable command."""
     if name == "stylize":
-        module = importlib.import_module("stable_diffusion.__main__")
-        return _subparser(module.parser(), "stylize"), module.STYLIZE_KEYED, module.STYLIZE_UNKEYED
+        from stable_diffusion.__main__ import parser
+        from stable_diffusion.apps.stylize import KEYED, UNKEYED
+        return _subparser(parser(), "stylize"), KEYED, UNKEYED
     if name == "digits train":
         module = importlib.import_module("stable_diffusion.digits.__main__")
         return _subparser(module.parser(), "train"), module.TRAIN_KEYED, module.TRAIN_UNKEYED

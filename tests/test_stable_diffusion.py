@@ -273,6 +273,10 @@ def test_command_line(tmp_path, classifier_file, capsys):
     (["morph", "--image-a", __file__, "--image-b", __file__, "--classifier-arch", "resnet18"],
      "argument --classifier-weights: required for the resnet18 identity model"),
     (["morph", "--pairs", "0"], "argument --pairs: must be an integer from 1 to 10,000"),
+    (["morph", "--image-a", __file__, "--image-b", __file__, "--solver", "dpm2m"],  # its samplers are the poster's
+     "unrecognized arguments: --solver dpm2m"),
+    (["guided", "--prompt", "a", "--target", "1", "--save-memory", "all", "vae"],
+     "argument --save-memory: 'vae' and 'vae-resnets' are two grains of one saving; choose one"),
     (["invert", "--target-prompt", "a", "--gradient", "reversible"],
      "argument --gradient: ReversibleAdjoint differentiates a reversible solver (reversible-dpm1), got 'dpm2m'"),
     (["invert", "--target-prompt", "a", "--gradient", "torchdiffeq"],

@@ -2,6 +2,7 @@
 ``x_T + delta`` with ``||delta||_inf <= tau`` that changes the classifier's decision on the image."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict
 from pathlib import Path
 
@@ -9,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adjointdpm import files
+from adjointdpm import cli, files
 from adjointdpm.report import markdown_table, percent
 
 from ..components import SDComponents
 from ..model import as_read
 from ..nets import check_target
-from .common import Pipeline, Sampler, save_images, write_result
+from .common import Command, Pipeline, Sampler, save_images, write_result
 
 
 def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, tau: float = 0.8,
@@ -105,3 +106,29 @@ def markdown(result: dict) -> str:
     target = result["target"]
     return (f"# Audit: ||delta||_inf <= {result['tau']}, {'untargeted' if target is None else f'target {target}'}"
             f"\n\n{table}\n")
+
+
+def class_prompt(text: str) -> tuple[int, str]:
+    """``LABEL=PROMPT`` on the command line."""
+    label, sep, prompt = text.partition("=")
+    if not sep or not label.strip().isdigit() or not prompt.strip():
+        raise argparse.ArgumentTypeError(f"takes LABEL=PROMPT, e.g. '3=a handwritten digit three', got {text!r}")
+    return int(label), prompt
+
+
+def _arguments(p):
+    p.add_argument("--classes", type=class_prompt, nargs="+", required=True, metavar="LABEL=PROMPT",
+                   help="the classes to audit, each with a prompt that generates it, e.g. '207=a golden retriever'")
+    p.add_argument("--tau", type=cli.positive_float, default=0.8, help="||delta||_inf bound on x_T (paper: 0.8)")
+    p.add_argument("--target", type=cli.nonnegative_int, help="targeted attack toward this class (default: untargeted)")
+    p.add_argument("--iters", type=cli.count("iters"), default=10,
+                   help="projected gradient steps (default 10; " + cli.bound_help("iters") + ")")
+
+
+def _run(args, comps, sampler, model, classifier, features) -> str:
+    audit(comps, classifier, dict(args.classes), args.seeds, tau=args.tau, target=args.target, iters=args.iters,
+          sampler=sampler, out=args.out, progress=not args.no_progress)
+    return (args.out / "audit.md").read_text()
+
+
+COMMAND = Command("bounded-noise audit of a classifier (Sec. 4.1.2)", _arguments, _run, classifier="classifier")

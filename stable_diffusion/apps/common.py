@@ -2,9 +2,11 @@
 :class:`Pipeline`), its initial noise, and how it writes results (image grids, strict JSON)."""
 from __future__ import annotations
 
+import argparse
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -47,6 +49,27 @@ class Sampler:
         if method.reversible and self.gradient not in ("reversible", "checkpoint", "backprop"):
             raise ValueError(f"solver {self.solver!r} is differentiated exactly by gradient 'reversible' (or "
                              f"'checkpoint', 'backprop'), not by an adjoint (got {self.gradient!r})")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One application as a subcommand of ``python -m stable_diffusion``: its help line, its own
+    arguments (``arguments(parser)``), the checks between them before anything loads (``check(args,
+    model)`` raises ``ValueError("argument --x: ...")``, ``model`` the :class:`registry.Model` described),
+    and its run (``run(args, comps, sampler, model, classifier, features)`` -> the line it prints; the
+    command loads the classifier and the style features, so that no application imports the registry).
+    ``classifier`` names the classifier it takes in messages (``None``: it takes none); ``features``: it
+    takes style features; ``samples`` is false where the application fixes its own samplers (no
+    ``--solver``, ``--guidance-scale``, ``--gradient``); ``resumes``: resumable work, data-parallel under
+    ``accelerate launch``."""
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[..., str]
+    check: Callable[[argparse.Namespace, object], None] = lambda args, model: None
+    classifier: str | None = None
+    features: bool = False
+    samples: bool = True
+    resumes: bool = False
 
 
 class Pipeline:

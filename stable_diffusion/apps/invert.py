@@ -2,6 +2,7 @@
 ``template.format(token)`` generate target images from fixed noises."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict
 from pathlib import Path
 
@@ -9,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adjointdpm import files
+from adjointdpm import cli, files
 from adjointdpm.seeds import mix_seed
 
 from ..components import SDComponents
 from ..model import add_token
-from .common import Pipeline, Sampler, save_images, write_result
+from .common import Command, Pipeline, Sampler, read_image, save_images, write_result
 
 
 def check_template(text: str, what: str = "template") -> str:
@@ -84,3 +85,50 @@ def invert_embedding(comps: SDComponents, targets: torch.Tensor, seeds, *, token
         save_images(out / "invert.png", rows)
         write_result(out, "invert", result)
     return result
+
+
+def _template(text: str) -> str:
+    try:
+        return check_template(text, "it")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _arguments(p):
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--target-images", type=cli.existing_file, nargs="+", help="one image file per seed")
+    src.add_argument("--target-prompt", help="simulate targets: generate them from this prompt at the same seeds")
+    src.add_argument("--target-digit", type=int, choices=range(10), metavar="0-9",
+                     help="with --model digits: real training images of this digit, one per seed")
+    p.add_argument("--token", default="<effect>", help="the new token (default <effect>)")
+    p.add_argument("--init-token", help="existing token whose embedding starts the new one (default: the mean row)")
+    p.add_argument("--template", type=_template, default="a photo of {}", help="prompt with {} for the token")
+    p.add_argument("--reuse-prompts", type=_template, nargs="*", default=[], help="prompts with {} for the token, "
+                   "drawn after training")
+    p.add_argument("--iters", type=cli.count("iters"), default=100, help="AdamW steps (default 100; " + cli.bound_help("iters") + ")")
+    p.add_argument("--lr", type=cli.positive_float, default=5e-3, help="learning rate (default 5e-3)")
+
+
+def _check(args, model):
+    if args.target_images and len(args.target_images) != len(args.seeds):
+        raise ValueError(f"argument --target-images: {len(args.target_images)} images for {len(args.seeds)} seeds "
+                         "(give one seed per image)")
+    if args.target_digit is not None and model.digit_images is None:
+        raise ValueError("argument --target-digit: only with a model of digits (--model digits)")
+
+
+def _run(args, comps, sampler, model, classifier, features) -> str:
+    if args.target_prompt:
+        targets = Pipeline(comps, sampler).generate([args.target_prompt] * len(args.seeds), args.seeds)
+    elif args.target_digit is not None:
+        targets = model.digit_images(args.target_digit, len(args.seeds))
+    else:
+        targets = torch.cat([read_image(str(p), comps.image_size) for p in args.target_images])
+    result = invert_embedding(comps, targets, args.seeds, token=args.token, init_token=args.init_token,
+                              template=args.template, iters=args.iters, lr=args.lr, sampler=sampler,
+                              reuse_prompts=args.reuse_prompts, out=args.out, progress=not args.no_progress)
+    return (f"MSE {result['losses'][0]:.4g} -> {result['losses'][-1]:.4g}; "
+            f"embedding saved to {args.out / 'learned_embeds.safetensors'}")
+
+
+COMMAND = Command("invert images into a new token's embedding (App. A)", _arguments, _run, check=_check)

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adjointdpm import files
+from adjointdpm import cli, files
 from adjointdpm.report import markdown_table, percent
 from adjointdpm.noise import slerp
 from handwritten.identity import cosine
 
 from ..components import SDComponents
-from ..model import decode
-from .common import Pipeline, Sampler, save_images
+from ..model import decode, encode_prompt
+from .common import Command, Pipeline, Sampler, read_image, save_images
 
 PIXEL_AVERAGE = "pixel average (no model)"
 POSTER = {  # AdjointDEIS poster Table 1 (SYN-MAD 2022, FMR 0.1 %): MMPMR AdaFace / ArcFace / ElasticFace, NFE
@@ -170,3 +170,46 @@ def embedding(classifier: torch.nn.Module) -> Callable:
     parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
     setattr(parent, name.rpartition(".")[2], torch.nn.Identity())
     return net
+
+
+def _arguments(p):
+    p.add_argument("--pairs", type=cli.count("pairs"), default=18,
+                   help="with --model digits: morph pairs (default 18: two per class, zero to eight; "
+                   + cli.bound_help("pairs") + ")")
+    p.add_argument("--image-a", type=cli.existing_file, nargs="+", help="other models: the first reference of each pair")
+    p.add_argument("--image-b", type=cli.existing_file, nargs="+", help="other models: the second reference of each pair")
+    p.add_argument("--prompt-a", default="", help="other models: the prompt of the a references (default empty)")
+    p.add_argument("--prompt-b", default="", help="other models: the prompt of the b references (default empty)")
+    p.add_argument("--threshold", type=cli.finite_float, help="other models: F's cosine at 0.1 %% false matches, "
+                   "measured on your impostor pairs (without it, no MMPMR: the similarities only)")
+    p.add_argument("--iters", type=cli.count("iters"), default=60, help="AdamW steps on (x_T, c) (default 60; " + cli.bound_help("iters") + ")")
+    p.add_argument("--lr", type=cli.positive_float, default=0.1, help="learning rate (default 0.1)")
+
+
+def _check(args, model):
+    if model.morph_heldout and (args.image_a or args.image_b):
+        raise ValueError("argument --image-a: with --model digits the references are held-out digits")
+    if not model.morph_heldout and (not args.image_a or not args.image_b or len(args.image_a) != len(args.image_b)):
+        raise ValueError("argument --image-a/--image-b: give the same number of reference images for a and b")
+
+
+def _run(args, comps, sampler, model, classifier, features) -> str:
+    progress = not args.no_progress
+    if model.morph_heldout:
+        model.morph_heldout(comps, args.out, pairs=args.pairs, iters=args.iters, lr=args.lr, steps=args.steps,
+                            seed=args.seeds[0], progress=progress)
+    else:
+        a, b = (torch.cat([read_image(str(p), comps.image_size) for p in paths]).to(comps.device)
+                for paths in (args.image_a, args.image_b))
+        with torch.no_grad():
+            cond_a, cond_b = (encode_prompt(comps, [prompt] * len(a)) for prompt in (args.prompt_a, args.prompt_b))
+        morph_table(comps, {"F": (embedding(classifier), args.threshold)}, a, b, cond_a, cond_b, args.out,
+                    what="of your reference images", steps=args.steps, iters=args.iters, lr=args.lr,
+                    seed=args.seeds[0], progress=progress)
+    return (args.out / "morph.md").read_text()
+
+
+COMMAND = Command("the AdjointDEIS poster's morphing, ODE and SDE (its Table 1; its samplers and strategy are the "
+                  "poster's: --steps of dpm1 with AdjointDEIS-1, twice as many of sde-dpm1, guidance 1); --model "
+                  "digits: pairs of same-class held-out digits, identity models F and F' of handwritten.identity",
+                  _arguments, _run, check=_check, classifier="identity model", samples=False)

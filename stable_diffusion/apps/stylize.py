@@ -3,19 +3,20 @@ cross-attention weights so generated images take the reference's Gram-matrix sty
 keeping their own content."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from adjointdpm import files
+from adjointdpm import cli, files
 from adjointdpm.training import Training
 
 from ..components import SDComponents
 from ..model import as_read
 from ..nets import gram
-from .common import Pipeline, Sampler, write_result
+from .common import Command, Pipeline, Sampler, read_image, write_result
 
 
 # The paper's target modules (App. D): the cross-attention projections of every transformer block.
@@ -154,3 +155,63 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
                 comps.unet.save_pretrained(out / "unet")
             write_result(out, "stylize", result)
     return result
+
+
+# How each argument of ``stylize`` (the one resumable application) reaches its folder's key (:func:`stylize`), or
+# why it cannot change the result; tests/test_keys.py fails for an argument in neither table.
+KEYED = {"model": "the UNet's weights fingerprint", "style_image": "the style image's fingerprint",
+         "features": "the features' fingerprint", "vgg_weights": "the features' fingerprint",
+         "prompts": "the key", "seeds": "the key", "lr": "the key", "w_style": "the key", "w_content": "the key",
+         "steps": "the sampler in the key", "solver": "the sampler in the key",
+         "guidance_scale": "the sampler in the key", "gradient": "the sampler in the key",
+         "lora_rank": "the key (when given)", "batch": "the key (when not one pair per process)"}
+UNKEYED = {"epochs": "more epochs continue the training; fewer than the folder holds are refused",
+           "save_every": "the checkpoint's interval: a step's loss depends only on its index",
+           "save_memory": "savings that keep the gradient exact (round-off only)",
+           "device": "round-off only", "out": "where the work goes: the key lives in it",
+           "no_progress": "display only"}
+
+
+def style_image(text: str) -> str:
+    """A local image file, or ``sklearn:china.jpg`` / ``sklearn:flower.jpg`` (bundled photographs)."""
+    if text in ("sklearn:china.jpg", "sklearn:flower.jpg"):
+        return text
+    cli.existing_file(text)
+    try:
+        read_image(text, 8)  # decodes at the door, not after the model has loaded
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _arguments(p):
+    p.add_argument("--style-image", type=style_image, required=True,
+                   help="an image file, or sklearn:china.jpg / sklearn:flower.jpg (photographs bundled with scikit-learn)")
+    p.add_argument("--prompts", nargs="+", required=True)
+    p.add_argument("--epochs", type=cli.count("epochs"), default=8,
+                   help="passes over the noise-prompt pairs (default 8; a rerun with more continues the training, "
+                   "one with fewer than a folder holds is refused; " + cli.bound_help("epochs") + ")")
+    p.add_argument("--lr", type=cli.positive_float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--w-style", type=cli.nonnegative_float, default=1e3, help="weight of the style term (default 1e3)")
+    p.add_argument("--w-content", type=cli.nonnegative_float, default=1.0, help="weight of the content term")
+    p.add_argument("--save-every", type=cli.positive_int, default=10, help="checkpoint every N steps (resume reads it)")
+    p.add_argument("--batch", type=cli.count("batch"), help="noise-prompt pairs per optimiser step, shared by the "
+                   "processes (default: one per process); N processes train what one trains with the same batch; "
+                   + cli.bound_help("batch"))
+    p.add_argument("--lora-rank", type=cli.positive_int, help="train rank-R LoRA adapters on the cross-attention "
+                   "projections instead of their weights; writes OUT/lora/pytorch_lora_weights.safetensors, which "
+                   "StableDiffusionPipeline.load_lora_weights(OUT/lora) loads (default: fine-tune the weights)")
+
+
+def _run(args, comps, sampler, model, classifier, features) -> str:
+    style = read_image(args.style_image, comps.image_size)
+    result = stylize(comps, features, style, args.prompts, args.seeds, epochs=args.epochs, lr=args.lr,
+                     w_style=args.w_style, w_content=args.w_content, sampler=sampler, out=args.out,
+                     save_every=args.save_every, accelerator=args.accelerator, lora_rank=args.lora_rank,
+                     batch=args.batch, progress=not args.no_progress)
+    saved = f"LoRA saved to {args.out / 'lora'}" if args.lora_rank else f"UNet saved to {args.out / 'unet'}"
+    return f"loss {result['losses'][0]:.4g} -> {result['losses'][-1]:.4g}; {saved}"
+
+
+COMMAND = Command("fine-tune cross-attention to a reference style (Sec. 4.2)", _arguments, _run, features=True,
+                  resumes=True)

@@ -2,7 +2,7 @@
 
     python -m cifar.adjoint_accuracy [--out results/cifar] [--batch 4] [--quick] [--device cuda]
 
-Writes ``adjoint_accuracy.md/json/png`` (:mod:`adjointdpm.accuracy`): for DDIM (``dpm1``) and
+Writes ``adjoint_accuracy.md/json/png`` (:mod:`adjointdpm.tools.accuracy`): for DDIM (``dpm1``) and
 DPM-Solver-2M at 10, 20 and 50 steps, every strategy and form at 1, 2 and 4 times the sampler's
 steps, how far ``dL/dx_T`` is from the sampler's exact gradient and from a converged solve's, for
 two losses on the 16x16 digits in [-1, 1]: a smooth one (the mean intensity of the central 8x8) and
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from adjointdpm import VPSchedule, accuracy, files
+from adjointdpm import VPSchedule
+from adjointdpm.tools import accuracy, files
 
 from .checkpoint import load_score_sde
 from .train_digits import EXPORT

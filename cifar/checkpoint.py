@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from adjointdpm import files
+from adjointdpm.tools import files
 
 from .ddpmpp import DDPMpp
 

@@ -1,5 +1,5 @@
 """Training-set statistics files for FID (score_sde's and pytorch-fid's formats); the distance
-itself is :mod:`adjointdpm.frechet`."""
+itself is :mod:`adjointdpm.tools.frechet`."""
 from __future__ import annotations
 
 import zipfile
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adjointdpm.frechet import feature_statistics
+from adjointdpm.tools.frechet import feature_statistics
 
 
 def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ depends only on ``(seed, batch, j)``: not on ``n``, on which process made it, ho
 there were, or whether the run was resumed. Under ``torchrun`` each rank takes the shards
 ``i = rank, rank + world, ...`` (from ``RANK`` / ``WORLD_SIZE``).
 
-What makes the work is its key (:func:`adjointdpm.files.claim`: seed, shard size, sampler,
+What makes the work is its key (:func:`adjointdpm.tools.files.claim`: seed, shard size, sampler,
 shape, the schedule's and the model's fingerprints, in ``settings.json``): a folder made with other settings
 is refused with one line naming the difference. A shard is finished only when it loads and
 holds exactly the samples this run needs; a partial, truncated or corrupt one is named and
@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adjointdpm import VPSchedule, files, sample
+from adjointdpm import VPSchedule, sample
+from adjointdpm.tools import files
 from adjointdpm.seeds import mix_seed
 
 
@@ -87,7 +88,7 @@ def generate(model, schedule: VPSchedule, out_dir, *, n: int, batch: int, sample
              model_key: str | None = None, progress: bool = True) -> list[Path]:
     """Write ``n`` samples as ``shard_XXXXX.pt`` (``{"images": uint8 (count, *shape), "seconds"}``) under ``out_dir``;
     ``sampler`` holds the keyword arguments of :func:`adjointdpm.sample` (steps, solver, ...); ``model_key``
-    identifies the model in the folder's key (default: :func:`adjointdpm.files.fingerprint` of its weights)."""
+    identifies the model in the folder's key (default: :func:`adjointdpm.tools.files.fingerprint` of its weights)."""
     if n < 1 or batch < 1:
         raise ValueError(f"n and batch must be >= 1, got n={n}, batch={batch}")
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank

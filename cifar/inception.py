@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from adjointdpm import files
+from adjointdpm.tools import files
 
 WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 

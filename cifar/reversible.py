@@ -32,10 +32,11 @@ from unittest import mock
 
 import torch
 
-from adjointdpm import Checkpoint, ReversibleAdjoint, VPSchedule, accuracy, cli, files, make_gradient, sample
-from adjointdpm.memory import saved_bytes_during
+from adjointdpm import Checkpoint, ReversibleAdjoint, VPSchedule, make_gradient, sample
+from adjointdpm.tools import accuracy, cli, files
+from adjointdpm.tools.memory import saved_bytes_during
 from adjointdpm.ode import ProbabilityFlow, ReparamSpace, SolveInfo
-from adjointdpm.report import markdown_table
+from adjointdpm.tools.report import markdown_table
 from adjointdpm.solvers import ReversibleDPM1
 from adjointdpm.trajectory import median_rmse
 

@@ -47,9 +47,10 @@ from typing import Callable
 
 import torch
 
-from adjointdpm import VPSchedule, cli, files, sample, steps_for_nfe
-from adjointdpm.frechet import feature_statistics, frechet_distance
-from adjointdpm.report import markdown_table
+from adjointdpm import VPSchedule, sample, steps_for_nfe
+from adjointdpm.tools import cli, files
+from adjointdpm.tools.frechet import feature_statistics, frechet_distance
+from adjointdpm.tools.report import markdown_table
 from adjointdpm.solvers import make_method
 from adjointdpm.trajectory import errors_along, median_rmse
 from cifar.fid import load_statistics

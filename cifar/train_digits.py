@@ -37,9 +37,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from adjointdpm import VPSchedule, cli, files
+from adjointdpm import VPSchedule
+from adjointdpm.tools import cli, files
 from adjointdpm.seeds import mix_seed
-from adjointdpm.training import Training
+from adjointdpm.tools.training import Training
 from handwritten import data
 
 from .ddpmpp import CONFIGS, DDPMpp

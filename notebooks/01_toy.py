@@ -411,7 +411,7 @@ plt.show()
 # vector-Jacobian products (VJPs) its backward pass makes (Checkpoint makes one per step).
 
 # %%
-from adjointdpm.memory import saved_bytes_during
+from adjointdpm.tools.memory import saved_bytes_during
 
 mixture = eight_modes(schedule, scale=0.3).double()
 x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(3), **f64)

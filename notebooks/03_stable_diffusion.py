@@ -79,12 +79,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from stable_diffusion import apps
-from stable_diffusion.digits import ConvFeatures, data, experiments, load_classifier
+from stable_diffusion.digits import ConvFeatures, data, experiments, load_digit_classifier
 from stable_diffusion.registry import open_model
 
 torch.manual_seed(0)
 if REAL:
-    from stable_diffusion.nets import load_classifier as load_torchvision, load_vgg19
+    from stable_diffusion.nets import load_torchvision_classifier as load_torchvision, load_vgg19
     MODEL, DEVICE = "sd15", "cuda"
     guide = load_torchvision("resnet50", "resnet50-11ad3fa6.pth").to(DEVICE)
     features = load_vgg19("vgg19-dcbb9e9d.pth").to(DEVICE)
@@ -93,7 +93,7 @@ if REAL:
     AUDIT = {207: "a photo of a golden retriever"}
 else:
     MODEL, DEVICE = "digits", "cpu"
-    guide = load_classifier()
+    guide = load_digit_classifier()
     features = ConvFeatures(guide)
     sampler = apps.Sampler(steps=8, guidance_scale=4.0)  # DPM-Solver-2M, an RK4 adjoint of as many steps
     TARGET, PROMPT = 9, data.GENERIC

@@ -15,7 +15,8 @@ import argparse
 import importlib
 from pathlib import Path
 
-from adjointdpm import GRADIENTS, SOLVERS, cli
+from adjointdpm import GRADIENTS, SOLVERS
+from adjointdpm.tools import cli
 
 from . import apps, registry
 from .components import ALL_SAVINGS, CHECKPOINTING, SAVINGS, asked_savings, save_memory
@@ -118,7 +119,7 @@ def main(argv=None):
         args.device = args.accelerator.device
     with cli.one_line_errors(parser_, resumes=command.resumes):
         if "allocator" in args.save_memory:
-            from adjointdpm.memory import return_freed_memory
+            from adjointdpm.tools.memory import return_freed_memory
             return_freed_memory()
         comps = save_memory(open_model(args.model, args.device), "sdpa",
                             [s for s in args.save_memory if s in CHECKPOINTING])

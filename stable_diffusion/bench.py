@@ -34,16 +34,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adjointdpm import GRADIENTS, cli, files
-from adjointdpm.memory import (LivePeak, live_bytes, load_note, machine_load, peak, reset_peak, return_freed_memory,
+from adjointdpm import GRADIENTS
+from adjointdpm.tools import cli, files
+from adjointdpm.tools.memory import (LivePeak, live_bytes, load_note, machine_load, peak, reset_peak, return_freed_memory,
                                run_in_fresh_process, saved_bytes_during, trim)
-from adjointdpm.report import markdown_table
+from adjointdpm.tools.report import markdown_table
 
-from .apps import Pipeline, Sampler, noise
+from .apps import Pipeline, Sampler, latent_noise
 from .components import (ALL_SAVINGS, ATTENTION, CHECKPOINTING, GRAINS, RELEASABLE, SAVINGS, asked_savings, release,
                          save_memory)
 from .registry import MODELS, fingerprint, model_argument, open_model
-from .model import decode, encode_prompt, eps_model
+from .latent import decode, encode_prompt, eps_model
 
 PROMPT = "a photo of a dog"
 GUIDANCE = 7.5
@@ -109,7 +110,7 @@ def worker(case: dict, model: str, device: str, dtype: str, repeats: int) -> dic
     if case["strategy"] == "weights":
         return dict(record, peak_gib=sum(weights.values()) / GIB, seconds=None,
                     parts_gib={k: v / GIB for k, v in weights.items()})
-    x_T = noise(comps, [0])
+    x_T = latent_noise(comps, [0])
     t = torch.full((1,), 0.5, device=comps.device)
 
     def output(x):

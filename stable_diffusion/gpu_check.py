@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from adjointdpm import cli, files
-from adjointdpm.report import markdown_table
+from adjointdpm.tools import cli, files
+from adjointdpm.tools.report import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ("float32", "float16", "bfloat16")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adjointdpm import files
+from adjointdpm.tools import files
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -25,7 +25,7 @@ class Classifier(nn.Module):
         return self.net((images - self.mean) / self.std)
 
 
-def load_classifier(arch: str, weights=None, num_classes: int = 1000, size: int = 224) -> nn.Module:
+def load_torchvision_classifier(arch: str, weights=None, num_classes: int = 1000, size: int = 224) -> nn.Module:
     """``torchvision.models.get_model(arch, num_classes=...)`` with a local weights file;
     a file made for another number of classes gets an error that says so (the classifiers the
     project ships are in :mod:`stable_diffusion.registry`). Every classifier takes images in ``[0, 1]``."""

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from adjointdpm import files
+from adjointdpm.tools import files
 
 from . import digits
 from .components import (SDComponents, check_model_dir, default_device, freeze, load_components,
@@ -118,15 +118,15 @@ def fingerprint(model: str | Path) -> str:
 
 
 # Classifiers shipped with their weights, by name: ``weights=None`` takes the committed file. Any other
-# name is a torchvision architecture with a local weights file (:func:`stable_diffusion.nets.load_classifier`).
-CLASSIFIERS = {"digits": lambda weights: digits.load_classifier(weights or digits.CLASSIFIER)}
+# name is a torchvision architecture with a local weights file (:func:`stable_diffusion.nets.load_torchvision_classifier`).
+CLASSIFIERS = {"digits": lambda weights: digits.load_digit_classifier(weights or digits.CLASSIFIER)}
 
 
 def load_classifier(arch: str, weights=None, num_classes: int = 1000, size: int = 224) -> torch.nn.Module:
     """A classifier of :data:`CLASSIFIERS`, or torchvision's ``arch`` with a local weights file."""
     if arch in CLASSIFIERS:
         return CLASSIFIERS[arch](weights)
-    from .nets import load_classifier as load_torchvision
+    from .nets import load_torchvision_classifier as load_torchvision
     return load_torchvision(arch, weights, num_classes, size)
 
 
@@ -136,7 +136,7 @@ def _vgg19(vgg_weights):
 
 
 # Style features by name: the digit classifier's convolutions, or VGG-19's (a local weights file).
-FEATURES = {"digits": lambda vgg_weights: digits.ConvFeatures(digits.load_classifier()), "vgg19": _vgg19}
+FEATURES = {"digits": lambda vgg_weights: digits.ConvFeatures(digits.load_digit_classifier()), "vgg19": _vgg19}
 
 
 def load_features(name: str, vgg_weights=None) -> torch.nn.Module:

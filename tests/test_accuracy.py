@@ -1,11 +1,12 @@
-"""The accuracy measurement (adjointdpm.accuracy) on a problem small enough to run in seconds: its
+"""The accuracy measurement (adjointdpm.tools.accuracy) on a problem small enough to run in seconds: its
 references, its identities, its resume and its sentences."""
 import json
 
 import pytest
 import torch
 
-from adjointdpm import VPSchedule, accuracy, sample
+from adjointdpm import VPSchedule, sample
+from adjointdpm.tools import accuracy
 from helpers import gaussian, noise
 
 

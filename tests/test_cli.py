@@ -4,7 +4,7 @@ import argparse
 import pytest
 import torch
 
-from adjointdpm import cli
+from adjointdpm.tools import cli
 
 
 def _parser():
@@ -59,7 +59,7 @@ def test_ctrl_c_and_sigterm_end_a_command_in_one_line_with_status_130(signum, re
     import subprocess
     import sys
     import time
-    script = (f"import time\nfrom adjointdpm import cli\np = cli.Parser(prog='cmd')\n"
+    script = (f"import time\nfrom adjointdpm.tools import cli\np = cli.Parser(prog='cmd')\n"
               f"with cli.one_line_errors(p, resumes={resumes}):\n"
               f"    open({str(tmp_path / 'started')!r}, 'w').close()\n    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -72,7 +72,7 @@ def test_ctrl_c_and_sigterm_end_a_command_in_one_line_with_status_130(signum, re
 
 
 def test_a_file_that_cannot_be_written_is_one_line(tmp_path, capsys):
-    from adjointdpm import files
+    from adjointdpm.tools import files
     (tmp_path / "a_file").write_text("x")
     parser = cli.Parser(prog="cmd")
     with pytest.raises(SystemExit) as exit_:

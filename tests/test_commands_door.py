@@ -61,7 +61,7 @@ def test_absurd_sizes_and_unwritable_folders_are_refused_at_once(module, argv, m
 
 
 def test_bounds_are_stated_in_help():
-    from adjointdpm import cli
+    from adjointdpm.tools import cli
     for kind, (upper, why) in cli.BOUNDS.items():
         assert f"{upper:,}" in cli.bound_help(kind) and why in cli.bound_help(kind)
     from stable_diffusion.__main__ import parser

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from stable_diffusion import apps
-from stable_diffusion.digits import CLASSIFIER, PIPELINE, data, experiments, load_classifier
+from stable_diffusion.digits import CLASSIFIER, PIPELINE, data, experiments, load_digit_classifier
 from stable_diffusion.digits import train as digits_train
 from stable_diffusion.digits.__main__ import main
 from stable_diffusion.registry import open_model
-from stable_diffusion.model import encode_prompt, eps_model
+from stable_diffusion.latent import encode_prompt, eps_model
 
 FAST = apps.Sampler(steps=5, solver="dpm2m", guidance_scale=4.0)  # plumbing tests
 SAMPLER = experiments.SAMPLER  # outcome tests: the results' sampler (10 steps), fewer seeds and steps of descent
@@ -22,7 +22,7 @@ SAMPLER = experiments.SAMPLER  # outcome tests: the results' sampler (10 steps),
 
 @pytest.fixture(scope="module")
 def classifier():
-    return load_classifier()
+    return load_digit_classifier()
 
 
 def test_image_convention():
@@ -259,7 +259,7 @@ def test_bad_inputs():
         main(["quality", "--model", "no/such/folder"])
     assert err.value.code == 2
     with pytest.raises(ValueError, match="target class 12 is not a class of this classifier, which has 10"):
-        apps.guided_sampling(open_model("digits", "cpu"), load_classifier(), "a handwritten digit one", 12, [0],
+        apps.guided_sampling(open_model("digits", "cpu"), load_digit_classifier(), "a handwritten digit one", 12, [0],
                              iters=1, sampler=FAST, progress=False)
     with pytest.raises(ValueError, match="template must contain"):
         apps.invert_embedding(open_model("digits", "cpu"), torch.rand(1, 3, 32, 32), [0], template="a digit",

@@ -95,7 +95,7 @@ def test_every_strategy_name_builds_and_every_table_names_only_those():
     assert make_gradient("checkpoint", 4) == Checkpoint()  # a strategy without adjoint steps takes none
     with pytest.raises(ValueError, match="gradient must be one of .*'backprop'.*got 'adjiont'"):
         make_gradient("adjiont")
-    from adjointdpm.accuracy import STRATEGIES as accuracy
+    from adjointdpm.tools.accuracy import STRATEGIES as accuracy
     from cifar.reversible import STRATEGIES as reversible
     from toy.bench import FAMILIES
     from toy.reproduce import STRATEGIES as toy

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from adjointdpm.frechet import feature_statistics, frechet_distance
+from adjointdpm.tools.frechet import feature_statistics, frechet_distance
 from cifar.fid import load_statistics
 
 
@@ -51,7 +51,7 @@ def test_files_that_are_not_statistics_are_refused_naming_them(tmp_path, write, 
 
 
 def test_kernel_distance_is_the_unbiased_mmd_with_the_cubic_kernel():
-    from adjointdpm.frechet import kernel_distance
+    from adjointdpm.tools.frechet import kernel_distance
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(30, 6)), rng.normal(0.3, 1.2, size=(30, 6))
     k = lambda x, y: (x @ y.T / 6 + 1) ** 3  # noqa: E731

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from adjointdpm import files
+from adjointdpm.tools import files
 
 
 class Payload:
@@ -82,10 +82,10 @@ def test_exclusive_refuses_a_second_process_and_frees_with_its_holder(tmp_path):
     import subprocess
     import sys
     with files.exclusive(tmp_path):
-        other = subprocess.run([sys.executable, "-c", f"from adjointdpm import files\n"
+        other = subprocess.run([sys.executable, "-c", f"from adjointdpm.tools import files\n"
                                 f"with files.exclusive({str(tmp_path)!r}): pass"], capture_output=True, text=True)
         assert other.returncode != 0 and f"another run (process {os.getpid()}) is writing to" in other.stderr
-    killed = subprocess.run([sys.executable, "-c", f"import os\nfrom adjointdpm import files\n"
+    killed = subprocess.run([sys.executable, "-c", f"import os\nfrom adjointdpm.tools import files\n"
                              f"with files.exclusive({str(tmp_path)!r}): os.kill(os.getpid(), 9)"])
     assert killed.returncode == -9  # died holding it: the kernel released the lock with the process
     with files.exclusive(tmp_path):
@@ -107,7 +107,7 @@ def test_fingerprint_sees_every_value():
 
 def test_load_weights_refuses_another_architecture_in_one_line(tmp_path):
     import torch
-    from adjointdpm import files
+    from adjointdpm.tools import files
     path = tmp_path / "w.pt"
     torch.save(torch.nn.Linear(3, 2).state_dict(), path)
     loaded = files.load_weights(torch.nn.Linear(3, 2), path, "test weights")
@@ -175,7 +175,7 @@ def test_a_write_that_hits_a_size_limit_is_one_line_and_keeps_the_old_file(tmp_p
     import sys
     files.save_atomic({"x": torch.zeros(10)}, tmp_path / "a.pt")
     files.write_text(tmp_path / "b.md", "old")
-    script = (f"import resource, signal, torch\nfrom adjointdpm import files\n"
+    script = (f"import resource, signal, torch\nfrom adjointdpm.tools import files\n"
               f"signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
               f"resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))\n"
               f"for write in (lambda: files.save_atomic({{'x': torch.zeros(100_000)}}, {str(tmp_path / 'a.pt')!r}),\n"

@@ -44,7 +44,7 @@ def test_resume_after_interruption_and_ranks(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         gen.generate(broken, sched, run, n=10, batch=4, sampler=SAMPLER, shape=(3, 4, 4), progress=False)
     assert sorted(p.name for p in run.iterdir() if p.name != ".rank0.lock") == ["settings.json", "shard_00000.pt"]
-    from adjointdpm import files
+    from adjointdpm.tools import files
     with files.exclusive(run, ".rank0.lock"):  # no partial file, and the lock was released with the interruption
         pass
     with pytest.raises(ValueError, match="2 shards missing"):
@@ -105,7 +105,7 @@ def test_a_truncated_shard_is_named_and_made_again(tmp_path, capsys):
 
 
 def test_a_second_run_of_the_same_rank_is_refused(tmp_path):
-    from adjointdpm import files
+    from adjointdpm.tools import files
     with files.exclusive(tmp_path, ".rank0.lock"):  # as a live run holds it
         with pytest.raises(ValueError, match="another run .* is writing to"):
             _make(tmp_path)
@@ -131,6 +131,6 @@ def test_a_finished_folder_is_read_without_its_lock(tmp_path):
     """Nothing to make: no lock is taken, so a finished folder can be read-only (or in use by a reader)."""
     model, kw = Shrink(), dict(n=4, batch=4, sampler=SAMPLER, shape=(3, 4, 4), progress=False)
     gen.generate(model, VPSchedule.linear(), tmp_path, **kw)
-    from adjointdpm import files
+    from adjointdpm.tools import files
     with files.exclusive(tmp_path, ".rank0.lock"):  # another process holding the lock would refuse a writer
         gen.generate(model, VPSchedule.linear(), tmp_path, **kw)

@@ -38,8 +38,8 @@ def test_judges_read_real_held_out_digits():
 
 
 def test_judges_share_no_weights_and_no_training_image_with_the_guide():
-    from stable_diffusion.digits import load_classifier
-    guide = load_classifier()
+    from stable_diffusion.digits import load_digit_classifier
+    guide = load_digit_classifier()
     ours = {p.data_ptr() for p in load_net().parameters()} | {p.data_ptr() for p in judges().net.parameters()}
     assert not ours & {p.data_ptr() for p in guide.parameters()}
     assert not isinstance(judges().net, type(guide))

@@ -8,8 +8,8 @@ from unittest import mock
 import pytest
 import torch
 
-from adjointdpm import files
-from adjointdpm.training import Training
+from adjointdpm.tools import files
+from adjointdpm.tools.training import Training
 
 
 class _Parsed(Exception):
@@ -46,7 +46,7 @@ def _command(name):
         module = importlib.import_module("stable_diffusion.digits.__main__")
         return _subparser(module.parser(), "train"), module.TRAIN_KEYED, module.TRAIN_UNKEYED
     module = importlib.import_module(name)
-    tables = importlib.import_module("adjointdpm.accuracy") if name.endswith("accuracy") else module
+    tables = importlib.import_module("adjointdpm.tools.accuracy") if name.endswith("accuracy") else module
     return _parser_of(module.main), tables.KEYED, tables.UNKEYED
 
 

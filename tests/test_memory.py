@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adjointdpm import Adjoint, AdjointDEIS, Backprop, Checkpoint, TorchdiffeqAdjoint, VPSchedule, sample
-from adjointdpm.memory import saved_bytes_during
+from adjointdpm.tools.memory import saved_bytes_during
 from toy import EpsMLP
 
 
@@ -52,7 +52,7 @@ def _in_fresh_process(code: str, **env) -> dict:
 
 LIVE_AND_RESIDENT = """
 import json, torch, psutil
-from adjointdpm.memory import LivePeak, live_bytes, return_freed_memory, trim
+from adjointdpm.tools.memory import LivePeak, live_bytes, return_freed_memory, trim
 MiB = 2 ** 20
 fixed = {fixed}
 if fixed:
@@ -78,7 +78,7 @@ print(json.dumps({{"big": live_big - live0, "peak": peak.peak - peak.start, "liv
 
 
 def test_live_bytes_count_a_tensor_and_its_high_water_mark():
-    from adjointdpm.memory import live_bytes
+    from adjointdpm.tools.memory import live_bytes
     if live_bytes() is None:
         pytest.skip("not glibc: live bytes are unknown")
     r = _in_fresh_process(LIVE_AND_RESIDENT.format(fixed=False))
@@ -89,7 +89,7 @@ def test_live_bytes_count_a_tensor_and_its_high_water_mark():
 
 
 def test_returning_freed_memory_makes_the_resident_size_follow_the_live_bytes():
-    from adjointdpm.memory import live_bytes
+    from adjointdpm.tools.memory import live_bytes
     if live_bytes() is None:
         pytest.skip("not glibc: the allocator's settings do not apply")
     MiB = 2 ** 20

@@ -1,7 +1,7 @@
 """The one Markdown table writer of the reports: exact output, alignment, escaping, refusals."""
 import pytest
 
-from adjointdpm.report import markdown_table
+from adjointdpm.tools.report import markdown_table
 
 
 def test_markdown_table_exact_output():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adjointdpm import CFG, Adjoint, Backprop, Checkpoint, ReversibleAdjoint, VPSchedule, sample
-from adjointdpm.memory import saved_bytes_during
+from adjointdpm.tools.memory import saved_bytes_during
 from adjointdpm.solvers import ReversibleDPM1
 from helpers import exact, gaussian, noise, rel
 from toy import EpsMLP

@@ -15,9 +15,9 @@ from stable_diffusion import (LatentEps, add_token, decode, encode_prompt, eps_m
                               tiny_components)
 from stable_diffusion import apps
 from stable_diffusion.__main__ import main
-from stable_diffusion.model import check_latents
+from stable_diffusion.latent import check_latents
 from helpers import one_line_error
-from stable_diffusion.nets import check_target, load_classifier, load_vgg19
+from stable_diffusion.nets import check_target, load_torchvision_classifier, load_vgg19
 
 FAST = apps.Sampler(steps=3, solver="dpm2m", guidance_scale=3.0)
 
@@ -36,7 +36,7 @@ def classifier_file(tmp_path_factory):
 
 
 def _classifier(path):
-    return load_classifier("resnet18", path, num_classes=10, size=32)
+    return load_torchvision_classifier("resnet18", path, num_classes=10, size=32)
 
 
 def test_unet_sees_interpolated_timesteps_and_v_prediction_converts(comps):
@@ -112,7 +112,7 @@ def test_errors(comps, tmp_path, classifier_file):
     with pytest.raises(dataclasses.FrozenInstanceError):  # settings, safe as a default argument
         FAST.steps = 4
     with pytest.raises(ValueError, match="another number of classes"):
-        load_classifier("resnet18", classifier_file, num_classes=1000)
+        load_torchvision_classifier("resnet18", classifier_file, num_classes=1000)
     with pytest.raises(ValueError, match="target class 12 is not a class of this classifier, which has 10"):
         check_target(_classifier(classifier_file), 12)
     add_token(comps, "<new>")
@@ -368,7 +368,7 @@ def test_sd15_random_has_the_published_sizes():
 
 
 def test_memory_savings_keep_the_gradient_and_save_memory():
-    from adjointdpm.memory import saved_bytes_during
+    from adjointdpm.tools.memory import saved_bytes_during
     from stable_diffusion.components import save_memory
     comps = tiny_components(sample_size=8)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -419,7 +419,7 @@ def test_released_parts_hold_no_memory_and_leave_the_gradient_unchanged():
 def test_checkpoint_keeps_one_state_per_step_on_sd_components():
     """What Checkpoint keeps for backward, counted exactly: the same bytes per extra step, and that
     increment is one latent (the state entering each step), not a step's activations."""
-    from adjointdpm.memory import saved_bytes_during
+    from adjointdpm.tools.memory import saved_bytes_during
     comps = tiny_components(sample_size=8)
     model = eps_model(comps, 7.5)
     cond = encode_prompt(comps, ["a dog"])
@@ -480,7 +480,7 @@ def test_bench_save_memory_all_records_live_bytes_growth_and_floor(tmp_path):
 
 
 def test_a_prompt_longer_than_the_text_encoder_is_cut_with_a_warning(comps):
-    from stable_diffusion.model import token_ids
+    from stable_diffusion.latent import token_ids
     limit = comps.tokenizer.model_max_length
     with pytest.warns(UserWarning, match=f"a prompt of {limit + 8} tokens is cut to the text encoder's {limit}"):
         ids = token_ids(comps, ["a photo of a dog"] + [" ".join(["dog"] * (limit + 6))])
@@ -490,7 +490,7 @@ def test_a_prompt_longer_than_the_text_encoder_is_cut_with_a_warning(comps):
         warnings.simplefilter("error")
         token_ids(comps, ["a photo of a dog"])  # a short prompt: no word
 
-    from stable_diffusion.model import as_read
+    from stable_diffusion.latent import as_read
     long = " ".join(["dog"] * (limit + 6))
     assert as_read(comps, "a photo of a dog") == "a photo of a dog"
     assert as_read(comps, long) == " ".join(["dog"] * (limit - 2))  # what the JSON records: the words kept

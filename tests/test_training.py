@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from adjointdpm.training import Training
+from adjointdpm.tools.training import Training
 
 
 def _ema_of_a_weight_that_jumps_to_zero(tmp_path, warmup: bool, steps: int) -> float:

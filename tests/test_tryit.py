@@ -3,7 +3,7 @@ same problems as the notebooks' sections): an answer a run no longer confirms fa
 import torch
 
 from adjointdpm import Adjoint, Backprop, Checkpoint, GaussianMixture, VPSchedule, sample
-from adjointdpm.memory import saved_bytes_during
+from adjointdpm.tools.memory import saved_bytes_during
 from toy import eight_modes, flow_map, flow_map_vjp
 
 F64 = dict(dtype=torch.float64)
@@ -127,9 +127,9 @@ def test_nb02_answer_2_behind_a_converged_sampler_the_adjoint_s_two_distances_be
 
 def _guided(target, lr):
     from stable_diffusion import apps
-    from stable_diffusion.digits import data, experiments, load_classifier
+    from stable_diffusion.digits import data, experiments, load_digit_classifier
     from stable_diffusion.registry import open_model
-    guide = load_classifier()
+    guide = load_digit_classifier()
     run = apps.guided_sampling(open_model("digits", "cpu"), guide, data.GENERIC, target, list(range(1000, 1008)),
                                iters=10, lr=lr, sampler=apps.Sampler(steps=8, guidance_scale=4.0), progress=False)
     out = {}
@@ -154,9 +154,9 @@ def test_nb03_answers_1_and_2_a_well_drawn_target_and_a_larger_step_both_feed_th
 def test_nb03_answer_3_at_tau_0_8_more_decisions_flip_and_fewer_flipped_images_keep_their_digit():
     from handwritten.judges import judges
     from stable_diffusion import apps
-    from stable_diffusion.digits import data, load_classifier
+    from stable_diffusion.digits import data, load_digit_classifier
     from stable_diffusion.registry import open_model
-    guide, comps = load_classifier(), open_model("digits", "cpu")
+    guide, comps = load_digit_classifier(), open_model("digits", "cpu")
     classes = {k: data.prompt(k) for k in range(10) if k != data.UNSEEN}
     seen = {}
     for tau in (0.4, 0.8):  # table3's candidates and steps, two audited samples per digit

@@ -17,9 +17,10 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from adjointdpm import Adjoint, AdjointDEIS, GaussianMixture, Gradient, VPSchedule, cli, files, sample
+from adjointdpm import Adjoint, AdjointDEIS, GaussianMixture, Gradient, VPSchedule, sample
+from adjointdpm.tools import cli, files
 from adjointdpm.noise import slerp
-from adjointdpm.report import markdown_table
+from adjointdpm.tools.report import markdown_table
 from toy.mixture import eight_modes, three_modes
 from toy.mlp import train_eps_mlp
 

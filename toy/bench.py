@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adjointdpm import Checkpoint, VPSchedule, cli, files, make_gradient, sample
-from adjointdpm.memory import load_note, machine_load, peak as peak_bytes, reset_peak, run_in_fresh_process
-from adjointdpm.report import markdown_table
+from adjointdpm import Checkpoint, VPSchedule, make_gradient, sample
+from adjointdpm.tools import cli, files
+from adjointdpm.tools.memory import load_note, machine_load, peak as peak_bytes, reset_peak, run_in_fresh_process
+from adjointdpm.tools.report import markdown_table
 from toy.mixture import eight_modes
 from toy.mlp import EpsMLP, train_eps_mlp
 from toy.reproduce import STRATEGIES

@@ -16,10 +16,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from adjointdpm import (GaussianMixture, VPSchedule, make_gradient,
-                        cli, files, sample, steps_for_nfe)
-from adjointdpm.memory import saved_bytes_during
-from adjointdpm.report import markdown_table
+from adjointdpm import GaussianMixture, VPSchedule, make_gradient, sample, steps_for_nfe
+from adjointdpm.tools import cli, files
+from adjointdpm.tools.memory import saved_bytes_during
+from adjointdpm.tools.report import markdown_table
 from toy.gaussian import flow_map, flow_map_vjp
 from toy.mixture import eight_modes
 

@@ -56,8 +56,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from adjointdpm import files
-from adjointdpm.cli import one_line_errors
+from adjointdpm.tools import files
+from adjointdpm.tools.cli import one_line_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sandbox  # noqa: E402  (beside this file)
@@ -356,7 +356,7 @@ requires-python = ">=3.10"
 dependencies = {json.dumps(deps)}
 
 [tool.setuptools]
-packages = ["adjointdpm", "toy"]
+packages = ["adjointdpm", "adjointdpm.tools", "toy"]
 """)
         proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                                "--wheel-dir", str(folder), str(tmp)], capture_output=True, text=True)

@@ -79,7 +79,7 @@ def main(argv=None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--expect", action="store_true", help="also each test's expect values (the solution's build run)")
     args = parser.parse_args(argv)
-    from adjointdpm.cli import one_line_errors
+    from adjointdpm.tools.cli import one_line_errors
     with one_line_errors(parser):  # the grader reads its last line when it wrote no outputs
         run(args)
 

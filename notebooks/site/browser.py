@@ -16,7 +16,7 @@ import http.server
 import threading
 from pathlib import Path
 
-from adjointdpm.cli import Parser, one_line_errors
+from adjointdpm.tools.cli import Parser, one_line_errors
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Debian's Chromium as root, headless, with none of the background connections a closed network refuses

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from adjointdpm.cli import one_line_errors
+from adjointdpm.tools.cli import one_line_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ("01_toy", "02_cifar", "03_stable_diffusion")

@@ -7,7 +7,7 @@
 from .grad import Adjoint, AdjointDEIS, Backprop, Checkpoint, Gradient, ReversibleAdjoint
 from .gradients import GRADIENTS, make_gradient
 from .mixture import GaussianMixture
-from .model import CFG
+from .cfg import CFG
 from .ode import SolveInfo
 from .reference import TorchdiffeqAdjoint, TorchsdeAdjoint
 from .sample import sample

@@ -58,8 +58,8 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
         raise ValueError(f"gradient must be None or a strategy such as Backprop(), got {gradient!r}")
     method = make_method(solver, rtol, atol, coupling)
     (gradient or NoGradient()).check(method)
-    the_space = SPACES[space](schedule)
-    if method.exponential and not the_space.exponential:
+    variables = SPACES[space](schedule)
+    if method.exponential and not variables.exponential:
         raise ValueError(f"solver {solver!r} is an exponential integrator in lambda: it needs space='reparam'")
     make_times = functools.partial(schedule.grid, spacing=spacing, t_start=t_start, t_end=t_end)
     steps = as_steps(steps)
@@ -67,11 +67,11 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
 
     info = SolveInfo(solver=solver, space=space, steps=steps, times=times)
     t0, t1 = float(times[0]), float(times[-1])
-    z0 = x_T / the_space.scale(t0)
-    dynamics = dynamics_for(method, noise_seed, t_start is not None and t_start < t_end, the_space.grid(times), z0)
+    z0 = x_T / variables.scale(t0)
+    dynamics = dynamics_for(method, noise_seed, t_start is not None and t_start < t_end, variables.grid(times), z0)
     flow = ProbabilityFlow(model, schedule, cond, info, x_T.dtype)
-    problem = Problem(flow, the_space, dynamics, method, times, make_times, rtol, atol)
+    problem = Problem(flow, variables, dynamics, method, times, make_times, rtol, atol)
     z_end = (gradient or NoGradient()).solve(problem, z0)
     info.nfe_forward = problem.flow.calls  # calls from here on are the backward pass's recomputations
-    x_end = (the_space.scale(t1) * z_end).to(x_T.dtype)  # a solver may hold its state wider (reversible-dpm1)
+    x_end = (variables.scale(t1) * z_end).to(x_T.dtype)  # a solver may hold its state wider (reversible-dpm1)
     return (x_end, info) if return_info else x_end

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adjointdpm import cli, files
+from adjointdpm.tools import cli, files
 from adjointdpm.seeds import mix_seed
 
 from . import data

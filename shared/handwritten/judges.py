@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adjointdpm import cli, files
-from adjointdpm.frechet import distance_between, kernel_distance
+from adjointdpm.tools import cli, files
+from adjointdpm.tools.frechet import distance_between, kernel_distance
 from adjointdpm.seeds import mix_seed
 
 from . import data

@@ -7,11 +7,11 @@ runs forward without a graph, and the gradient strategy (``Adjoint`` by default)
 not grow with the number of steps.
 """
 from .audit import audit
-from .common import Pipeline, Sampler, noise, read_image, save_images
+from .common import Pipeline, Sampler, latent_noise, read_image, save_images
 from .guided import Restraints, guided_sampling
 from .invert import invert_embedding
 from .morph import morph
 from .stylize import add_lora, cross_attention_parameters, save_lora, stylize
 
-__all__ = ["Sampler", "Pipeline", "noise", "read_image", "save_images", "Restraints", "guided_sampling", "audit", "stylize",
+__all__ = ["Sampler", "Pipeline", "latent_noise", "read_image", "save_images", "Restraints", "guided_sampling", "audit", "stylize",
            "cross_attention_parameters", "add_lora", "save_lora", "invert_embedding", "morph"]

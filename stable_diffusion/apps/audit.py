@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adjointdpm import cli, files
-from adjointdpm.report import markdown_table, percent
+from adjointdpm.tools import cli, files
+from adjointdpm.tools.report import markdown_table, percent
 
 from ..components import SDComponents
-from ..model import as_read
+from ..latent import as_read
 from ..nets import check_target
 from .common import Command, Pipeline, Sampler, save_images, write_result
 

@@ -11,11 +11,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from adjointdpm import files, make_gradient, sample
+from adjointdpm import make_gradient, sample
+from adjointdpm.tools import files
 from adjointdpm.solvers import make_method
 
 from ..components import SDComponents
-from ..model import check_latents, decode, encode_prompt, eps_model
+from ..latent import check_latents, decode, encode_prompt, eps_model
 
 # The gradient strategies by name (adjointdpm.GRADIENTS). "adjoint" is RK4 on eq. 11 in (y, rho) at the
 # sampler's steps: behind the applications' DPM-Solver-2M it is the most accurate memory-flat strategy on the
@@ -83,7 +84,7 @@ class Pipeline:
 
     def noise(self, seeds, dtype=torch.float32) -> torch.Tensor:
         """One latent ``x_T`` per seed, the same on every device."""
-        return noise(self.comps, seeds, dtype)
+        return latent_noise(self.comps, seeds, dtype)
 
     def encode(self, prompts: list[str], embedding_row=None, token_id=None) -> torch.Tensor:
         """The prompts' text embeddings (with ``embedding_row`` as token ``token_id``'s, if given)."""
@@ -118,7 +119,7 @@ class Pipeline:
         return self.images(self.noise(seeds), self.encode(prompts, embedding_row, token_id), grad=False)
 
 
-def noise(comps: SDComponents, seeds, dtype=torch.float32) -> torch.Tensor:
+def latent_noise(comps: SDComponents, seeds, dtype=torch.float32) -> torch.Tensor:
     """One latent ``x_T`` per seed, the same on every device."""
     return torch.stack([torch.randn(comps.latent_shape, generator=torch.Generator().manual_seed(int(s)),
                                     dtype=dtype) for s in seeds]).to(comps.device)

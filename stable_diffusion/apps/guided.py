@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adjointdpm import cli
+from adjointdpm.tools import cli
 
 from ..components import SDComponents
-from ..model import as_read
+from ..latent import as_read
 from ..nets import check_target
 from .common import Command, Pipeline, Sampler, save_images, write_result
 

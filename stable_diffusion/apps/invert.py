@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adjointdpm import cli, files
+from adjointdpm.tools import cli, files
 from adjointdpm.seeds import mix_seed
 
 from ..components import SDComponents
-from ..model import add_token
+from ..latent import add_token
 from .common import Command, Pipeline, Sampler, read_image, save_images, write_result
 
 

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adjointdpm import cli, files
-from adjointdpm.report import markdown_table, percent
+from adjointdpm.tools import cli, files
+from adjointdpm.tools.report import markdown_table, percent
 from adjointdpm.noise import slerp
 from handwritten.identity import cosine
 
 from ..components import SDComponents
-from ..model import decode, encode_prompt
+from ..latent import decode, encode_prompt
 from .common import Command, Pipeline, Sampler, read_image, save_images
 
 PIXEL_AVERAGE = "pixel average (no model)"

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from adjointdpm import cli, files
-from adjointdpm.training import Training
+from adjointdpm.tools import cli, files
+from adjointdpm.tools.training import Training
 
 from ..components import SDComponents
-from ..model import as_read
+from ..latent import as_read
 from ..nets import gram
 from .common import Command, Pipeline, Sampler, read_image, write_result
 

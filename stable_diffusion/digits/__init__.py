@@ -29,10 +29,10 @@ def load_model(folder=PIPELINE, device="cpu") -> SDComponents:
     return load_components(folder, device, torch.float32)
 
 
-def load_classifier(path=CLASSIFIER) -> DigitClassifier:
+def load_digit_classifier(path=CLASSIFIER) -> DigitClassifier:
     """The committed digit classifier (or one at ``path``), eval mode, frozen."""
-    from adjointdpm import files
+    from adjointdpm.tools import files
     return files.load_weights(DigitClassifier(), path, "digit classifier weights").eval().requires_grad_(False)
 
 
-__all__ = ["PIPELINE", "CLASSIFIER", "DigitClassifier", "ConvFeatures", "load_model", "load_classifier"]
+__all__ = ["PIPELINE", "CLASSIFIER", "DigitClassifier", "ConvFeatures", "load_model", "load_digit_classifier"]

@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from adjointdpm import cli
+from adjointdpm.tools import cli
 
 from . import CLASSIFIER, PIPELINE
 
@@ -73,9 +73,9 @@ def main(argv=None):
             print(f"trained in {record['timing']['seconds'] / 60:.1f} min; classifier held-out accuracy "
                   f"{100 * record['classifier']['heldout_accuracy']:.1f}%; pipeline in {args.export or args.out / 'pipeline'}")
         elif args.command == "quality":
-            from . import load_classifier
+            from . import load_digit_classifier
             from .quality import evaluate, pipeline, write
-            result, grids = evaluate(pipeline(args.model), load_classifier(args.classifier), args.samples, args.seed)
+            result, grids = evaluate(pipeline(args.model), load_digit_classifier(args.classifier), args.samples, args.seed)
             print(write(result, grids, args.out))
         elif args.command == "results":
             from .experiments import run_all

@@ -2,7 +2,7 @@
 
     python -m stable_diffusion.digits.accuracy [--out results/stable_diffusion/digits] [--batch 4] [--quick]
 
-Writes ``adjoint_accuracy.md/json/png`` (:mod:`adjointdpm.accuracy`): for DDIM (``dpm1``) and
+Writes ``adjoint_accuracy.md/json/png`` (:mod:`adjointdpm.tools.accuracy`): for DDIM (``dpm1``) and
 DPM-Solver-2M at 10, 20 and 50 steps on the 8x8x4 latents (guidance 4, as the applications sample),
 every strategy and form at 1, 2 and 4 times the sampler's steps, how far ``dL/dx_T`` is from the
 sampler's exact gradient and from a converged solve's, for three losses on the decoded 32x32 images:
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from adjointdpm import accuracy, files
+from adjointdpm.tools import accuracy, files
 
 from ..apps import Pipeline, Sampler
-from ..model import decode
-from . import data, load_classifier, load_model
+from ..latent import decode
+from . import data, load_digit_classifier, load_model
 from .experiments import SAMPLER
 
 
@@ -33,7 +33,7 @@ def build(device, batch: int, quick: bool) -> accuracy.Setup:
     with torch.no_grad():
         cond = pipe.encode([data.prompt(int(k)) for k in labels])
     x_T = pipe.noise(range(batch))
-    guide = load_classifier().to(device)
+    guide = load_digit_classifier().to(device)
     gen = torch.Generator().manual_seed(0)
     images = lambda x0: decode(comps, x0)  # noqa: E731
     direction = torch.randn(batch, 3, data.SIZE, data.SIZE, generator=gen).to(device)

@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adjointdpm import files
+from adjointdpm.tools import files
 from handwritten.judges import judges
 
 from .. import apps
 from ..components import SDComponents
-from ..model import encode_prompt
-from . import PIPELINE, data, load_classifier, load_model, report
+from ..latent import encode_prompt
+from . import PIPELINE, data, load_digit_classifier, load_model, report
 from .classifier import ConvFeatures
 
 # The applications' sampler: DPM-Solver-2M on eq. 10, guidance 4 (the quality bar's), an RK4 adjoint.
@@ -447,7 +447,7 @@ def run_all(out: Path, quick: bool = False, progress: bool = True, model=PIPELIN
     sizes, out = (QUICK if quick else Sizes()), Path(out)
     sampler = replace(SAMPLER, steps=4) if quick else SAMPLER
     out.mkdir(parents=True, exist_ok=True)
-    guide = load_classifier()
+    guide = load_digit_classifier()
     results = {}
     for name, experiment in (("table2", vocabulary_expansion), ("table3", audit_table), ("stylize", stylization),
                              ("effect", effect), ("morph", morphing)):
@@ -461,7 +461,7 @@ def run_all(out: Path, quick: bool = False, progress: bool = True, model=PIPELIN
 def run_ablation(out: Path, quick: bool = False, progress: bool = True, model=PIPELINE) -> str:
     sizes, out = (QUICK if quick else Sizes()), Path(out)
     sampler = replace(SAMPLER, steps=4) if quick else SAMPLER
-    result = ablation(load_model(model), load_classifier(), sizes, sampler, out, progress)
+    result = ablation(load_model(model), load_digit_classifier(), sizes, sampler, out, progress)
     return report.ablation(result)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from adjointdpm import files
+from adjointdpm.tools import files
 
 from . import data, report
 

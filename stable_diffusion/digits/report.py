@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from adjointdpm.report import markdown_table, percent
+from adjointdpm.tools.report import markdown_table, percent
 
 from . import data
 

@@ -1,7 +1,7 @@
 """Train the digits model in three resumable stages: the digit classifier, the VAE, then the
 UNet together with the text encoder. ``python -m stable_diffusion.digits train --out DIR``.
 
-Every stage is a :class:`~adjointdpm.training.Training` whose steps draw their batch
+Every stage is a :class:`~adjointdpm.tools.training.Training` whose steps draw their batch
 and noise from generators seeded by ``(seed, stage, step)``, so a run killed at any point
 and started again ends with the same weights as one that never stopped. ``DIR`` is keyed by
 the recipe (``files.claim``). The result is a ``StableDiffusionPipeline`` folder (what
@@ -17,16 +17,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from adjointdpm import files
+from adjointdpm.tools import files
 from adjointdpm.seeds import mix_seed
-from adjointdpm.training import Training
+from adjointdpm.tools.training import Training
 from handwritten.data import augment
 from handwritten.slant import shear
 
 from ..components import SD_BETAS, SDComponents, scaled_linear_betas
 from . import data
 from .classifier import DigitClassifier
-from .model import build
+from .architecture import build
 
 STAGES = ("classifier", "vae", "unet")
 CLASSIFIER_FILE = "digit_classifier.safetensors"  # written beside the pipeline folder

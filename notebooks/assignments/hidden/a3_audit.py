@@ -75,7 +75,7 @@ def chosen_strategy(ns):
 
 def saved_bytes(strategy, steps, setup):
     from adjointdpm import sample
-    from adjointdpm.memory import saved_bytes_during
+    from adjointdpm.tools.memory import saved_bytes_during
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)).requires_grad_()
     out, total = saved_bytes_during(lambda: sample(setup()["model"], x, setup()["schedule"], steps=steps, solver="dpm2",
                                                    gradient=strategy))

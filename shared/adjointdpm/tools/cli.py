@@ -34,7 +34,7 @@ class Parser(argparse.ArgumentParser):
 @contextlib.contextmanager
 def one_line_errors(parser: argparse.ArgumentParser, resumes: bool = False):
     """Inside, a ``ValueError`` ends the command with ``prog: error: <message>`` and status 2; a failure to
-    write a file (a full disk, a read-only folder, a size limit: :func:`adjointdpm.files.replacing` names
+    write a file (a full disk, a read-only folder, a size limit: :func:`adjointdpm.tools.files.replacing` names
     the file) with ``prog: error: <message>`` and status 1; Ctrl-C or SIGTERM with one line, status 130,
     saying that the same command resumes when it does (``resumes``)."""
     import signal

@@ -28,10 +28,10 @@ from typing import Callable
 import torch
 
 from . import cli, files
-from .grad import Checkpoint, Gradient
-from .gradients import deis_name, make_gradient
+from ..grad import Checkpoint, Gradient
+from ..gradients import deis_name, make_gradient
 from .report import markdown_table
-from .sample import sample
+from ..sample import sample
 
 # each row's label -> its strategy's name in GRADIENTS (built at a number of adjoint steps). "stored": the
 # forward's states at its grid points.

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from adjointdpm import files
+from adjointdpm.tools import files
 
 
 class Training:

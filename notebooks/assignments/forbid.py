@@ -21,7 +21,7 @@ import importlib
 import types
 
 SAMPLE = "adjointdpm.sample:sample"
-GRADIENTS = ("adjointdpm.grad:Backprop.solve", "adjointdpm.grad:Checkpoint.solve", "adjointdpm.grad:Adjoint.solve",
+GRADIENTS = ("adjointdpm.grad:Backprop.solve", "adjointdpm.grad:Checkpoint.solve", "adjointdpm.grad:ODEAdjoint.solve",
              "adjointdpm.reference:TorchdiffeqAdjoint.solve", "adjointdpm.reference:TorchsdeAdjoint.solve")
 STEPPERS = ("adjointdpm.solvers:Method.step", "adjointdpm.solvers:integrate")
 FIELDS = ("adjointdpm.ode:Space.field",)
@@ -47,6 +47,8 @@ def functions(piece: str) -> list[types.FunctionType]:
         if isinstance(vars(cls).get(name), types.FunctionType):
             found.append(vars(cls)[name])
         classes += cls.__subclasses__()
+    if not found:  # a piece that names nothing would refuse nothing: the list must follow the library
+        raise LookupError(f"{piece} names no function of the library")
     return found
 
 

@@ -129,7 +129,7 @@ class Checkpoint(Gradient):
         return problem.solve(z0, checkpoint=True)
 
 
-class _SolvedAdjoint(Gradient):
+class ODEAdjoint(Gradient):
     """What :class:`Adjoint` and :class:`AdjointDEIS` share: the backward's plan from their ``steps``,
     ``solver`` and ``states``, and the check of those three."""
 
@@ -167,7 +167,7 @@ class _SolvedAdjoint(Gradient):
 
 
 @dataclass(frozen=True)
-class Adjoint(_SolvedAdjoint):
+class Adjoint(ODEAdjoint):
     """The paper's method: solve the augmented adjoint ODE backwards (eq. 11).
 
     Memory does not grow with steps. The gradient is that of the continuous ODE, reached as
@@ -217,7 +217,7 @@ class Adjoint(_SolvedAdjoint):
 
 
 @dataclass(frozen=True)
-class AdjointDEIS(_SolvedAdjoint):
+class AdjointDEIS(ODEAdjoint):
     """AdjointDEIS-k: the adjoint solved with exponential integrators in lambda, order 1 or 2, one
     model evaluation and one vector-Jacobian product per step, memory flat in steps.
 

@@ -296,27 +296,38 @@ def sample_sheet(images: torch.Tensor, ok: torch.Tensor, digit: torch.Tensor, pa
 
 @dataclass(frozen=True)
 class Mode:
-    """How a Table 1 run on one kind of model is written up: the one place its words live."""
+    """One kind of model Table 1 runs on, the one place it lives: how its run is written up and, for the
+    models named by ``--model``, how it is set up (``setup(samples, batch, seed, device)``; the full run's
+    model is set up from the three files it names)."""
     title: str
     filename: str  # <filename>.md, .json, .png
     metric: str
     what: str  # the model and the features ({label}: the run's)
     spread: bool = False  # its distances carry a bootstrap spread
     exact: bool = False  # its converged solve is the exact flow map, and its ordering is the summary's alone
+    option: str | None = None  # its name for --model
+    setup: Callable[..., Setup] | None = None
+
+
+def _standin(samples, batch, seed, device) -> Setup:
+    setup = standin_setup(samples, batch, seed)
+    setup.model.to(device)
+    return setup
 
 
 SPREAD = " ± its bootstrap spread (the standard deviation over resamples of the samples)"
 MODES = {
     "stand-in": Mode("STAND-IN run (not CIFAR-10 FID)", "table1", "Frechet distance (stand-in features)",
                      "Exact-epsilon mixture of 3x32x32 images in place of DDPM++, random conv features in place of "
-                     "Inception.", exact=True),
+                     "Inception.", exact=True, option="standin", setup=_standin),
     "checkpoint": Mode("FID on score_sde's VP CIFAR-10", "table1", "FID",
                        "Model {label}; TF Inception-v3 pool_3 via torch-fidelity."),
     "digits": Mode("FID on the DDPM++ trained here on handwritten digits (not CIFAR-10)", "table1_digits", "FID",
                    "Model {label}: score_sde's DDPM++ architecture trained here on scikit-learn's real handwritten "
                    "digits (16x16, gray), not CIFAR-10. FID in the 84-d features of the judge network "
                    "(handwritten.judges: a LeNet-5 trained on other digits, never with this model) against the "
-                   "held-out real digits.", spread=True),
+                   "held-out real digits.", spread=True, option="digits",
+                   setup=lambda samples, batch, seed, device: digits_setup(device=device)),
 }
 
 
@@ -517,7 +528,7 @@ UNKEYED = {"inception": "FID features are computed afresh on every run; no store
 def main(argv=None):
     parser = cli.Parser(prog="python -m cifar.table1", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["standin", "digits"], help="without --checkpoint: 'standin' (the "
+    parser.add_argument("--model", choices=[m.option for m in MODES.values() if m.option], help="without --checkpoint: 'standin' (the "
                         "default: an exact-epsilon image mixture, about 4 minutes for the three grids) or 'digits' "
                         "(the DDPM++ trained here on handwritten digits, FID in a judge network's features, with "
                         "floors; 41 minutes on 2 idle cores for the three grids)")
@@ -574,11 +585,9 @@ def main(argv=None):
     with cli.one_line_errors(parser, resumes=True):
         if given:
             setup = checkpoint_setup(args.checkpoint, args.inception, args.fid_stats, args.config, device)
-        elif args.model == "digits":
-            setup = digits_setup(device=device)
-        else:
-            setup = standin_setup(samples, args.batch, args.seed)
-            setup.model.to(device)
+        else:  # the stand-in by default
+            setup = next(m for m in MODES.values() if m.option == (args.model or "standin")).setup(
+                samples, args.batch, args.seed, device)
         result = run(setup, args.nfe, samples, min(args.batch, samples), args.out, args.seed, device=device,
                      grids=args.grids)
         if result is not None and not os.access(args.out, os.W_OK):  # finished samples read from a read-only folder

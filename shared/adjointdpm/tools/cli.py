@@ -77,36 +77,25 @@ def _number(text) -> float:
     return value
 
 
-def positive_int(text) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+def _at_least(parse, lower, strict: bool, what: str, name: str):
+    """An argparse type: ``parse(text)``, refused unless ``>= lower`` (``> lower`` if ``strict``), saying ``what``."""
+    def check(text):
+        value = parse(text)
+        if value < lower or (strict and value == lower):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    check.__name__ = name  # what argparse names in its own messages
+    return check
 
 
-def nonnegative_int(text) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+positive_int = _at_least(_integer, 1, False, "an integer >= 1", "positive_int")
+nonnegative_int = _at_least(_integer, 0, False, "an integer >= 0", "nonnegative_int")
+positive_float = _at_least(_number, 0, True, "a number > 0", "positive_float")
+nonnegative_float = _at_least(_number, 0, False, "a number >= 0", "nonnegative_float")
 
 
 def finite_float(text) -> float:
     return _number(text)
-
-
-def positive_float(text) -> float:
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-def nonnegative_float(text) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
 
 
 def device(text) -> torch.device:

@@ -125,7 +125,3 @@ def read_shards(out_dir, n: int, batch: int, shape=None) -> tuple[torch.Tensor, 
     shards = [_read(p, _count(n, batch, i), shape) for i, p in enumerate(paths)]
     return torch.cat([s["images"] for s in shards]), sum(float(s["seconds"]) for s in shards)
 
-
-def load_samples(out_dir, n: int, batch: int, shape=None) -> torch.Tensor:
-    """All ``n`` samples, in order (see :func:`read_shards`)."""
-    return read_shards(out_dir, n, batch, shape)[0]

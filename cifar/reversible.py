@@ -34,7 +34,7 @@ import torch
 
 from adjointdpm import Checkpoint, ReversibleAdjoint, VPSchedule, make_gradient, sample
 from adjointdpm.tools import accuracy, cli, files
-from adjointdpm.tools.memory import saved_bytes_during
+from adjointdpm.tools.memory import saved_bytes_during, synchronize
 from adjointdpm.ode import ProbabilityFlow, ReparamSpace, SolveInfo
 from adjointdpm.tools.report import markdown_table
 from adjointdpm.solvers import ReversibleDPM1
@@ -137,8 +137,7 @@ class Study:
                                                       coupling=coupling, t_end=T_END, gradient=strategy),
                                        exclude=weights)
         self.loss(out).backward()
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
+        synchronize(x.device)
         seconds = time.perf_counter() - start
         theta = torch.cat([p.grad.flatten() for p in params])
         self.model.requires_grad_(False)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from adjointdpm import GRADIENTS
 from adjointdpm.tools import cli, files
 from adjointdpm.tools.memory import (LivePeak, live_bytes, load_note, machine_load, peak, reset_peak, return_freed_memory,
-                               run_in_fresh_process, saved_bytes_during, trim)
+                                     run_in_fresh_process, saved_bytes_during, synchronize, trim)
 from adjointdpm.tools.report import markdown_table
 
 from .apps import Pipeline, Sampler, latent_noise
@@ -63,15 +63,10 @@ def machine_gib(device: str) -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _seconds(device, fn) -> float:
     start = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 

@@ -28,7 +28,7 @@ def test_resume_after_interruption_and_ranks(tmp_path):
     model = Shrink()
     reference = tmp_path / "full"
     gen.generate(model, sched, reference, n=10, batch=4, sampler=SAMPLER, shape=(3, 4, 4), progress=False)
-    full = gen.load_samples(reference, 10, 4)
+    full = gen.read_shards(reference, 10, 4)[0]
     assert full.shape == (10, 3, 4, 4) and full.dtype == torch.uint8
 
     # interrupted: the second shard's model call fails
@@ -48,7 +48,7 @@ def test_resume_after_interruption_and_ranks(tmp_path):
     with files.exclusive(run, ".rank0.lock"):  # no partial file, and the lock was released with the interruption
         pass
     with pytest.raises(ValueError, match="2 shards missing"):
-        gen.load_samples(run, 10, 4)
+        gen.read_shards(run, 10, 4)[0]
     first = (run / "shard_00000.pt").stat().st_mtime_ns
 
     # resumed as two ranks: only the two missing shards are computed
@@ -58,7 +58,7 @@ def test_resume_after_interruption_and_ranks(tmp_path):
                      progress=False)
     assert counter.calls == 2 * calls_per_shard
     assert (run / "shard_00000.pt").stat().st_mtime_ns == first
-    assert torch.equal(gen.load_samples(run, 10, 4), full)
+    assert torch.equal(gen.read_shards(run, 10, 4)[0], full)
 
 
 def _make(path, **kw):
@@ -84,24 +84,24 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path):
 
 def test_more_samples_remake_the_partial_shard_and_sample_j_keeps_its_noise(tmp_path):
     _make(tmp_path, n=6)  # shard 1 holds 2 of its 4 samples
-    six = gen.load_samples(tmp_path, 6, 4)
+    six = gen.read_shards(tmp_path, 6, 4)[0]
     assert _make(tmp_path, n=10) == 2 * 2 * SAMPLER["steps"]  # shard 1 made again, shard 2 new
-    ten = gen.load_samples(tmp_path, 10, 4)
+    ten = gen.read_shards(tmp_path, 10, 4)[0]
     assert ten.shape[0] == 10 and torch.equal(ten[:6], six)
     _make(tmp_path / "fresh", n=10)
-    assert torch.equal(ten, gen.load_samples(tmp_path / "fresh", 10, 4))
+    assert torch.equal(ten, gen.read_shards(tmp_path / "fresh", 10, 4)[0])
 
 
 def test_a_truncated_shard_is_named_and_made_again(tmp_path, capsys):
     _make(tmp_path)
-    good = gen.load_samples(tmp_path, 10, 4)
+    good = gen.read_shards(tmp_path, 10, 4)[0]
     shard = tmp_path / "shard_00001.pt"
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(ValueError, match=f"sample shard {shard} cannot be read"):
-        gen.load_samples(tmp_path, 10, 4)
+        gen.read_shards(tmp_path, 10, 4)[0]
     assert _make(tmp_path) == 2 * SAMPLER["steps"]  # that shard only
     assert "shard_00001.pt cannot be read" in capsys.readouterr().err
-    assert torch.equal(gen.load_samples(tmp_path, 10, 4), good)
+    assert torch.equal(gen.read_shards(tmp_path, 10, 4)[0], good)
 
 
 def test_a_second_run_of_the_same_rank_is_refused(tmp_path):
@@ -118,7 +118,7 @@ def test_samples_are_keyed_by_the_schedule(tmp_path):
     model, kw = Shrink(), dict(n=4, batch=4, sampler=SAMPLER, shape=(3, 4, 4), progress=False)
     gen.generate(model, VPSchedule.linear(), tmp_path / "linear", **kw)
     gen.generate(model, VPSchedule.cosine(), tmp_path / "cosine", **kw)
-    linear, cosine = (gen.load_samples(tmp_path / name, 4, 4) for name in ("linear", "cosine"))
+    linear, cosine = (gen.read_shards(tmp_path / name, 4, 4)[0] for name in ("linear", "cosine"))
     assert not torch.equal(linear, cosine)  # the schedule changes the samples: it must be in the key
     with pytest.raises(ValueError, match="holds work made with other settings: schedule="):
         gen.generate(model, VPSchedule.cosine(), tmp_path / "linear", **kw)

@@ -65,9 +65,9 @@ def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
     # more samples in the same folder: the last, partial shard is made again, nothing is counted twice
     table1.main(["--nfe", "8", "--samples", "25", "--batch", "10", "--out", str(tmp_path), "--seed", "3"])
     assert json.loads((tmp_path / "table1.json").read_text())["samples"] == 25
-    from cifar.generate import load_samples
+    from cifar.generate import read_shards
     for folder in (tmp_path / "samples" / "stand-in").glob("*/*"):
-        assert len(load_samples(folder, 25, 10)) == 25
+        assert len(read_shards(folder, 25, 10)[0]) == 25
 
 
 def _row(grid, nfe, sampler, rmse, fid, spread=0.0):

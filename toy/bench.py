@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from adjointdpm import Checkpoint, VPSchedule, make_gradient, sample
 from adjointdpm.tools import cli, files
-from adjointdpm.tools.memory import load_note, machine_load, peak as peak_bytes, reset_peak, run_in_fresh_process
+from adjointdpm.tools.memory import load_note, machine_load, peak as peak_bytes, reset_peak, run_in_fresh_process, synchronize
 from adjointdpm.tools.report import markdown_table
 from toy.mixture import eight_modes
 from toy.mlp import EpsMLP, train_eps_mlp
@@ -94,12 +94,10 @@ def worker(setup: Path, name: str, steps: int, repeats: int, device: str) -> dic
     peak = peak_bytes(device) - base
     times = []
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         start = time.perf_counter()
         gradient(model, x_T, make(), steps, sampler)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     ref_x, ref_theta = torch.load(setup / "reference.pt", weights_only=True)
     (ck_x, ck_theta), _ = gradient(model, x_T, Checkpoint(), steps, sampler)  # the exact gradient of this sampler

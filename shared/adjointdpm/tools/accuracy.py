@@ -27,11 +27,12 @@ from typing import Callable
 
 import torch
 
-from . import cli, files
 from ..grad import Checkpoint, Gradient
 from ..gradients import deis_name, make_gradient
-from .report import markdown_table
 from ..sample import sample
+from . import cli, files
+from .memory import synchronize
+from .report import markdown_table
 
 # each row's label -> its strategy's name in GRADIENTS (built at a number of adjoint steps). "stored": the
 # forward's states at its grid points.
@@ -70,7 +71,7 @@ class Setup:
         """``dL/dx_T`` for every loss through one forward; with the seconds of the forward and the first
         loss's backward, and that backward's VJPs through the model."""
         x = self.x_T.clone().requires_grad_()
-        _sync(x)
+        synchronize(x.device)
         start = time.perf_counter()
         x0, info = sample(self.model, x, self.schedule, self.cond, steps=steps, solver=solver, t_end=self.t_end,
                           gradient=strategy, return_info=True, **self.sampling)
@@ -78,14 +79,9 @@ class Setup:
         for i, (name, loss) in enumerate(self.losses.items()):
             grads[name], = torch.autograd.grad(loss(x0), x, retain_graph=i < len(self.losses) - 1)
             if seconds is None:
-                _sync(x)
+                synchronize(x.device)
                 seconds, nfe = time.perf_counter() - start, info.nfe_backward
         return grads, seconds, nfe
-
-
-def _sync(x):
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
 
 
 def compare(g: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

@@ -169,3 +169,10 @@ def return_freed_memory() -> bool:
         return bool(ok)
     except (OSError, AttributeError):
         return False
+
+
+def synchronize(device) -> None:
+    """Wait for ``device``'s queued work (CUDA runs asynchronously), so that a timer read next counts it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

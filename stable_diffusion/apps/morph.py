@@ -20,7 +20,7 @@ from tqdm import tqdm
 from adjointdpm.tools import cli, files
 from adjointdpm.tools.report import markdown_table, percent
 from adjointdpm.noise import slerp
-from handwritten.identity import cosine
+from handwritten.identity import FMR, cosine
 
 from ..components import SDComponents
 from ..latent import decode, encode_prompt
@@ -113,7 +113,7 @@ def morph_table(comps: SDComponents, verifiers: dict, a: torch.Tensor, b: torch.
         feasible = {who: None if t is None else float((between[who] >= 2 * t * t - 1).float().mean())
                     for who, (_, t) in verifiers.items()}
     result = {"pairs": len(a), "what": what, "iters": iters, "lr": lr, "steps": steps, "seed": seed,
-              "thresholds": {who: threshold for who, (_, threshold) in verifiers.items()}, "fmr": 1e-3,
+              "thresholds": {who: threshold for who, (_, threshold) in verifiers.items()}, "fmr": FMR,
               "mean_similarity_of_the_references": references, "feasible": feasible, "rows": rows, **(record or {})}
     out.mkdir(parents=True, exist_ok=True)
     files.write_text(out / "morph.md", markdown(result))
@@ -150,7 +150,7 @@ def markdown(result: dict) -> str:
     ceiling = (f" No morph at all can match both references of a pair whose own cosine is below 2 t^2 - 1 (t the "
                f"threshold), so the MMPMR cannot exceed the share of pairs above it: {feasible}." if feasible else "")
     return (f"# Morphing (AdjointDEIS poster, Table 1)\n\n{result['pairs']} pairs {result['what']}; {success} "
-            f"(thresholds at 0.1 % false matches; the references themselves have mean cos {references}). DiM: invert "
+            f"(thresholds at {100 * result['fmr']:g} % false matches; the references themselves have mean cos {references}). DiM: invert "
             f"both to noise with their prompts (DDIM at the row's steps, guidance 1), slerp the noises, average "
             f"the prompt embeddings, decode. Optimised: {result['iters']} AdamW steps (lr {result['lr']}) on (x_T, c) "
             f"against the first model, {who[0]}; ODE ({result['steps']} dpm1 steps) with AdjointDEIS-1 (data-prediction "
@@ -180,7 +180,7 @@ def _arguments(p):
     p.add_argument("--image-b", type=cli.existing_file, nargs="+", help="other models: the second reference of each pair")
     p.add_argument("--prompt-a", default="", help="other models: the prompt of the a references (default empty)")
     p.add_argument("--prompt-b", default="", help="other models: the prompt of the b references (default empty)")
-    p.add_argument("--threshold", type=cli.finite_float, help="other models: F's cosine at 0.1 %% false matches, "
+    p.add_argument("--threshold", type=cli.finite_float, help=f"other models: F's cosine at {100 * FMR:g} %% false matches, "
                    "measured on your impostor pairs (without it, no MMPMR: the similarities only)")
     p.add_argument("--iters", type=cli.count("iters"), default=60, help="AdamW steps on (x_T, c) (default 60; " + cli.bound_help("iters") + ")")
     p.add_argument("--lr", type=cli.positive_float, default=0.1, help="learning rate (default 0.1)")

@@ -41,7 +41,7 @@ from adjointdpm.tools.memory import (LivePeak, live_bytes, load_note, machine_lo
 from adjointdpm.tools.report import markdown_table
 
 from .apps import Pipeline, Sampler, latent_noise
-from .components import (ALL_SAVINGS, ATTENTION, CHECKPOINTING, GRAINS, RELEASABLE, SAVINGS, asked_savings, release,
+from .components import (ALL_SAVINGS, ATTENTION, CHECKPOINTING, RELEASABLE, SAVINGS, asked_savings, release,
                          save_memory)
 from .registry import MODELS, fingerprint, model_argument, open_model
 from .latent import decode, encode_prompt, eps_model
@@ -327,10 +327,9 @@ def main(argv=None):
             parser.error(f"argument --{name.replace('_', '-')}: give each value once")
     try:
         args.save_memory = asked_savings(args.save_memory)
+        asked_savings([*args.save_memory, *args.checkpointing])  # --checkpointing's grains count with the savings'
     except ValueError as err:
         parser.error(str(err))
-    if set(GRAINS) <= set(args.save_memory) | set(args.checkpointing):
-        parser.error(f"argument --save-memory: {GRAINS[0]!r} and {GRAINS[1]!r} are two grains of one saving; choose one")
     for name in args.gradients:  # which sampler each differentiates, before anything is measured
         try:
             Sampler(args.steps[0], SOLVER.get(name, Sampler.solver), GUIDANCE, name)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -161,24 +160,13 @@ def measure(study: Study, work: Path, key: dict, progress: bool = True) -> list[
     from tqdm import tqdm
     work = files.claim(work, key, "reversible work folder")
     with files.exclusive(work):
-        log, done = work / "cases.jsonl", {}
-        if log.exists():
-            text = log.read_text()
-            if text and not text.endswith("\n"):  # a write cut short: that case runs again
-                with log.open("a") as f:
-                    f.write("\n")
-            for line in text.splitlines():
-                try:
-                    row = json.loads(line)
-                    done[row["kind"], row["which"], row["coupling"], row["steps"]] = row
-                except (ValueError, KeyError):
-                    continue
+        log = work / "cases.jsonl"
+        done = files.read_cases(log, lambda r: (r["kind"], r["which"], r["coupling"], r["steps"]))
         rows = []
         for case in tqdm(study.cases(), desc="reversible sampler", disable=not progress):
             if case not in done:
                 row = dict(zip(("kind", "which", "coupling", "steps"), case), **study.run(*case))
-                with log.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                files.append_cases(log, [row])
                 done[case] = row
             rows.append(done[case])
     return rows

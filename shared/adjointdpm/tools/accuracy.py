@@ -18,7 +18,6 @@ it finishes (the folder keyed by the setup), so an interrupted run resumes where
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -102,18 +101,8 @@ def measure(setup: Setup, work: Path, todo: list, fine: dict = FINE, progress: b
     work = files.claim(work, dict(setup.key, x_T=files.fingerprint(setup.x_T), losses=setup.loss_about, fine=fine,
                                   t_end=setup.t_end, sampling=setup.sampling), "accuracy work folder")
     with files.exclusive(work):
-        log, done = work / "cases.jsonl", {}
-        if log.exists():
-            text = log.read_text()
-            if text and not text.endswith("\n"):  # a write cut short: its case runs again, on a line of its own
-                with log.open("a") as f:
-                    f.write("\n")
-            for line in text.splitlines():
-                try:
-                    row = json.loads(line)
-                    done[row["solver"], row["steps"], row["strategy"], row["adjoint_steps"], row["loss"]] = row
-                except (ValueError, KeyError):
-                    continue
+        log = work / "cases.jsonl"
+        done = files.read_cases(log, lambda r: (r["solver"], r["steps"], r["strategy"], r["adjoint_steps"], r["loss"]))
         converged = files.cached(work / "converged.pt", "converged gradients",
                                  lambda: setup.gradients(Checkpoint(), fine["solver"], fine["steps"])[0])
         exact, rows = {}, []
@@ -132,8 +121,7 @@ def measure(setup: Setup, work: Path, todo: list, fine: dict = FINE, progress: b
                 new.append(dict(solver=solver, steps=n, strategy=name, adjoint_steps=m, loss=loss,
                                 rel_exact=rel_e, cos_exact=cos_e, rel_converged=rel_c, cos_converged=cos_c,
                                 seconds=seconds, nfe_backward=nfe))
-            with log.open("a") as f:  # a case's lines in one write, so a cut write loses that case at most
-                f.write("".join(json.dumps(r) + "\n" for r in new))
+            files.append_cases(log, new)
             rows += new
     return rows
 

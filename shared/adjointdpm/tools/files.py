@@ -264,3 +264,29 @@ def fingerprint_files(folder) -> str:
             while piece := file.read(2 ** 20):
                 digest.update(piece)
     return digest.hexdigest()[:16]
+
+
+def read_cases(log, key) -> dict:
+    """The rows of a case log (one JSON object per line, appended as each case finishes), by ``key(row)``.
+    A line cut short by a kill is skipped, so its case runs again, and the log is ended with a newline so
+    that the next case starts a line of its own."""
+    log, done = Path(log), {}
+    if not log.exists():
+        return done
+    text = log.read_text()
+    if text and not text.endswith("\n"):
+        with log.open("a") as f:
+            f.write("\n")
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            done[key(row)] = row
+        except (ValueError, KeyError):
+            continue
+    return done
+
+
+def append_cases(log, rows: list[dict]) -> None:
+    """Append one case's ``rows`` to its log in one write, so that a write cut short loses that case at most."""
+    with Path(log).open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))

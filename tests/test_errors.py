@@ -83,6 +83,9 @@ def test_strategy_arguments():
         sample(gaussian(), x_T, SCHED, steps=4, gradient=Adjoint(steps=6, states="reuse"))
     with pytest.raises(ValueError, match="TorchdiffeqAdjoint supports"):
         sample(gaussian(), x_T, SCHED, steps=4, solver="dpm2", gradient=TorchdiffeqAdjoint())
+    for forward in ("rk4", "reversible-dpm1"):  # the adjoint's own rule is refused whatever the forward's
+        with pytest.raises(ValueError, match="cannot solve the adjoint with a reversible rule"):
+            sample(gaussian(), x_T, SCHED, steps=4, solver=forward, gradient=Adjoint(solver="reversible-dpm1"))
     with pytest.raises(dataclasses.FrozenInstanceError):  # a strategy is its settings: they cannot drift after a check
         Adjoint().steps = 3
 

@@ -133,14 +133,14 @@ class ODEAdjoint(Gradient):
     """What :class:`Adjoint` and :class:`AdjointDEIS` share: the backward's plan from their ``steps``,
     ``solver`` and ``states``, and the check of those three."""
 
-    def _check(self):
+    def _check_fields(self):
         if self.steps is not None:
             object.__setattr__(self, "steps", as_steps(self.steps, f"{type(self).__name__} steps"))
         if self.states not in ("reintegrate", "reuse"):
             raise ValueError(f"{type(self).__name__} states must be 'reintegrate' or 'reuse', got {self.states!r}")
 
     def check(self, method):
-        if self.solver is None and method.reversible:
+        if (method if self.solver is None else make_method(self.solver)).reversible:  # the adjoint's own rule
             raise ValueError(f"{type(self).__name__} cannot solve the adjoint with a reversible rule: behind "
                              "reversible-dpm1 use ReversibleAdjoint() (exact), or name another solver")
 
@@ -213,7 +213,7 @@ class Adjoint(ODEAdjoint):
         if self.solver is not None and make_method(self.solver).stochastic:  # make_method validates the name
             raise ValueError(f"the adjoint is an ODE, also behind an SDE sampler: its solver must be an ODE rule, "
                              f"got {self.solver!r}")
-        self._check()
+        self._check_fields()
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ class AdjointDEIS(ODEAdjoint):
             raise ValueError(f"AdjointDEIS order must be 1 or 2, got {self.order!r}")
         if self.form not in ("data", "noise"):
             raise ValueError(f"AdjointDEIS form must be 'data' or 'noise', got {self.form!r}")
-        self._check()
+        self._check_fields()
 
     @property
     def solver(self) -> str:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from adjointdpm.tools.frechet import feature_statistics, frechet_distance
+from adjointdpm.tools.frechet import feature_statistics, frechet_distance, trace_sqrt_product
 from cifar.fid import load_statistics
 
 
@@ -15,6 +15,21 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(l1) - np.sqrt(l2)) ** 2)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
     assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_trace_term_is_exact_where_a_covariance_is_singular_and_agrees_with_a_matrix_square_root():
+    from scipy import linalg
+    rng = np.random.default_rng(2)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    l1, l2 = np.array([2.0, 1.0, 0.5, 0.0, 0.0, 0.0]), rng.uniform(0.5, 2, 6)  # S1 of rank 3, as from 4 samples
+    s1, s2 = q @ np.diag(l1) @ q.T, q @ np.diag(l2) @ q.T
+    assert frechet_distance(np.zeros(6), s1, np.zeros(6), s2) == pytest.approx(
+        np.sum((np.sqrt(l1) - np.sqrt(l2)) ** 2), rel=1e-12)
+    # non-commuting, full rank: the eigenvalues of S1 S2 against scipy's general square root of the product
+    a, b = rng.normal(size=(40, 6)), rng.normal(size=(40, 6)) * [1, 2, 3, 1, 1, 1]
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    assert trace_sqrt_product(s1, s2) == pytest.approx(np.trace(linalg.sqrtm(s1 @ s2).real), rel=1e-10)
+    assert trace_sqrt_product(s1, s2) == pytest.approx(trace_sqrt_product(s2, s1), rel=1e-12)
 
 
 def test_statistics_files(tmp_path):

@@ -24,7 +24,6 @@ import functools
 from dataclasses import dataclass
 
 import torch
-import torchdiffeq
 
 from .grad import Gradient
 
@@ -51,6 +50,7 @@ class TorchdiffeqAdjoint(Gradient):
             options = dict(options, step_t=grid)
         else:
             options = dict(options, grid_constructor=functools.partial(_grid_between, grid))
+        import torchdiffeq  # here: its import (and scipy's) would cost every process that never asks for it
         field = problem.dz_ds
         path = torchdiffeq.odeint_adjoint(
             lambda s, z: field(z, float(s.detach())), z0, grid[[0, -1]], method=method, options=options,

@@ -23,7 +23,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.utils.checkpoint
-import torchdiffeq
 
 State = tuple  # tuple[torch.Tensor, ...]
 
@@ -314,6 +313,7 @@ class Dopri5(Method):
         self.rtol, self.atol = rtol, atol
 
     def step(self, f, z, s0, s1, hist):
+        import torchdiffeq  # here: its import (and scipy's) would cost every process that never asks for it
         span = torch.tensor([s0, s1], dtype=torch.float64, device=z[0].device)
         path = torchdiffeq.odeint(lambda s, zz: f(zz, float(s.detach())), z, span,
                                   rtol=self.rtol, atol=self.atol, method="dopri5",

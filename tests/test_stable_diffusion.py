@@ -439,7 +439,7 @@ def test_checkpoint_keeps_one_state_per_step_on_sd_components():
 
 def test_bench_records_the_parts_and_resumes(tmp_path, monkeypatch):
     from stable_diffusion import bench
-    bench.main(["--model", "tiny", "--steps", "1", "3", "--gradients", "adjoint", "--breakdown", "--repeats", "0",
+    bench.main(["--model", "tiny", "--steps", "1", "--gradients", "adjoint", "--breakdown", "--repeats", "0",
                 "--out", str(tmp_path), "--device", "cpu"])
     records = json.loads((tmp_path / "bench.json").read_text())
     assert {"strategy", "steps", "resolution", "peak_gib", "seconds"} <= set(records[0])
@@ -447,7 +447,7 @@ def test_bench_records_the_parts_and_resumes(tmp_path, monkeypatch):
     assert parts[("vae-backward", "sdpa", ("vae",))]["saved_gib"] < parts[("vae-backward", "sdpa", ())]["saved_gib"]
     weights = parts[("weights", "sdpa", ())]
     assert weights["peak_gib"] == pytest.approx(sum(weights["parts_gib"].values()))
-    assert "| 32 | adjoint | 3 |" in (tmp_path / "bench.md").read_text()
+    assert "| 32 | adjoint | 1 |" in (tmp_path / "bench.md").read_text()
     monkeypatch.setattr(bench, "run_in_fresh_process", lambda *a: pytest.fail(f"measured again: {a}"))
     bench.main(["--model", "tiny", "--steps", "1", "--gradients", "adjoint", "--repeats", "0", "--out", str(tmp_path),
                 "--device", "cpu"])  # measured already: kept, nothing run

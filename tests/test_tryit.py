@@ -159,15 +159,16 @@ def test_nb03_answer_3_at_tau_0_8_more_decisions_flip_and_fewer_flipped_images_k
     guide, comps = load_digit_classifier(), open_model("digits", "cpu")
     classes = {k: data.prompt(k) for k in range(10) if k != data.UNSEEN}
     seen = {}
-    for tau in (0.4, 0.8):  # table3's candidates and steps, two audited samples per digit
-        run = apps.audit(comps, guide, classes, list(range(2000, 2004)), tau=tau, iters=6, per_class=2,
+    for tau in (0.4, 0.8):  # table3's candidates, half its 6 steps of search, two audited samples per digit
+        run = apps.audit(comps, guide, classes, list(range(2000, 2004)), tau=tau, iters=3, per_class=2,
                          sampler=apps.Sampler(steps=8, guidance_scale=4.0), progress=False)
         images = run["images"]
         flipped = images["read_as"].cpu() != images["labels"].cpu()
         still = torch.stack([r == images["labels"].cpu() for r in judges().read(images["attacked"]).values()]).all(0)
         seen[tau] = {"flipped": float(flipped.float().mean()), "still": float((flipped & still).sum() / flipped.sum()),
                      "change": float((images["attacked"] - images["clean"]).abs().mean())}
-    # measured: 56 % -> 89 % flipped, 80 % -> 19 % of them still the digit to every judge, change 0.12 -> 0.23
+    # measured: 44 % -> 94 % flipped, 62 % -> 18 % of them still the digit to every judge, change 0.13 -> 0.25
+    # (at table3's 6 steps: 56 % -> 89 %, 80 % -> 19 %, 0.12 -> 0.23, at 1.6 times the cost)
     assert seen[0.8]["flipped"] > seen[0.4]["flipped"]
     assert seen[0.8]["still"] < seen[0.4]["still"] / 2
     assert seen[0.8]["change"] > 1.5 * seen[0.4]["change"]

@@ -50,7 +50,7 @@ import torch
 from adjointdpm import VPSchedule, sample, steps_for_nfe
 from adjointdpm.tools import cli, files
 from adjointdpm.tools.frechet import feature_statistics, frechet_distance
-from adjointdpm.tools.report import markdown_table
+from adjointdpm.tools.report import markdown_table, write_result
 from adjointdpm.solvers import make_method
 from adjointdpm.trajectory import errors_along, median_rmse
 from cifar.fid import load_statistics
@@ -468,14 +468,8 @@ def markdown(result: dict) -> str:
 
 def write(result: dict, out: Path) -> str:
     """``table1.md/json`` (``table1_digits.*`` for the digits model, with a plot); returns the Markdown."""
-    text = markdown(result)
-    out.mkdir(parents=True, exist_ok=True)
-    name = MODES[result["mode"]].filename
-    files.write_text(out / f"{name}.md", text)
-    files.write_json(out / f"{name}.json", result)
-    if "floors" in result:
-        plot(result, out / f"{name}.png")
-    return text
+    return write_result(out, MODES[result["mode"]].filename, result, markdown(result),
+                        (lambda path: plot(result, path)) if "floors" in result else None)
 
 
 def plot(result: dict, path: Path) -> None:

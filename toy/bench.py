@@ -31,7 +31,7 @@ from tqdm import tqdm
 from adjointdpm import Checkpoint, VPSchedule, make_gradient, sample
 from adjointdpm.tools import cli, files
 from adjointdpm.tools.memory import load_note, machine_load, peak as peak_bytes, reset_peak, run_in_fresh_process, synchronize
-from adjointdpm.tools.report import markdown_table
+from adjointdpm.tools.report import markdown_table, write_result
 from toy.mixture import eight_modes
 from toy.mlp import EpsMLP, train_eps_mlp
 from toy.reproduce import STRATEGIES
@@ -157,12 +157,15 @@ def markdown(rows, meta: dict) -> str:
 
 def write(rows, out: Path, meta: dict):
     """``bench.md``, ``bench.json`` and ``bench.png``; returns the Markdown."""
+    return write_result(out, "bench", {"meta": meta, "rows": rows}, markdown(rows, meta),
+                        lambda path: figure(rows, meta, path))
+
+
+def figure(rows, meta: dict, path: Path) -> None:
+    """Peak memory against steps, and the gradient's error against its time, per strategy."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
     unit = _unit(meta)
-    text = markdown(rows, meta)
-    files.write_text(out / "bench.md", text)
-    files.write_json(out / "bench.json", {"meta": meta, "rows": rows})
     fig = Figure(figsize=(12, 4.5), layout="tight")
     axes = fig.subplots(1, 2)
     for name in [n for strategies, _, _ in FAMILIES.values() for n in strategies]:
@@ -177,8 +180,7 @@ def write(rows, out: Path, meta: dict):
     axes[1].set(xlabel="seconds per gradient", ylabel="relative error of dL/dx_T", title="Error vs time (ODE)")
     axes[1].xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
     axes[0].legend(fontsize=7)
-    files.save_figure(fig, out / "bench.png", dpi=120)
-    return text
+    files.save_figure(fig, path, dpi=120)
 
 
 # How each argument reaches the stored work (the work folder's key and each case's file), or why it cannot

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from adjointdpm.tools import files
+from adjointdpm.tools.report import write_result
 from handwritten.judges import judges
 
 from .. import apps
@@ -131,12 +132,10 @@ class Measured:
 def write(out: Path, name: str, measured: Measured, markdown=None) -> dict:
     """The one writer of an experiment's files: ``name.json``, ``name.md`` (``markdown(result)``, from the
     JSON's data alone; none without ``markdown``), ``name.png`` and, with arrays, ``name_images.npz``."""
-    apps.save_images(out / f"{name}.png", measured.figure)
     if measured.arrays:
-        save_arrays(out / f"{name}_images.npz", **measured.arrays)
-    files.write_json(out / f"{name}.json", measured.result, significant=6)
-    if markdown is not None:
-        files.write_text(out / f"{name}.md", markdown(measured.result))
+        save_arrays(Path(out) / f"{name}_images.npz", **measured.arrays)
+    write_result(out, name, measured.result, None if markdown is None else markdown(measured.result),
+                 lambda path: apps.save_images(path, measured.figure), significant=6)
     return measured.result
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from adjointdpm.tools import files
+from adjointdpm.tools.report import write_result
 
 from . import data, report
 
@@ -96,9 +96,5 @@ def evaluate(pipe, classifier, n: int = 64, seed: int = 0, steps: int = 20, guid
 
 def write(result: dict, grids: dict, out: Path) -> str:
     from ..apps.common import save_images
-    out.mkdir(parents=True, exist_ok=True)
-    text = report.quality(result)
-    files.write_text(out / "quality.md", text)
-    files.write_json(out / "quality.json", result, significant=6)
-    save_images(out / "quality.png", grids)
-    return text
+    return write_result(out, "quality", result, report.quality(result), lambda path: save_images(path, grids),
+                        significant=6)

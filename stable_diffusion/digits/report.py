@@ -42,7 +42,7 @@ def table2(r: dict) -> str:
             "guide and by two judges trained on other images (handwritten.judges). Judge-FID and KID: the LeNet "
             f"judge's 84-d features against the {r['heldout_real_nines']} held-out real nines (the paper: "
             "Inception FID against Stanford Dogs).\n\n" + markdown_table(header, rows) + "\n\n"
-            f"Images: table2.png; raw arrays (float32, N x 32 x 32 x 3 in [0, 1]): table2_images.npz. How each "
+            "Images: table2.png; raw arrays (float32, N x 32 x 32 x 3 in [0, 1]): table2_images.npz. How each "
             "route and restraint does: table2_ablation.md.\n")
 
 

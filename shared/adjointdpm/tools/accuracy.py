@@ -31,7 +31,7 @@ from ..gradients import deis_name, make_gradient
 from ..sample import sample
 from . import cli, files
 from .memory import synchronize
-from .report import markdown_table
+from .report import markdown_table, write_result
 
 # each row's label -> its strategy's name in GRADIENTS (built at a number of adjoint steps). "stored": the
 # forward's states at its grid points.
@@ -242,11 +242,8 @@ def figure(rows: list[dict], meta: dict, path: Path) -> None:
 
 def write(rows: list[dict], meta: dict, out: Path) -> str:
     """``adjoint_accuracy.md/json/png`` in ``out``; returns the Markdown."""
-    text = markdown(rows, meta)
-    files.write_text(out / "adjoint_accuracy.md", text)
-    files.write_json(out / "adjoint_accuracy.json", {"meta": meta, "rows": rows}, significant=4)
-    figure(rows, meta, out / "adjoint_accuracy.png")
-    return text
+    return write_result(out, "adjoint_accuracy", {"meta": meta, "rows": rows}, markdown(rows, meta),
+                        lambda path: figure(rows, meta, path), significant=4)
 
 
 # How each argument of :func:`command` reaches the stored work (the work folder's key), or why it cannot

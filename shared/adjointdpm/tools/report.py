@@ -1,7 +1,11 @@
-"""Markdown for results files: :func:`markdown_table`, the one table writer every report uses."""
+"""Results files: :func:`write_result`, the one writer of an experiment's files, and
+:func:`markdown_table`, the one table writer every report uses."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from . import files
 
 _RULES = {None: "---", "left": ":---", "right": "---:", "center": ":---:"}
 
@@ -40,3 +44,18 @@ def markdown_table(header: Sequence, rows: Iterable[Sequence], align: Sequence |
             raise ValueError(f"row {i} has {len(row)} cells for {len(header)} columns")
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     return "\n".join(lines)
+
+
+def write_result(out: Path, name: str, data, markdown: str | None = None,
+                 figure: Callable[[Path], object] | None = None, significant: int | None = None) -> str | None:
+    """The one writer of an experiment's files in ``out``: ``name.json`` (``data`` as strict JSON, floats
+    rounded to ``significant`` digits), ``name.md`` (``markdown``, made from that data alone) and
+    ``name.png`` (drawn by ``figure(path)``), each written whole or not at all; returns ``markdown``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_json(out / f"{name}.json", data, significant=significant)
+    if markdown is not None:
+        files.write_text(out / f"{name}.md", markdown)
+    if figure is not None:
+        figure(out / f"{name}.png")
+    return markdown

@@ -239,8 +239,8 @@ if not REAL:
 # digit is still there) or just a changed image.
 
 # %%
-result = apps.audit(comps, guide, AUDIT, list(range(6)), tau=0.4, iters=4, per_class=3, sampler=sampler,
-                    progress=False)
+result = apps.audit_classifier(comps, guide, AUDIT, list(range(6)), tau=0.4, iters=4, per_class=3, sampler=sampler,
+                               progress=False)
 images = result["images"]
 flipped = images["read_as"] != images["labels"]
 if not REAL:
@@ -286,8 +286,8 @@ style = experiments.bold_ink(data.to_unit(real[::40]), 5)[:1]
 train_prompts = [data.prompt(k) for k in range(9)] if not REAL else [PROMPT]
 unseen = [(p, 100 + i) for i, p in enumerate(train_prompts)]
 before = apps.Pipeline(comps, sampler).generate([p for p, _ in unseen], [s for _, s in unseen])
-result = apps.stylize(comps, features, style, train_prompts, [0], epochs=2, lr=3e-3, w_style=100, sampler=sampler,
-                      out=out / "stylize", progress=False)
+result = apps.fine_tune_style(comps, features, style, train_prompts, [0], epochs=2, lr=3e-3, w_style=100,
+                              sampler=sampler, out=out / "stylize", progress=False)
 after = apps.Pipeline(comps, sampler).generate([p for p, _ in unseen], [s for _, s in unseen])
 # per image, so that one image that changed a lot cannot stand for all of them
 ink = {when: torch.tensor([experiments.ink_statistics(x[i:i + 1])["inked_share"] for i in range(len(x))])

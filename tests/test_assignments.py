@@ -284,7 +284,7 @@ def test_shortcuts_lose_the_question_they_shortcut_and_only_that(graded):
                 assert float(row["points"]) == expected, f"{student}: {q}"
     feedback = (out / "feedback" / "adjoint_from_library.md").read_text()
     assert "this question may not use the library's adjointdpm.grad:ODEAdjoint.solve" in feedback
-    assert "may not use the library's adjointdpm.sample:sample" in (out / "feedback" / "dpm1_from_sampler.md").read_text()
+    assert "may not use the library's adjointdpm.sampling:sample" in (out / "feedback" / "dpm1_from_sampler.md").read_text()
 
 
 def test_a_crash_in_q2_does_not_cost_q3(graded):

@@ -169,8 +169,8 @@ def test_guided_sampling_moves_the_judges_toward_nine(classifier, tmp_path):
 
 def test_audit_flips_some_decision_within_the_box_and_the_judges_read_the_flips(classifier, tmp_path):
     classes = {3: data.prompt(3), 5: data.prompt(5)}
-    r = apps.audit(open_model("digits", "cpu"), classifier, classes, list(range(4)), tau=0.8, iters=3, per_class=2,
-                   sampler=FAST, progress=False)
+    r = apps.audit_classifier(open_model("digits", "cpu"), classifier, classes, list(range(4)), tau=0.8, iters=3, per_class=2,
+                              sampler=FAST, progress=False)
     assert sum(row["audited"] for row in r["rows"]) >= 3 and r["max_abs_delta"] <= 0.8 + 1e-6  # float32 tau
     # every decision the search saw flip stays flipped; the last step's update is evaluated only at the end, where it
     # may flip more

@@ -132,8 +132,8 @@ def test_guided_sampling_raises_target_probability(comps, classifier_file, tmp_p
 def test_audit_keeps_the_bound(comps, classifier_file, tmp_path):
     clf = _classifier(classifier_file)
     label = int(clf(apps.Pipeline(comps, FAST).generate(["a photo of a cat"], [0])).argmax())  # labelled "correctly"
-    result = apps.audit(comps, clf, {label: "a photo of a cat"}, [0, 1], tau=0.5, iters=2, sampler=FAST,
-                        out=tmp_path, progress=False)
+    result = apps.audit_classifier(comps, clf, {label: "a photo of a cat"}, [0, 1], tau=0.5, iters=2, sampler=FAST,
+                                   out=tmp_path, progress=False)
     row = result["rows"][0]
     assert row["audited"] >= 1 and result["max_abs_delta"] <= 0.5 + 1e-7
     ce = [h["ce"] for h in result["history"]]
@@ -152,11 +152,11 @@ def test_stylize_resumes_and_saves_a_loadable_unet(tmp_path):
     vgg = load_vgg19(_vgg_file(tmp_path / "vgg.pth"))
     style = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     kw = dict(prompts=["a house"], seeds=[0], lr=1e-3, sampler=FAST, progress=False)
-    full = apps.stylize(tiny_components(sample_size=8), vgg, style, epochs=2, out=tmp_path / "full", **kw)
+    full = apps.fine_tune_style(tiny_components(sample_size=8), vgg, style, epochs=2, out=tmp_path / "full", **kw)
     assert full["losses"][1] < full["losses"][0]
-    apps.stylize(tiny_components(sample_size=8), vgg, style, epochs=1, out=tmp_path / "part", **kw)  # interrupted
+    apps.fine_tune_style(tiny_components(sample_size=8), vgg, style, epochs=1, out=tmp_path / "part", **kw)  # interrupted
     resumed = tiny_components(sample_size=8)
-    again = apps.stylize(resumed, vgg, style, epochs=2, out=tmp_path / "part", **kw)
+    again = apps.fine_tune_style(resumed, vgg, style, epochs=2, out=tmp_path / "part", **kw)
     assert again["losses"] == pytest.approx(full["losses"], rel=1e-5)
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "part" / "unet", local_files_only=True)
     trained = apps.cross_attention_parameters(resumed.unet)
@@ -171,8 +171,8 @@ def test_stylize_upcasts_only_the_trained_weights_of_a_half_precision_unet(tmp_p
     comps = tiny_components(sample_size=8)
     comps.unet.to(torch.bfloat16)
     before = {n: p.float().clone() for n, p in apps.cross_attention_parameters(comps.unet).items()}
-    r = apps.stylize(comps, vgg, style, prompts=["a house"], seeds=[0], lr=1e-3, sampler=FAST, progress=False,
-                     epochs=3, out=tmp_path / "half")
+    r = apps.fine_tune_style(comps, vgg, style, prompts=["a house"], seeds=[0], lr=1e-3, sampler=FAST, progress=False,
+                             epochs=3, out=tmp_path / "half")
     trained = apps.cross_attention_parameters(comps.unet)
     assert {p.dtype for p in trained.values()} == {torch.float32}
     assert {p.dtype for n, p in comps.unet.named_parameters() if n not in trained} == {torch.bfloat16}
@@ -185,11 +185,11 @@ def test_stylize_lora_resumes_and_loads_through_diffusers(tmp_path):
     vgg = load_vgg19(_vgg_file(tmp_path / "vgg.pth"))
     style = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     kw = dict(prompts=["a house"], seeds=[0], lr=3e-2, sampler=FAST, progress=False, lora_rank=2)
-    full = apps.stylize(tiny_components(sample_size=8), vgg, style, epochs=3, out=tmp_path / "full", **kw)
+    full = apps.fine_tune_style(tiny_components(sample_size=8), vgg, style, epochs=3, out=tmp_path / "full", **kw)
     assert full["losses"][-1] < full["losses"][0]
-    apps.stylize(tiny_components(sample_size=8), vgg, style, epochs=1, out=tmp_path / "part", **kw)  # interrupted
+    apps.fine_tune_style(tiny_components(sample_size=8), vgg, style, epochs=1, out=tmp_path / "part", **kw)  # interrupted
     trained = tiny_components(sample_size=8)
-    again = apps.stylize(trained, vgg, style, epochs=3, out=tmp_path / "part", **kw)
+    again = apps.fine_tune_style(trained, vgg, style, epochs=3, out=tmp_path / "part", **kw)
     assert again["losses"] == pytest.approx(full["losses"], rel=1e-5)
     assert not (tmp_path / "part" / "unet").exists()  # adapters only, not a 3.4 GB UNet per style
 
@@ -300,12 +300,12 @@ def test_stylize_remakes_an_unreadable_content_target_and_checkpoint(tmp_path, c
     vgg = load_vgg19(_vgg_file(tmp_path / "vgg.pth"))
     style = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     kw = dict(prompts=["a house"], seeds=[0], lr=1e-3, sampler=FAST, progress=False, save_every=1)
-    first = apps.stylize(tiny_components(sample_size=8), vgg, style, epochs=1, out=tmp_path, **kw)
+    first = apps.fine_tune_style(tiny_components(sample_size=8), vgg, style, epochs=1, out=tmp_path, **kw)
     target = tmp_path / "content" / "pair_00000.pt"
     content = target.read_bytes()
     target.write_bytes(content[:50])
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
-    again = apps.stylize(tiny_components(sample_size=8), vgg, style, epochs=1, out=tmp_path, **kw)
+    again = apps.fine_tune_style(tiny_components(sample_size=8), vgg, style, epochs=1, out=tmp_path, **kw)
     err = capsys.readouterr().err
     assert f"content target {target} cannot be read" in err and "starting the training over" in err
     assert again["losses"] == pytest.approx(first["losses"], rel=1e-5)

@@ -160,8 +160,8 @@ def test_nb03_answer_3_at_tau_0_8_more_decisions_flip_and_fewer_flipped_images_k
     classes = {k: data.prompt(k) for k in range(10) if k != data.UNSEEN}
     seen = {}
     for tau in (0.4, 0.8):  # table3's candidates, half its 6 steps of search, two audited samples per digit
-        run = apps.audit(comps, guide, classes, list(range(2000, 2004)), tau=tau, iters=3, per_class=2,
-                         sampler=apps.Sampler(steps=8, guidance_scale=4.0), progress=False)
+        run = apps.audit_classifier(comps, guide, classes, list(range(2000, 2004)), tau=tau, iters=3, per_class=2,
+                                    sampler=apps.Sampler(steps=8, guidance_scale=4.0), progress=False)
         images = run["images"]
         flipped = images["read_as"].cpu() != images["labels"].cpu()
         still = torch.stack([r == images["labels"].cpu() for r in judges().read(images["attacked"]).values()]).all(0)

@@ -20,7 +20,7 @@ import contextlib
 import importlib
 import types
 
-SAMPLE = "adjointdpm.sample:sample"
+SAMPLE = "adjointdpm.sampling:sample"
 GRADIENTS = ("adjointdpm.grad:Backprop.solve", "adjointdpm.grad:Checkpoint.solve", "adjointdpm.grad:ODEAdjoint.solve",
              "adjointdpm.reference:TorchdiffeqAdjoint.solve", "adjointdpm.reference:TorchsdeAdjoint.solve")
 STEPPERS = ("adjointdpm.solvers:Method.step", "adjointdpm.solvers:integrate")

@@ -10,7 +10,7 @@ from .mixture import GaussianMixture
 from .cfg import CFG
 from .ode import SolveInfo
 from .reference import TorchdiffeqAdjoint, TorchsdeAdjoint
-from .sample import sample
+from .sampling import sample
 from .schedule import VPSchedule
 from .solvers import SOLVERS, steps_for_nfe
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .sample import sample
+from .sampling import sample
 from .schedule import VPSchedule
 
 

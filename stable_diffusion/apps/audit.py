@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adjointdpm.tools import cli, files
+from adjointdpm.tools import cli
 from adjointdpm.tools.report import markdown_table, percent
 
 from ..components import SDComponents
 from ..latent import as_read
 from ..nets import check_target
-from .common import Command, Pipeline, Sampler, save_images, write_result
+from .common import Command, Pipeline, Sampler, save_images, write_record
 
 
-def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, tau: float = 0.8,
+def audit_classifier(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, tau: float = 0.8,
           target: int | None = None, iters: int = 10, step: float | None = None, per_class: int | None = None,
           sampler: Sampler = Sampler(), out: Path | None = None, progress: bool = True) -> dict:
     """For each class label -> prompt, generate one image per seed and keep those the classifier
@@ -90,9 +90,8 @@ def audit(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, ta
         for label in classes:
             mine = labels == label
             grid[f"class {label} clean"], grid[f"class {label} attacked"] = clean[mine][:6], attacked[mine][:6]
-        save_images(out / "audit.png", {k: v for k, v in grid.items() if len(v)} or {"none audited": clean[:0]})
-        files.write_text(out / "audit.md", markdown(result))
-        write_result(out, "audit", result)
+        write_record(out, "audit", result, markdown(result), lambda path: save_images(
+            path, {k: v for k, v in grid.items() if len(v)} or {"none audited": clean[:0]}))
     return result
 
 
@@ -126,8 +125,8 @@ def _arguments(p):
 
 
 def _run(args, comps, sampler, model, classifier, features) -> str:
-    audit(comps, classifier, dict(args.classes), args.seeds, tau=args.tau, target=args.target, iters=args.iters,
-          sampler=sampler, out=args.out, progress=not args.no_progress)
+    audit_classifier(comps, classifier, dict(args.classes), args.seeds, tau=args.tau, target=args.target,
+                     iters=args.iters, sampler=sampler, out=args.out, progress=not args.no_progress)
     return (args.out / "audit.md").read_text()
 
 

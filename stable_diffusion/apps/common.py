@@ -13,6 +13,7 @@ import torch
 
 from adjointdpm import make_gradient, sample
 from adjointdpm.tools import files
+from adjointdpm.tools.report import write_result
 from adjointdpm.solvers import make_method
 
 from ..components import SDComponents
@@ -145,9 +146,12 @@ def save_images(path: Path, rows: dict[str, torch.Tensor]) -> None:
     files.save_figure(fig, path, dpi=100)
 
 
-def write_result(out: Path, name: str, result: dict) -> dict:
-    """``out/name.json``: the result without its tensors (images stay in the returned dict)."""
-    files.write_json(out / f"{name}.json", {k: v for k, v in result.items() if k != "images" and not torch.is_tensor(v)})
+def write_record(out: Path, name: str, result: dict, markdown: str | None = None,
+                 figure: Callable[[Path], object] | None = None) -> dict:
+    """An application's files in ``out``, through :func:`adjointdpm.tools.report.write_result`: ``name.json``
+    (the result without its tensors: images stay in the returned dict), ``name.md`` and ``name.png``."""
+    write_result(out, name, {k: v for k, v in result.items() if k != "images" and not torch.is_tensor(v)}, markdown,
+                 figure)
     return result
 
 

@@ -19,7 +19,7 @@ from adjointdpm.tools import cli
 from ..components import SDComponents
 from ..latent import as_read
 from ..nets import check_target
-from .common import Command, Pipeline, Sampler, save_images, write_result
+from .common import Command, Pipeline, Sampler, save_images, write_record
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,8 @@ def guided_sampling(comps: SDComponents, classifier, prompt: str, target: int, s
               "p_target_before": p_before.tolist(), "p_target_after": p_after.tolist(), **asdict(sampler),
               "images": {"before": before, "after": after}}
     if out is not None:
-        save_images(out / "guided.png", {"before": before, f"after (target {target})": after})
-        write_result(out, "guided", result)
+        write_record(out, "guided", result,
+                     figure=lambda path: save_images(path, {"before": before, f"after (target {target})": after}))
     return result
 
 

@@ -15,7 +15,7 @@ from adjointdpm.seeds import mix_seed
 
 from ..components import SDComponents
 from ..latent import add_token
-from .common import Command, Pipeline, Sampler, read_image, save_images, write_result
+from .common import Command, Pipeline, Sampler, read_image, save_images, write_record
 
 
 def check_template(text: str, what: str = "template") -> str:
@@ -82,8 +82,7 @@ def invert_embedding(comps: SDComponents, targets: torch.Tensor, seeds, *, token
         rows = {"targets": targets[:len(seeds)], "learned": pipe.generate(prompts, seeds)}
         for prompt in reuse_prompts:
             rows[prompt.format(token)] = pipe.generate([prompt.format(token)] * len(seeds), seeds)
-        save_images(out / "invert.png", rows)
-        write_result(out, "invert", result)
+        write_record(out, "invert", result, figure=lambda path: save_images(path, rows))
     return result
 
 

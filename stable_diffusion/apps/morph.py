@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adjointdpm.tools import cli, files
-from adjointdpm.tools.report import markdown_table, percent
+from adjointdpm.tools import cli
+from adjointdpm.tools.report import markdown_table, percent, write_result
 from adjointdpm.noise import slerp
 from handwritten.identity import FMR, cosine
 
@@ -55,7 +55,7 @@ def attacks(steps: int, iters: int, seed: int) -> dict[str, tuple[Sampler, int]]
             "DiM + AdjointDEIS-1 (SDE)": (sde, iters)}
 
 
-def morph(pipe: Pipeline, F: Callable, a: torch.Tensor, b: torch.Tensor, cond_a: torch.Tensor,
+def morph_identities(pipe: Pipeline, F: Callable, a: torch.Tensor, b: torch.Tensor, cond_a: torch.Tensor,
           cond_b: torch.Tensor, *, iters: int = 20, lr: float = 0.05, progress: bool = True) -> dict:
     """Morphs of the references ``a``, ``b`` (images in [0, 1]) whose prompts encode to ``cond_a``,
     ``cond_b``: DiM's (both inverted to noise by :meth:`Pipeline.invert`, the noises slerped, the
@@ -92,8 +92,8 @@ def morph_table(comps: SDComponents, verifiers: dict, a: torch.Tensor, b: torch.
     attacked = next(iter(verifiers.values()))[0]
     morphs = {PIXEL_AVERAGE: {"images": (a + b) / 2, "nfe": 0}}
     for name, (sampler, steps_of_adamw) in attacks(steps, iters, seed).items():
-        morphs[name] = morph(Pipeline(comps, sampler), attacked, a, b, cond_a, cond_b, iters=steps_of_adamw, lr=lr,
-                             progress=progress)
+        morphs[name] = morph_identities(Pipeline(comps, sampler), attacked, a, b, cond_a, cond_b, iters=steps_of_adamw,
+                                        lr=lr, progress=progress)
     rows = []
     with torch.no_grad():
         for name, r in morphs.items():
@@ -115,10 +115,8 @@ def morph_table(comps: SDComponents, verifiers: dict, a: torch.Tensor, b: torch.
     result = {"pairs": len(a), "what": what, "iters": iters, "lr": lr, "steps": steps, "seed": seed,
               "thresholds": {who: threshold for who, (_, threshold) in verifiers.items()}, "fmr": FMR,
               "mean_similarity_of_the_references": references, "feasible": feasible, "rows": rows, **(record or {})}
-    out.mkdir(parents=True, exist_ok=True)
-    files.write_text(out / "morph.md", markdown(result))
-    files.write_json(out / "morph.json", result, significant=6)
-    save_images(out / "morph.png", {"reference a": a, "reference b": b, **{k: v["images"] for k, v in morphs.items()}})
+    write_result(out, "morph", result, markdown(result), lambda path: save_images(
+        path, {"reference a": a, "reference b": b, **{k: v["images"] for k, v in morphs.items()}}), significant=6)
     arrays = {"a": a, "b": b, **{ARRAYS[k]: v["images"] for k, v in morphs.items()}}
     arrays = {k: v.detach().float().permute(0, 2, 3, 1).cpu().numpy().astype(np.float32) for k, v in arrays.items()}
     if labels is not None:

@@ -16,7 +16,7 @@ from adjointdpm.tools.training import Training
 from ..components import SDComponents
 from ..latent import as_read
 from ..nets import gram
-from .common import Command, Pipeline, Sampler, read_image, write_result
+from .common import Command, Pipeline, Sampler, read_image, write_record
 
 
 # The paper's target modules (App. D): the cross-attention projections of every transformer block.
@@ -70,7 +70,7 @@ def save_lora(unet, folder: Path) -> Path:
     return folder / "pytorch_lora_weights.safetensors"
 
 
-def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: list[str], seeds, *,
+def fine_tune_style(comps: SDComponents, features, style_image: torch.Tensor, prompts: list[str], seeds, *,
             epochs: int = 8, lr: float = 1e-4, w_style: float = 1e3, w_content: float = 1.0,
             sampler: Sampler = Sampler(), out: Path, save_every: int = 10, accelerator=None,
             lora_rank: int | None = None, batch: int | None = None, progress: bool = True) -> dict:
@@ -153,11 +153,11 @@ def stylize(comps: SDComponents, features, style_image: torch.Tensor, prompts: l
                 save_lora(comps.unet, out / "lora")
             else:
                 comps.unet.save_pretrained(out / "unet")
-            write_result(out, "stylize", result)
+            write_record(out, "stylize", result)
     return result
 
 
-# How each argument of ``stylize`` (the one resumable application) reaches its folder's key (:func:`stylize`), or
+# How each argument of ``stylize`` (the one resumable application) reaches its folder's key (:func:`fine_tune_style`), or
 # why it cannot change the result; tests/test_keys.py fails for an argument in neither table.
 KEYED = {"model": "the UNet's weights fingerprint", "style_image": "the style image's fingerprint",
          "features": "the features' fingerprint", "vgg_weights": "the features' fingerprint",
@@ -205,10 +205,10 @@ def _arguments(p):
 
 def _run(args, comps, sampler, model, classifier, features) -> str:
     style = read_image(args.style_image, comps.image_size)
-    result = stylize(comps, features, style, args.prompts, args.seeds, epochs=args.epochs, lr=args.lr,
-                     w_style=args.w_style, w_content=args.w_content, sampler=sampler, out=args.out,
-                     save_every=args.save_every, accelerator=args.accelerator, lora_rank=args.lora_rank,
-                     batch=args.batch, progress=not args.no_progress)
+    result = fine_tune_style(comps, features, style, args.prompts, args.seeds, epochs=args.epochs, lr=args.lr,
+                             w_style=args.w_style, w_content=args.w_content, sampler=sampler, out=args.out,
+                             save_every=args.save_every, accelerator=args.accelerator, lora_rank=args.lora_rank,
+                             batch=args.batch, progress=not args.no_progress)
     saved = f"LoRA saved to {args.out / 'lora'}" if args.lora_rank else f"UNet saved to {args.out / 'unet'}"
     return f"loss {result['losses'][0]:.4g} -> {result['losses'][-1]:.4g}; {saved}"
 

@@ -242,8 +242,8 @@ def measure_audit(comps: SDComponents, guide, sizes: Sizes, sampler: apps.Sample
     runs = {}
     for tau in sizes.taus:  # the same candidate seeds: the smaller runs audit the first samples of the main one
         per_class = sizes.audit_per_class if tau == tau_main else sizes.curve_per_class
-        run = apps.audit(comps, guide, classes, seeds, tau=tau, iters=sizes.audit_iters, per_class=per_class,
-                         sampler=sampler, progress=progress)
+        run = apps.audit_classifier(comps, guide, classes, seeds, tau=tau, iters=sizes.audit_iters, per_class=per_class,
+                                    sampler=sampler, progress=progress)
         images = run["images"]
         flipped = images["read_as"].cpu() != images["labels"].cpu()
         still = {who: (r == images["labels"].cpu()) for who, r in judges().read(images["attacked"]).items()}
@@ -333,9 +333,9 @@ def measure_stylization(comps: SDComponents, guide, sizes: Sizes, sampler: apps.
     with torch.no_grad():
         style_target = [gram(f) for f in features(style)[0]]
     with tempfile.TemporaryDirectory() as run:  # its checkpoint and fine-tuned UNet are not results to keep
-        r = apps.stylize(comps, features, style, prompts, train_seeds, epochs=sizes.style_epochs, lr=sizes.style_lr,
-                         w_style=sizes.style_weight, sampler=sampler, out=Path(run), save_every=10_000,
-                         progress=progress)
+        r = apps.fine_tune_style(comps, features, style, prompts, train_seeds, epochs=sizes.style_epochs, lr=sizes.style_lr,
+                                 w_style=sizes.style_weight, sampler=sampler, out=Path(run), save_every=10_000,
+                                 progress=progress)
     after, measured_after = measure()
     with torch.no_grad():
         style_loss = {when: float(sum(((gram(f) - g) ** 2).mean() for f, g in zip(features(x)[0], style_target)))

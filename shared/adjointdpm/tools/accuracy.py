@@ -28,7 +28,7 @@ import torch
 
 from ..grad import Checkpoint, Gradient
 from ..gradients import deis_name, make_gradient
-from ..sample import sample
+from ..sampling import sample
 from . import cli, files
 from .memory import synchronize
 from .report import markdown_table, write_result

@@ -20,8 +20,9 @@ from .common import Command, Pipeline, Sampler, save_images, write_record
 
 
 def audit_classifier(comps: SDComponents, classifier, classes: dict[int, str], seeds, *, tau: float = 0.8,
-          target: int | None = None, iters: int = 10, step: float | None = None, per_class: int | None = None,
-          sampler: Sampler = Sampler(), out: Path | None = None, progress: bool = True) -> dict:
+                     target: int | None = None, iters: int = 10, step: float | None = None,
+                     per_class: int | None = None, sampler: Sampler = Sampler(), out: Path | None = None,
+                     progress: bool = True) -> dict:
     """For each class label -> prompt, generate one image per seed and keep those the classifier
     labels correctly (the first ``per_class`` of them, if given); then search ``x_T + delta``
     with ``||delta||_inf <= tau`` by projected signed-gradient steps (PGD), all classes in one

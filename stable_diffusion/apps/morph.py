@@ -56,7 +56,7 @@ def attacks(steps: int, iters: int, seed: int) -> dict[str, tuple[Sampler, int]]
 
 
 def morph_identities(pipe: Pipeline, F: Callable, a: torch.Tensor, b: torch.Tensor, cond_a: torch.Tensor,
-          cond_b: torch.Tensor, *, iters: int = 20, lr: float = 0.05, progress: bool = True) -> dict:
+                     cond_b: torch.Tensor, *, iters: int = 20, lr: float = 0.05, progress: bool = True) -> dict:
     """Morphs of the references ``a``, ``b`` (images in [0, 1]) whose prompts encode to ``cond_a``,
     ``cond_b``: DiM's (both inverted to noise by :meth:`Pipeline.invert`, the noises slerped, the
     conditions averaged), then ``(x_T, c)`` optimised with AdamW for ``iters`` steps through ``pipe``'s

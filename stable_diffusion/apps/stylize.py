@@ -71,9 +71,9 @@ def save_lora(unet, folder: Path) -> Path:
 
 
 def fine_tune_style(comps: SDComponents, features, style_image: torch.Tensor, prompts: list[str], seeds, *,
-            epochs: int = 8, lr: float = 1e-4, w_style: float = 1e3, w_content: float = 1.0,
-            sampler: Sampler = Sampler(), out: Path, save_every: int = 10, accelerator=None,
-            lora_rank: int | None = None, batch: int | None = None, progress: bool = True) -> dict:
+                    epochs: int = 8, lr: float = 1e-4, w_style: float = 1e3, w_content: float = 1.0,
+                    sampler: Sampler = Sampler(), out: Path, save_every: int = 10, accelerator=None,
+                    lora_rank: int | None = None, batch: int | None = None, progress: bool = True) -> dict:
     """Eq. 13: fine-tune the cross-attention weights so generated images take the Gram-matrix
     style of ``style_image`` ((1, 3, H, W) in [0, 1]) while keeping their content, over the
     noise-prompt pairs ``prompts x seeds``; AdamW on the mean loss of ``batch`` pairs per step (default: one

@@ -48,7 +48,6 @@
 # %%
 import json
 import os
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in the committed outputs
@@ -307,7 +306,7 @@ x0_error, along = {}, {}  # along: the converged path's state at each t
 with torch.no_grad():
     final = sample(model, x_T16, schedule, **table1.FLOOR)
     x, t_before = x_T16, 1.0
-    for t in (1.0, 0.9, 0.8, 0.7, t_first, 0.4):
+    for t in sorted({1.0, 0.9, 0.8, 0.7, t_first, 0.4}, reverse=True):  # from the noise end down
         if t < t_before:  # the path continued piece by piece: 10 DPM-Solver-3 steps each, finer than FLOOR's
             x = sample(model, x, schedule, **dict(table1.FLOOR, steps=10, t_start=t_before, t_end=t))
         along[t], t_before = x, t

@@ -433,7 +433,7 @@ if not REAL:
                                              "DiM + AdjointDEIS-1 (SDE)"))
     assert dim < ode and sde <= ode  # the ODE morph ahead, as in the poster, under the attacked model
     assert mmpmr["DiM + AdjointDEIS-1 (ODE)", "F'"] <= mmpmr["DiM (no optimisation)", "F'"]  # F' is fooled less
-    print(f"pairs a morph can match at all (their own cosine >= 2 t^2 - 1): "
+    print("pairs a morph can match at all (their own cosine >= 2 t^2 - 1): "
           + ", ".join(f"under {w} {100 * v:.0f}%" for w, v in mo["feasible"].items()))
 
 # %% [markdown]

@@ -444,7 +444,9 @@ def test_the_documented_route_grades_the_solutions_in_full_and_regrades_after_a_
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     lines[0].update(status="crashed", reason="autograder zip not found", questions={})
     log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    written = log.read_text().splitlines()
     make("grade", *route)
+    assert log.read_text().splitlines()[:-1] == written  # only the crashed notebook was graded again: one line more
     again = _table(tmp_path / "grades" / "grades.csv")
     assert [r["status"] for r in again] == ["ok"] * len(BUGS)
     assert [r["total"] for r in again] == [r["total"] for r in grades]

@@ -145,15 +145,19 @@ def test_backward_twice_through_an_adjoint_is_torchs_usual_error(strategy):
 
 def test_no_name_a_package_exports_hides_one_of_its_modules():
     """``import pkg.mod as m`` reads the attribute ``pkg.mod``: a function exported under a module's name (as
-    ``apps.audit`` once was) would hand over the function instead of the module."""
+    ``apps.audit`` once was) would hand over the function instead of the module. Each package's names are read
+    as its ``__init__`` left them, before this test imports any module under it (importing ``pkg/mod.py`` for
+    the first time would put the module in that name's place)."""
     import importlib
     import pkgutil
     import types
-    roots = ["adjointdpm", "handwritten", "toy", "cifar", "stable_diffusion"]
-    packages = [importlib.import_module(name) for name in roots]
-    packages += [importlib.import_module(info.name) for root in packages
-                 for info in pkgutil.walk_packages(root.__path__, root.__name__ + ".") if info.ispkg]
-    hidden = [f"{package.__name__}.{info.name}" for package in packages for info in pkgutil.iter_modules(package.__path__)
-              if not isinstance(getattr(package, info.name, importlib.import_module(f"{package.__name__}.{info.name}")),
-                                types.ModuleType)]
+    hidden, todo = [], ["adjointdpm", "handwritten", "toy", "cifar", "stable_diffusion"]
+    while todo:
+        package = importlib.import_module(todo.pop())
+        names = dict(vars(package))  # before any module under it is imported here
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name in names and not isinstance(names[info.name], types.ModuleType):
+                hidden.append(f"{package.__name__}.{info.name}")
+            if info.ispkg:
+                todo.append(f"{package.__name__}.{info.name}")
     assert hidden == []

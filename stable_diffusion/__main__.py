@@ -90,7 +90,8 @@ def _check(args, parser_):
         command.check(args, model)
     except ValueError as err:
         parser_.error(str(err))
-    if command.classifier:
+    args.takes_classifier = command.classifier is not None and command.takes_classifier(model)
+    if args.takes_classifier:
         args.classifier_arch = args.classifier_arch or model.classifier
         if args.classifier_arch not in registry.CLASSIFIERS and args.classifier_weights is None:
             parser_.error(f"argument --classifier-weights: required for the {args.classifier_arch} {command.classifier}")
@@ -125,7 +126,7 @@ def main(argv=None):
                             [s for s in args.save_memory if s in CHECKPOINTING])
         sampler = apps.Sampler(args.steps, args.solver, args.guidance_scale, args.gradient) if command.samples else None
         classifier = registry.load_classifier(args.classifier_arch, args.classifier_weights, args.num_classes,
-                                              args.classifier_size).to(args.device) if command.classifier else None
+                                              args.classifier_size).to(args.device) if args.takes_classifier else None
         features = registry.load_features(args.features, args.vgg_weights).to(args.device) if command.features else None
         summary = command.run(args, comps, sampler, model, classifier, features)
     if args.accelerator is None or args.accelerator.is_main_process:

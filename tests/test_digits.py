@@ -286,6 +286,15 @@ def test_every_application_command_takes_the_digits_model(tmp_path, capsys):
     assert "reuse-prompts: it must contain '{}' once" in capsys.readouterr().err
 
 
+def test_morph_on_the_digits_loads_no_classifier_its_identity_models_replace(tmp_path, monkeypatch):
+    from stable_diffusion import registry
+    from stable_diffusion.__main__ import main as sd
+    monkeypatch.setattr(registry, "load_classifier", lambda *a: pytest.fail("loaded a classifier that morph never uses"))
+    sd(["morph", "--model", "digits", "--steps", "2", "--seeds", "0", "--no-progress", "--pairs", "1", "--iters", "1",
+        "--out", str(tmp_path)])
+    assert "MMPMR under F" in (tmp_path / "morph.md").read_text()
+
+
 def test_morph_raises_the_similarity_to_both_references_and_its_arrays_hold_its_table(tmp_path):
     import numpy as np
 

@@ -60,7 +60,8 @@ class Command:
     model)`` raises ``ValueError("argument --x: ...")``, ``model`` the :class:`registry.Model` described),
     and its run (``run(args, comps, sampler, model, classifier, features)`` -> the line it prints; the
     command loads the classifier and the style features, so that no application imports the registry).
-    ``classifier`` names the classifier it takes in messages (``None``: it takes none); ``features``: it
+    ``classifier`` names the classifier it takes in messages (``None``: it takes none), and
+    ``takes_classifier(model)`` says whether it takes it with that :class:`registry.Model`; ``features``: it
     takes style features; ``samples`` is false where the application fixes its own samplers (no
     ``--solver``, ``--guidance-scale``, ``--gradient``); ``resumes``: resumable work, data-parallel under
     ``accelerate launch``."""
@@ -69,6 +70,7 @@ class Command:
     run: Callable[..., str]
     check: Callable[[argparse.Namespace, object], None] = lambda args, model: None
     classifier: str | None = None
+    takes_classifier: Callable[[object], bool] = lambda model: True
     features: bool = False
     samples: bool = True
     resumes: bool = False

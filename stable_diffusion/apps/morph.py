@@ -210,4 +210,6 @@ def _run(args, comps, sampler, model, classifier, features) -> str:
 COMMAND = Command("the AdjointDEIS poster's morphing, ODE and SDE (its Table 1; its samplers and strategy are the "
                   "poster's: --steps of dpm1 with AdjointDEIS-1, twice as many of sde-dpm1, guidance 1); --model "
                   "digits: pairs of same-class held-out digits, identity models F and F' of handwritten.identity",
-                  _arguments, _run, check=_check, classifier="identity model", samples=False)
+                  _arguments, _run, check=_check, classifier="identity model",
+                  takes_classifier=lambda model: model.morph_heldout is None,  # the digits' route: their own F and F'
+                  samples=False)

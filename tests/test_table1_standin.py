@@ -58,15 +58,18 @@ def test_mistakes_stop_at_the_door(argv, message, capsys):
 
 
 def test_a_folder_made_with_other_settings_is_refused(tmp_path, capsys):
-    args = ["--nfe", "8", "--samples", "20", "--batch", "10", "--out", str(tmp_path)]
+    args = ["--nfe", "8", "--samples", "20", "--batch", "10", "--out", str(tmp_path), "--grids", "logSNR"]
     table1.main(args + ["--seed", "3"])
     capsys.readouterr()
     one_line_error(table1.main, args + ["--seed", "4"], capsys, "holds work made with other settings: seed=3 (now 4)")
     # more samples in the same folder: the last, partial shard is made again, nothing is counted twice
-    table1.main(["--nfe", "8", "--samples", "25", "--batch", "10", "--out", str(tmp_path), "--seed", "3"])
+    table1.main(["--nfe", "8", "--samples", "25", "--batch", "10", "--out", str(tmp_path), "--grids", "logSNR",
+                 "--seed", "3"])
     assert json.loads((tmp_path / "table1.json").read_text())["samples"] == 25
     from cifar.generate import read_shards
-    for folder in (tmp_path / "samples" / "stand-in").glob("*/*"):
+    folders = sorted((tmp_path / "samples" / "stand-in").glob("*/*"))
+    assert len(folders) == len(table1.SAMPLERS)  # one cell per sampler on the one grid
+    for folder in folders:
         assert len(read_shards(folder, 25, 10)[0]) == 25
 
 

@@ -124,4 +124,3 @@ def read_shards(out_dir, n: int, batch: int, shape=None) -> tuple[torch.Tensor, 
                          "again to finish them")
     shards = [_read(p, _count(n, batch, i), shape) for i, p in enumerate(paths)]
     return torch.cat([s["images"] for s in shards]), sum(float(s["seconds"]) for s in shards)
-

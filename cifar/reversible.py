@@ -51,8 +51,8 @@ QUICK = dict(quality=(2, 4), baseline=(2, 4, 8), drift=(2, 4), gradient=(2, 4), 
 QUICK_FINE = dict(solver="dpm3", steps=10)
 STRATEGIES = {"Backprop": "backprop", "Checkpoint": "checkpoint", "ReversibleAdjoint": "reversible"}  # label -> GRADIENTS name
 PAIRS = ("float64", "float32")  # the precision the reversible pair is held in
-BASELINES = {"dpm1": "DDIM", "dpm2m": "DPM-Solver-2M"}
-COLORS = dict(zip(COUPLINGS, ("tab:blue", "tab:orange", "tab:green", "tab:red")))  # one colour per coupling  # one evaluation per step: first and second order
+BASELINES = {"dpm1": "DDIM", "dpm2m": "DPM-Solver-2M"}  # one evaluation per step: first and second order
+COLORS = dict(zip(COUPLINGS, ("tab:blue", "tab:orange", "tab:green", "tab:red")))  # one colour per coupling
 
 
 @contextlib.contextmanager

@@ -23,7 +23,6 @@ from .grad import Adjoint, AdjointDEIS, Backprop, Checkpoint, Gradient, Reversib
 from .reference import TorchdiffeqAdjoint, TorchsdeAdjoint
 
 
-
 def deis_name(order: int, form: str = "data", states: str = "reintegrate") -> str:
     """The name of ``AdjointDEIS(order, form=form, states=states)`` in :data:`GRADIENTS`."""
     return f"adjointdeis{'-2' * (order == 2)}{'-noise' * (form == 'noise')}{'-stored' * (states == 'reuse')}"

@@ -56,8 +56,9 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
         raise ValueError(f"space must be one of {tuple(SPACES)}, got {space!r}")
     if gradient is not None and not isinstance(gradient, Gradient):
         raise ValueError(f"gradient must be None or a strategy such as Backprop(), got {gradient!r}")
+    gradient = gradient or NoGradient()
     method = make_method(solver, rtol, atol, coupling)
-    (gradient or NoGradient()).check(method)
+    gradient.check(method)
     variables = SPACES[space](schedule)
     if method.exponential and not variables.exponential:
         raise ValueError(f"solver {solver!r} is an exponential integrator in lambda: it needs space='reparam'")
@@ -71,7 +72,7 @@ def sample(model, x_T: torch.Tensor, schedule: VPSchedule, cond=None, *, steps: 
     dynamics = dynamics_for(method, noise_seed, t_start is not None and t_start < t_end, variables.grid(times), z0)
     flow = ProbabilityFlow(model, schedule, cond, info, x_T.dtype)
     problem = Problem(flow, variables, dynamics, method, times, make_times, rtol, atol)
-    z_end = (gradient or NoGradient()).solve(problem, z0)
+    z_end = gradient.solve(problem, z0)
     info.nfe_forward = problem.flow.calls  # calls from here on are the backward pass's recomputations
     x_end = (variables.scale(t1) * z_end).to(x_T.dtype)  # a solver may hold its state wider (reversible-dpm1)
     return (x_end, info) if return_info else x_end

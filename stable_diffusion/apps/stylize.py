@@ -157,8 +157,9 @@ def fine_tune_style(comps: SDComponents, features, style_image: torch.Tensor, pr
     return result
 
 
-# How each argument of ``stylize`` (the one resumable application) reaches its folder's key (:func:`fine_tune_style`), or
-# why it cannot change the result; tests/test_keys.py fails for an argument in neither table.
+# How each argument of ``stylize`` (the one resumable application) reaches its folder's key
+# (:func:`fine_tune_style`), or why it cannot change the result; tests/test_keys.py fails for an argument in neither
+# table.
 KEYED = {"model": "the UNet's weights fingerprint", "style_image": "the style image's fingerprint",
          "features": "the features' fingerprint", "vgg_weights": "the features' fingerprint",
          "prompts": "the key", "seeds": "the key", "lr": "the key", "w_style": "the key", "w_content": "the key",

@@ -53,6 +53,14 @@ def test_work_errors_become_one_line(capsys):
         raise KeyError("bug")
 
 
+def as_from_a_terminal():
+    """In the child, before it execs: Ctrl-C's default action, as a command typed at a terminal has it. A child
+    inherits an ignored SIGINT (POSIX: a non-interactive shell ignores it in whatever it starts with ``&``, so
+    ``make test &`` runs the whole suite so), and Python then installs no KeyboardInterrupt for it."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum, resumes", [("SIGINT", True), ("SIGTERM", False)])
 def test_ctrl_c_and_sigterm_end_a_command_in_one_line_with_status_130(signum, resumes, tmp_path):
     import signal
@@ -62,7 +70,8 @@ def test_ctrl_c_and_sigterm_end_a_command_in_one_line_with_status_130(signum, re
     script = (f"import time\nfrom adjointdpm.tools import cli\np = cli.Parser(prog='cmd')\n"
               f"with cli.one_line_errors(p, resumes={resumes}):\n"
               f"    open({str(tmp_path / 'started')!r}, 'w').close()\n    time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=as_from_a_terminal)
     while not (tmp_path / "started").exists():
         time.sleep(0.05)
     proc.send_signal(getattr(signal, signum))
@@ -93,7 +102,8 @@ def test_ctrl_c_on_a_real_command_keeps_its_finished_work_and_the_rerun_resumes(
     import time
     argv = [sys.executable, "-m", "stable_diffusion.bench", "--model", "tiny", "--steps", "1", "2", "--gradients",
             "adjoint", "--repeats", "0", "--out", str(tmp_path)]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+                            preexec_fn=as_from_a_terminal)
     record = tmp_path / "bench.json"
     while not record.exists() and proc.poll() is None:
         time.sleep(0.05)

@@ -68,9 +68,13 @@ MathJax.Ajax.loadComplete("[MathJax]/config/site.js");
 
 
 def mathjax_folder() -> Path:
-    """MathJax's files as the jupyter-server-mathjax package installs them (nothing is fetched)."""
-    import jupyter_server_mathjax
-    return Path(jupyter_server_mathjax.__file__).parent / "static"
+    """MathJax's files as the jupyter-server-mathjax package installs them (nothing is fetched). Found, not
+    imported: importing it starts its Jupyter server extension, whose server is not installed (Makefile)."""
+    import importlib.util
+    spec = importlib.util.find_spec("jupyter_server_mathjax")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the site needs MathJax from the jupyter-server-mathjax wheel: run `make install`")
+    return Path(spec.submodule_search_locations[0]) / "static"
 
 
 def with_links(source: Path, dest: Path) -> None:

@@ -32,7 +32,7 @@ def test_an_interrupted_bench_resumes_without_measuring_a_finished_case_again(tm
     made, measured, interrupted = [], [], []
     monkeypatch.setattr(bench, "prepare", lambda setup, *args: (made.append(1), torch.save(0, setup / "reference.pt")))
 
-    def case(module, worker, setup, name, steps, *rest):
+    def case(module, worker, setup, name, steps, *rest, **where):
         if len(measured) == 3 and not interrupted:
             interrupted.append(1)
             raise KeyboardInterrupt

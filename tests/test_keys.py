@@ -83,7 +83,7 @@ def test_bench_records_are_keyed_by_the_model_s_content_not_its_name(tmp_path, m
     tiny_components().save_pretrained(model)
     measured = []
 
-    def fake_case(module, *args):  # the measurement itself is the bench's own test's; here: which cases run
+    def fake_case(module, *args, **where):  # the measurement itself is the bench's own test's; here: which cases run
         measured.append(args)
         return {"case": json.loads(args[3]), "model": str(model), "device": "cpu", "dtype": "float32", "repeats": 0,
                 "strategy": "adjoint", "steps": 2, "resolution": 32, "attention": "sdpa", "checkpointing": [],

@@ -101,3 +101,81 @@ def test_returning_freed_memory_makes_the_resident_size_follow_the_live_bytes():
     # the same without code, as the README says: glibc's environment variable
     by_env = _in_fresh_process(LIVE_AND_RESIDENT.format(fixed=False), MALLOC_MMAP_THRESHOLD_="131072")
     assert by_env["rss_after"] <= by_env["kept"] + 8 * MiB
+
+
+# ---------------------------------------------------------------------------------------------
+# run_in_fresh_process: on the CPU, each case a child of a fork server that imported the module once
+
+CASE = """import json, os, sys
+if __name__ == "__main__":
+    import heavy_import  # imported by the case, as a model's classes are (only the preload brings it in earlier)
+    if sys.argv[1] == "refuse":
+        raise ValueError("no such model")
+    if sys.argv[1] == "crash":
+        raise KeyError("a bug")
+    if sys.argv[1] == "sleep":
+        open(sys.argv[2], "w").write(str(os.getpid()))
+        import time
+        time.sleep(60)
+    print("noise first")
+    print(json.dumps({"pid": os.getpid(), "argv": sys.argv[1:], "cwd": os.getcwd(), "imports": heavy_import.COUNT}))
+"""
+
+
+@pytest.fixture
+def case_module(tmp_path, monkeypatch):
+    """``fresh_case``, a module that reports what it sees, and ``heavy_import``, which counts its imports in a file."""
+    (tmp_path / "fresh_case.py").write_text(CASE)
+    (tmp_path / "heavy_import.py").write_text(
+        f"import pathlib\np = pathlib.Path({str(tmp_path / 'imports')!r})\n"
+        "COUNT = len(p.read_text()) + 1 if p.exists() else 1\np.write_text('x' * COUNT)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "fresh_case"
+    from adjointdpm.tools import forkserver
+    forkserver.close()
+
+
+def test_each_case_is_a_process_of_its_own_that_runs_the_module_as_python_m_would(case_module, tmp_path, monkeypatch):
+    import os
+    from adjointdpm.tools.memory import run_in_fresh_process
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the caller's working folder, whenever the server started
+    first = run_in_fresh_process(case_module, "a", 1, preload=("heavy_import",))
+    second = run_in_fresh_process(case_module, "b", 2, preload=("heavy_import",))
+    assert first["argv"] == ["a", "1"] and second["argv"] == ["b", "2"]
+    assert first["cwd"] == second["cwd"] == str(tmp_path / "elsewhere")
+    assert len({first["pid"], second["pid"], os.getpid()}) == 3
+    assert first["imports"] == second["imports"] == 1  # imported once, by the server (preload), before either case
+    with pytest.raises(ValueError, match="^no such model$"):
+        run_in_fresh_process(case_module, "refuse", preload=("heavy_import",))
+    with pytest.raises(RuntimeError, match="KeyError: 'a bug'"):
+        run_in_fresh_process(case_module, "crash", preload=("heavy_import",))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # where a new interpreter finds the module
+    on_cuda = run_in_fresh_process(case_module, "c", device="cuda")  # a new interpreter, which imports anew
+    assert on_cuda["argv"] == ["c"] and on_cuda["imports"] == 2 and on_cuda["cwd"] == str(tmp_path / "elsewhere")
+
+
+def test_a_caller_that_stops_waiting_leaves_no_case_running(case_module, tmp_path):
+    import signal
+    import time
+    import psutil
+    from adjointdpm.tools import forkserver
+    from adjointdpm.tools.memory import run_in_fresh_process
+
+    def stop(signum, frame):
+        raise TimeoutError
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, 3)
+    try:
+        with pytest.raises(TimeoutError):
+            run_in_fresh_process(case_module, "sleep", tmp_path / "pid")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    child = int((tmp_path / "pid").read_text())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the case still runs"
+        time.sleep(0.05)
+    assert not forkserver._SERVERS  # its server is stopped: no reply of the killed case is left to read
+    assert run_in_fresh_process(case_module, "d")["argv"] == ["d"]  # a new server serves the next case

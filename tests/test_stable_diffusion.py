@@ -448,13 +448,13 @@ def test_bench_records_the_parts_and_resumes(tmp_path, monkeypatch):
     weights = parts[("weights", "sdpa", ())]
     assert weights["peak_gib"] == pytest.approx(sum(weights["parts_gib"].values()))
     assert "| 32 | adjoint | 1 |" in (tmp_path / "bench.md").read_text()
-    monkeypatch.setattr(bench, "run_in_fresh_process", lambda *a: pytest.fail(f"measured again: {a}"))
+    monkeypatch.setattr(bench, "run_in_fresh_process", lambda *a, **k: pytest.fail(f"measured again: {a}"))
     bench.main(["--model", "tiny", "--steps", "1", "--gradients", "adjoint", "--repeats", "0", "--out", str(tmp_path),
                 "--device", "cpu"])  # measured already: kept, nothing run
     again = json.loads((tmp_path / "bench.json").read_text())
     assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, records))
     measured = []  # other settings are measured anew
-    monkeypatch.setattr(bench, "run_in_fresh_process", lambda *a: measured.append(a) or dict(records[0], repeats=1))
+    monkeypatch.setattr(bench, "run_in_fresh_process", lambda *a, **k: measured.append(a) or dict(records[0], repeats=1))
     bench.main(["--model", "tiny", "--steps", "1", "--gradients", "adjoint", "--repeats", "1", "--out", str(tmp_path),
                 "--device", "cpu"])
     assert len(measured) == 1

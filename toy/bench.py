@@ -231,7 +231,7 @@ def run(out: Path, quick: bool, repeats: int, device: str) -> list[dict]:
             done = work / f"case-{files.fingerprint([name, steps])}.json"
             if not done.exists():
                 files.write_json(done, run_in_fresh_process("toy.bench", "--worker", work, name, steps,
-                                                            "--device", device, "--repeats", repeats))
+                                                            "--device", device, "--repeats", repeats, device=device))
             rows.append(json.loads(done.read_text()))
         print(write(rows, out, meta))
         shutil.rmtree(out / ".bench-work")

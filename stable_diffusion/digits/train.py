@@ -101,18 +101,27 @@ def _slanted(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([shear(data.to_unit(x), data.SLANT_DEGREES) * 2 - 1 for x in images.split(512)])
 
 
-def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = True, save_every: int = 100) -> dict:
-    vae = comps.vae.train()
+def _training_images() -> torch.Tensor:
+    """The training images, then each one slanted (image i's slanted copy is i + len(plain)), in ``[-1, 1]``."""
     plain, _ = data.load("train")
-    images = torch.cat([plain, _slanted(plain)])  # the VAE must reconstruct what the UNet will draw
+    return torch.cat([plain, _slanted(plain)])
+
+
+def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = True, save_every: int = 100
+              ) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+    """Train the VAE, then set its latent scaling from its posterior means over the training images.
+    Returns the record and those posteriors (mean and std, unscaled), which the UNet's training draws from."""
+    vae = comps.vae.train()
+    images = _training_images()  # the VAE must reconstruct what the UNet will draw
+    n_plain = len(images) // 2
     params = dict(vae.named_parameters())
     opt = torch.optim.AdamW(params.values(), lr=recipe.vae_lr, weight_decay=0.0)
 
     def loss_fn(step):
         gen = _generator(recipe, "vae", step)
-        idx = torch.randint(len(plain), (recipe.vae_batch,), generator=gen)
+        idx = torch.randint(n_plain, (recipe.vae_batch,), generator=gen)
         slanted = torch.rand(recipe.vae_batch, generator=gen) < recipe.slant_share
-        x = images[idx + len(plain) * slanted]
+        x = images[idx + n_plain * slanted]
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
         return (vae.decode(z).sample - x).abs().mean() + recipe.vae_kl_weight * _kl_per_element(posterior)
@@ -122,8 +131,9 @@ def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = T
     losses = training.run(recipe.vae_steps, loss_fn, progress)
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(x).latent_dist.mean for x in images.split(256)])
-        scaling = 1.0 / float(latents.std())
+        posteriors = [vae.encode(x).latent_dist for x in images.split(256)]
+        mean, std = torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
+        scaling = 1.0 / float(mean.std())
         vae.register_to_config(scaling_factor=scaling)
         errors = {}
         held_named, _ = data.load("heldout", range(9))
@@ -133,16 +143,15 @@ def train_vae(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = T
             rec = torch.cat([vae.decode(vae.encode(x).latent_dist.mean).sample for x in held.split(256)])
             errors[name] = float((data.to_unit(rec) - data.to_unit(held)).abs().mean())
     return {"steps": recipe.vae_steps, "final_loss": _tail(losses), "scaling_factor": scaling,
-            "heldout_reconstruction_mae": errors, "seconds": training.seconds}
+            "heldout_reconstruction_mae": errors, "seconds": training.seconds}, (mean, std)
 
 
-def train_unet(out: Path, comps: SDComponents, recipe: Recipe, progress: bool = True, save_every: int = 100) -> dict:
+def train_unet(out: Path, comps: SDComponents, recipe: Recipe, posterior: tuple[torch.Tensor, torch.Tensor],
+               progress: bool = True, save_every: int = 100) -> dict:
+    """Train the UNet and the text encoder on latents drawn from the fixed VAE's ``posterior`` (mean and std
+    of every training image, then of its slanted copy: :func:`train_vae`'s), scaled as the VAE's config says."""
     plain, labels = data.load("train")
-    images = torch.cat([plain, _slanted(plain)])  # slanted copy i + len(plain) of image i
-    with torch.no_grad():  # the VAE is fixed now: its posterior for every training image, once
-        posteriors = [comps.vae.encode(x).latent_dist for x in images.split(256)]
-    mean = torch.cat([p.mean for p in posteriors]) * comps.vae.config.scaling_factor
-    std = torch.cat([p.std for p in posteriors]) * comps.vae.config.scaling_factor
+    mean, std = (part * comps.vae.config.scaling_factor for part in posterior)
     ids = comps.tokenizer(data.captions(), padding="max_length",
                           max_length=comps.tokenizer.model_max_length, return_tensors="pt").input_ids
     schedule = comps.schedule  # VPSchedule.discrete of the training betas: owns the forward noising
@@ -207,8 +216,8 @@ def train(out: Path, recipe: Recipe = Recipe(), export: Path | None = None, prog
     with files.exclusive(out):
         classifier, record_classifier = train_classifier(out, recipe, progress, checkpoint_every)
         comps = build(recipe.seed)
-        record_vae = train_vae(out, comps, recipe, progress, checkpoint_every)
-        record_unet = train_unet(out, comps, recipe, progress, checkpoint_every)
+        record_vae, posterior = train_vae(out, comps, recipe, progress, checkpoint_every)
+        record_unet = train_unet(out, comps, recipe, posterior, progress, checkpoint_every)
     export = Path(export or out / "pipeline")
     save_pipeline(comps, export)
     files.save_tensors(classifier.state_dict(), export.parent / CLASSIFIER_FILE)

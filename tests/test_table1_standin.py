@@ -9,7 +9,7 @@ from helpers import one_line_error
 
 
 def test_standin_table_end_to_end_and_resume(tmp_path):
-    args = ["--nfe", "10", "20", "--samples", "100", "--batch", "50", "--out", str(tmp_path),
+    args = ["--nfe", "10", "20", "--samples", "100", "--batch", "25", "--out", str(tmp_path),
             "--grids", "uniform", "logSNR"]
     table1.main(args)
     first = json.loads((tmp_path / "table1.json").read_text())
@@ -31,7 +31,7 @@ def test_standin_table_end_to_end_and_resume(tmp_path):
             assert steps[-1]["rmse"] == pytest.approx(rows[(grid, 10, name)]["rmse_vs_fine"], rel=0.5)
     # a rerun finds every shard finished and reproduces the table's numbers
     shards = sorted(tmp_path.glob("samples/*/*/*/shard_*.pt"))
-    assert len(shards) == 2 * 2 * 3 * 2
+    assert len(shards) == 2 * 2 * 3 * 4
     stamps = [p.stat().st_mtime_ns for p in shards]
     table1.main(args)
     assert [p.stat().st_mtime_ns for p in shards] == stamps

@@ -412,7 +412,9 @@ def trajectory_markdown(trajectory: dict) -> str:
     text = (f"\n## Where the error is made at NFE {trajectory['nfe']}\n\nEach sampler's state after each of its steps "
             f"against the converged solve to the same time (median RMSE over {trajectory['images']} images), with "
             "the step's length in lambda = log(alpha/sigma); rho = sigma/alpha shrinks by the factor exp(d lambda) "
-            "over the step; the converged solve is the floor's (40 DPM-Solver-3 steps). AB4's first two steps are RK4 (its start-up).\n")
+            "over the step; the converged solve is the floor's solver (DPM-Solver-3) followed from each time to the next, "
+            "each piece in as many steps as the floor's 40-step solve from t = 1 to the piece's end spends on it. "
+            "AB4's first two steps are RK4 (its start-up).\n")
     for grid, per_sampler in trajectory["errors"].items():
         table = [[name] + [f"t {s['t']:.3g} (d lambda {s['d_lambda']:.2f}): {s['rmse']:.2g}" for s in steps]
                  for name, steps in per_sampler.items()]

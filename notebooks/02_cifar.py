@@ -279,7 +279,7 @@ for grid in GRIDS:
 # So each sampler's error is set by one step: eq. 10's by its first, eq. 4's by the one that crosses
 # the middle of the path (its third: 0.13, 0.27, 0.11). The grid decides the claim by which of the two
 # is worse. Eq. 10 wins where its first step's error is below eq. 4's largest (uniform: 0.098 against
-# 0.17; logSNR: 0.17 against 0.27) and loses where it is not (quadratic: 1.8 against 0.11), as the
+# 0.18; logSNR: 0.17 against 0.27) and loses where it is not (quadratic: 1.8 against 0.11), as the
 # next cell asserts.
 
 # %%

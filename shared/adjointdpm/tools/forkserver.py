@@ -99,7 +99,7 @@ def serve(names: list[str]) -> None:
     for name in [*preload, module]:
         try:
             importlib.import_module(name)
-        except ImportError:  # a library that moved a module: the child imports what it needs, only slower
+        except Exception:  # noqa: BLE001 (a module that moved or fails: each child imports it and reports the failure)
             pass
     # as a child started from here would have it: ignored if this server was started ignoring it (in a
     # background job), else Python's KeyboardInterrupt

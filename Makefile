@@ -7,12 +7,12 @@ PY     := $(VENV)/bin/python
 
 install: $(VENV)/.installed
 
+# The site's MathJax: only the files the jupyter-server-mathjax wheel ships. It is also a Jupyter server
+# extension, and its dependencies (a Jupyter server, whose event schemas pull a URI grammar into every
+# `import nbformat`, a second per process) serve nothing here: installed without them.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[test]"
-	# The site's MathJax: only the files this wheel ships. It is also a Jupyter server extension, and its
-	# dependencies (a Jupyter server, whose event schemas pull a URI grammar into every `import nbformat`,
-	# a second per process) serve nothing here.
 	$(PY) -m pip install --quiet --no-deps jupyter-server-mathjax==0.2.6
 	touch $@
 

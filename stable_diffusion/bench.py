@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from adjointdpm import GRADIENTS
 from adjointdpm.tools import cli, files
-from adjointdpm.tools.memory import (LivePeak, live_bytes, load_note, machine_load, peak, reset_peak, return_freed_memory,
+from adjointdpm.tools.memory import (LivePeak, case_process, live_bytes, load_note, machine_load, peak, reset_peak, return_freed_memory,
                                      run_in_fresh_process, saved_bytes_during, synchronize, trim)
 from adjointdpm.tools.report import markdown_table
 
@@ -373,7 +373,7 @@ def run(args) -> list[dict]:
         load = machine_load()  # before this run's own work, which would count itself
         # what a record depends on besides its case: the model by content, not by name
         same = dict(model=args.model, model_content=fingerprint(args.model), device=args.device, dtype=args.dtype,
-                    repeats=args.repeats)
+                    repeats=args.repeats, process=case_process(args.device))
         kept = [r for r in _earlier(path) if isinstance(r, dict) and "case" in r
                 and all(r.get(k) == v for k, v in same.items())]  # other settings, or an older layout: measured anew
         records = []
@@ -384,7 +384,7 @@ def run(args) -> list[dict]:
             record = known[0] if known else dict(run_in_fresh_process(
                 "stable_diffusion.bench", "--model", args.model, "--worker", json.dumps(case), "--device",
                 args.device, "--dtype", args.dtype, "--repeats", args.repeats, device=args.device, preload=PRELOAD),
-                model_content=same["model_content"], machine_load=load)
+                model_content=same["model_content"], process=same["process"], machine_load=load)
             records.append(record)
             everything = in_order(records + [r for r in kept if r not in records])
             files.write_json(path, everything)

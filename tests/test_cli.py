@@ -1,5 +1,7 @@
 """Arguments checked at the door: one line naming the argument, exit status 2, no traceback."""
 import argparse
+import contextlib
+import signal
 
 import pytest
 import torch
@@ -53,25 +55,30 @@ def test_work_errors_become_one_line(capsys):
         raise KeyError("bug")
 
 
+@contextlib.contextmanager
 def as_from_a_terminal():
-    """In the child, before it execs: Ctrl-C's default action, as a command typed at a terminal has it. A child
+    """Inside, a child started gets Ctrl-C's default action, as a command typed at a terminal has it. A child
     inherits an ignored SIGINT (POSIX: a non-interactive shell ignores it in whatever it starts with ``&``, so
-    ``make test &`` runs the whole suite so), and Python then installs no KeyboardInterrupt for it."""
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    ``make test &`` runs the whole suite so), and Python then installs no KeyboardInterrupt for it; a handler
+    of this process's own is reset to the default action by exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("signum, resumes", [("SIGINT", True), ("SIGTERM", False)])
 def test_ctrl_c_and_sigterm_end_a_command_in_one_line_with_status_130(signum, resumes, tmp_path):
-    import signal
     import subprocess
     import sys
     import time
     script = (f"import time\nfrom adjointdpm.tools import cli\np = cli.Parser(prog='cmd')\n"
               f"with cli.one_line_errors(p, resumes={resumes}):\n"
               f"    open({str(tmp_path / 'started')!r}, 'w').close()\n    time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=as_from_a_terminal)
+    with as_from_a_terminal():
+        proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
     while not (tmp_path / "started").exists():
         time.sleep(0.05)
     proc.send_signal(getattr(signal, signum))
@@ -96,14 +103,14 @@ def test_ctrl_c_on_a_real_command_keeps_its_finished_work_and_the_rerun_resumes(
     one line and no traceback; the rerun keeps the first case's record as it was and measures the second."""
     import json
     import os
-    import signal
     import subprocess
     import sys
     import time
     argv = [sys.executable, "-m", "stable_diffusion.bench", "--model", "tiny", "--steps", "1", "2", "--gradients",
             "adjoint", "--repeats", "0", "--out", str(tmp_path)]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True,
-                            preexec_fn=as_from_a_terminal)
+    with as_from_a_terminal():
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                start_new_session=True)
     record = tmp_path / "bench.json"
     while not record.exists() and proc.poll() is None:
         time.sleep(0.05)

@@ -137,13 +137,16 @@ def case_module(tmp_path, monkeypatch):
 
 def test_each_case_is_a_process_of_its_own_that_runs_the_module_as_python_m_would(case_module, tmp_path, monkeypatch):
     import os
+    from adjointdpm.tools import forkserver
     from adjointdpm.tools.memory import run_in_fresh_process
-    (tmp_path / "elsewhere").mkdir()
-    monkeypatch.chdir(tmp_path / "elsewhere")  # the caller's working folder, whenever the server started
+    for name in ("here", "there"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "here")
     first = run_in_fresh_process(case_module, "a", 1, preload=("heavy_import",))
+    monkeypatch.chdir(tmp_path / "there")  # the caller's working folder at each case, not the server's
     second = run_in_fresh_process(case_module, "b", 2, preload=("heavy_import",))
     assert first["argv"] == ["a", "1"] and second["argv"] == ["b", "2"]
-    assert first["cwd"] == second["cwd"] == str(tmp_path / "elsewhere")
+    assert first["cwd"] == str(tmp_path / "here") and second["cwd"] == str(tmp_path / "there")
     assert len({first["pid"], second["pid"], os.getpid()}) == 3
     assert first["imports"] == second["imports"] == 1  # imported once, by the server (preload), before either case
     with pytest.raises(ValueError, match="^no such model$"):
@@ -151,8 +154,10 @@ def test_each_case_is_a_process_of_its_own_that_runs_the_module_as_python_m_woul
     with pytest.raises(RuntimeError, match="KeyError: 'a bug'"):
         run_in_fresh_process(case_module, "crash", preload=("heavy_import",))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # where a new interpreter finds the module
+    servers = dict(forkserver._SERVERS)
     on_cuda = run_in_fresh_process(case_module, "c", device="cuda")  # a new interpreter, which imports anew
-    assert on_cuda["argv"] == ["c"] and on_cuda["imports"] == 2 and on_cuda["cwd"] == str(tmp_path / "elsewhere")
+    assert on_cuda["argv"] == ["c"] and on_cuda["imports"] == 2 and on_cuda["cwd"] == str(tmp_path / "there")
+    assert forkserver._SERVERS == servers  # and no server was started for it
 
 
 def test_a_caller_that_stops_waiting_leaves_no_case_running(case_module, tmp_path):
@@ -161,21 +166,28 @@ def test_a_caller_that_stops_waiting_leaves_no_case_running(case_module, tmp_pat
     import psutil
     from adjointdpm.tools import forkserver
     from adjointdpm.tools.memory import run_in_fresh_process
+    pid_file = tmp_path / "pid"
 
-    def stop(signum, frame):
-        raise TimeoutError
+    def stop(signum, frame):  # once the case runs (the server's start-up imports PyTorch first)
+        if pid_file.exists() and pid_file.read_text():
+            raise TimeoutError
     previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, 3)
+    signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
     try:
         with pytest.raises(TimeoutError):
-            run_in_fresh_process(case_module, "sleep", tmp_path / "pid")
+            run_in_fresh_process(case_module, "sleep", pid_file)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    child = int((tmp_path / "pid").read_text())
+    child = psutil.Process(int(pid_file.read_text())) if psutil.pid_exists(int(pid_file.read_text())) else None
     deadline = time.monotonic() + 10
-    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+    while child is not None:
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
         assert time.monotonic() < deadline, "the case still runs"
         time.sleep(0.05)
-    assert not forkserver._SERVERS  # its server is stopped: no reply of the killed case is left to read
+    assert not [key for key in forkserver._SERVERS if key[0] == case_module]  # its server is stopped: no reply left
     assert run_in_fresh_process(case_module, "d")["argv"] == ["d"]  # a new server serves the next case

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from adjointdpm import Checkpoint, VPSchedule, make_gradient, sample
 from adjointdpm.tools import cli, files
-from adjointdpm.tools.memory import load_note, machine_load, peak as peak_bytes, reset_peak, run_in_fresh_process, synchronize
+from adjointdpm.tools.memory import (case_process, load_note, machine_load, peak as peak_bytes, reset_peak,
+                                     run_in_fresh_process, synchronize)
 from adjointdpm.tools.report import markdown_table, write_result
 from toy.mixture import eight_modes
 from toy.mlp import EpsMLP, train_eps_mlp
@@ -147,7 +148,8 @@ def markdown(rows, meta: dict) -> str:
             f"{meta['device']}, {meta['threads']} threads)\n\nErrors against Checkpoint() with {meta['ref_steps']} "
             "steps (the sampler's own error included), and how far each strategy is off the exact gradient of the "
             "same sampler (Checkpoint() at the same steps: the backward solver's own error). "
-            f"Time: median of {meta['repeats']} repeats. Memory: each case in a fresh process. Ratios against "
+            f"Time: median of {meta['repeats']} repeats. Memory: each case in a process of its own "
+            f"({meta.get('process', 'new interpreter')}). Ratios against "
             "Backprop of the same sampler. SDE rows: `sde-dpm1` with one noise_seed; no fine-step reference exists "
             "for them (another grid is another Brownian path). Reversible rows: `reversible-dpm1` (two model "
             "evaluations per step), its exact gradient by Backprop, Checkpoint and ReversibleAdjoint.\n\n"
@@ -219,7 +221,7 @@ def run(out: Path, quick: bool, repeats: int, device: str) -> list[dict]:
              else [n for strategies, _, _ in FAMILIES.values() for n in strategies])
     train_iters = 200 if quick else 1500
     meta = {"batch": batch, "repeats": repeats, "device": device, "threads": torch.get_num_threads(),
-            "ref_steps": 100 if quick else 400}
+            "ref_steps": 100 if quick else 400, "process": case_process(device)}
     key = dict(meta, train_iters=train_iters, hidden=HIDDEN, depth=DEPTH, solver=SOLVER)
     with files.exclusive(out, ".bench.lock"):
         meta["machine_load"] = machine_load()  # before this run's own work, which would count itself

@@ -35,10 +35,14 @@ def errors_along(model, x_T: torch.Tensor, schedule: VPSchedule, sampler: dict, 
     ``converged`` (keyword arguments of a converged solve) is followed from each time of the grid to the
     next, the piece from ``t_{i-1}`` to ``t_i`` in as many of ``converged``'s steps as a solve from the start to
     ``t_i`` spends on that interval (in lambda: ``steps * (lambda_i - lambda_{i-1}) / (lambda_i - lambda_0)``,
-    rounded up): no step is longer than that solve's, and the path takes about ``steps * (1 + ln N)`` steps
-    on a grid even in lambda, where a solve to each of the ``N`` times takes ``steps * N``. ``cache`` (a dict)
-    keeps the converged states by ``t_i`` between calls that share times."""
+    rounded up; ``converged`` is even in lambda, ``spacing="logSNR"``): no step is longer than that solve's,
+    and the path takes about ``steps * (1 + ln N)`` steps on a grid even in lambda, where a solve to each of
+    the ``N`` times takes ``steps * N``. ``cache`` (a dict) keeps the converged states by ``t_i`` between calls
+    that share times (a state is then the one the first call's path reached, the same to within the
+    converged solve's own error)."""
     import math
+    if converged.get("spacing") != "logSNR":
+        raise ValueError(f"the converged solve must be even in lambda (spacing='logSNR'), got {converged.get('spacing')!r}")
     cache = {} if cache is None else cache
     times = schedule.grid(sampler["steps"], sampler["spacing"], sampler.get("t_start"), sampler.get("t_end", 1e-3))
     lam = schedule.lambda_(times)

@@ -5,16 +5,20 @@ alone (:func:`adjointdpm.tools.memory.run_in_fresh_process`). A new interpreter 
 every case: 2 s for PyTorch, 5 s for PyTorch with diffusers and transformers, where a case on a small model
 measures for well under a second. A *fork server* pays once: a new interpreter (started like any child
 process, not forked from the caller) imports the module and the libraries it names, then forks one child
-per case; the child runs the module as ``python -m`` would, with the caller's working folder and
-arguments, its output in files, and exits. Each case still starts from the same state, the server's, in
-which nothing has run but imports, and ends with its process.
+per case; the child runs the module as ``python -m`` would (``__main__``, the caller's arguments, working
+folder and import path), its output in files, and exits. Each case starts from the same state, the
+server's, in which nothing has run but imports (the module's top level included, once), and ends with its
+process. As PyTorch's own data-loader workers are, it is forked from a process that imported PyTorch.
 
-A server is kept per module, preload list, interpreter and environment (an environment variable read at
-import, such as ``OMP_NUM_THREADS``, takes effect in the server), and ends when the caller closes it or
-exits. Ctrl-C reaches the child as it would reach ``python -m`` started from the same terminal (the
-server itself ignores it); if the caller stops waiting, the child is killed and its server stopped.
-POSIX only (``os.fork``): elsewhere, and for CUDA (a child cannot use CUDA once its parent has
-initialised it, and an import may have), callers start a new interpreter instead.
+One server is kept per module and preload, for the caller's interpreter, environment and import path (a
+variable read at import, such as ``OMP_NUM_THREADS``, takes effect in the server): when these change, a new
+server replaces the old. Servers end when the caller closes them or exits. Ctrl-C reaches the child as it
+would reach ``python -m`` started from the same terminal (the server itself ignores it); if the caller
+stops waiting, its server is stopped, and the child, which dies with its server, with it.
+
+Where it differs from ``python -m``: the child ends with ``os._exit`` once its output is flushed, so exit
+handlers and non-daemon threads a case leaves behind do not run (a benchmark case leaves none). Linux only
+(elsewhere, and for CUDA, callers start a new interpreter).
 """
 from __future__ import annotations
 
@@ -24,34 +28,34 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 _SERVERS: dict[tuple, subprocess.Popen] = {}
+_LOCK = threading.Lock()  # one request at a time per caller: a reply belongs to the request before it
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 def available() -> bool:
-    return hasattr(os, "fork")
+    """Whether cases can be forked here: Linux (``os.fork`` and ``prctl``; forking without exec after these
+    imports is not safe on macOS)."""
+    return sys.platform.startswith("linux")
 
 
 def run(module: str, args: list[str], stdout: Path, stderr: Path, preload: tuple[str, ...] = ()) -> int:
     """Run ``python -m module *args`` in a child of ``module``'s server, its output to the files ``stdout``
     and ``stderr``, in this process's working folder; returns its exit status (as ``subprocess`` gives it)."""
-    server = _server(module, tuple(preload))
     request = {"args": [str(a) for a in args], "cwd": os.getcwd(), "stdout": str(stdout), "stderr": str(stderr)}
-    child = None
-    try:
-        server.stdin.write(json.dumps(request) + "\n")
-        server.stdin.flush()
-        child = _reply(server)["pid"]
-        return _reply(server)["status"]
-    except BaseException:  # Ctrl-C, or a server that died: no child left running, no reply left unread
-        if child is not None:
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _stop(server)
-        raise
+    with _LOCK:
+        server = _server(module, tuple(preload))
+        try:
+            server.stdin.write(json.dumps(request) + "\n")
+            server.stdin.flush()
+            _reply(server)  # {"pid"}: the child runs
+            return _reply(server)["status"]
+        except BaseException:  # Ctrl-C, or a server that died: no child left running, no reply left unread
+            _stop(server)
+            raise
 
 
 def _reply(server: subprocess.Popen) -> dict:
@@ -62,26 +66,32 @@ def _reply(server: subprocess.Popen) -> dict:
 
 
 def _server(module: str, preload: tuple[str, ...]) -> subprocess.Popen:
-    key = (module, preload, sys.executable, tuple(sorted(os.environ.items())))
+    key = (module, preload, sys.executable, tuple(sorted(os.environ.items())), tuple(sys.path))
     server = _SERVERS.get(key)
-    if server is None or server.poll() is not None:
-        # the caller's import path, as multiprocessing passes it to its own server: the module is found where
-        # the caller found it; then serve() reads the requests from stdin and writes one reply per line
-        code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-                "from adjointdpm.tools.forkserver import serve; serve(sys.argv[2:])")
-        server = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path), *preload, module],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        _SERVERS[key] = server
+    if server is not None and server.poll() is None:
+        return server
+    for old in [s for k, s in _SERVERS.items() if k[:3] == key[:3]]:
+        _stop(old)  # the same module under another environment, or one that died: replaced
+    # the caller's import path, as multiprocessing passes it to its own server: the module is found where
+    # the caller found it; then serve() reads the requests from stdin and writes one reply per line
+    code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+            "from adjointdpm.tools.forkserver import serve; serve(sys.argv[2:])")
+    server = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path), *preload, module],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    _SERVERS[key] = server
     return server
 
 
 def _stop(server: subprocess.Popen) -> None:
     for key in [k for k, s in _SERVERS.items() if s is server]:
         del _SERVERS[key]
-    server.kill()
+    server.kill()  # its child, if any, gets SIGKILL too (PR_SET_PDEATHSIG)
     server.wait()
-    server.stdin.close()
-    server.stdout.close()
+    for pipe in (server.stdin, server.stdout):
+        try:
+            pipe.close()
+        except OSError:  # a request it never read
+            pass
 
 
 @atexit.register
@@ -96,36 +106,48 @@ def serve(names: list[str]) -> None:
     request line on stdin, replying ``{"pid"}`` when it starts and ``{"status"}`` when it ends."""
     import importlib
     *preload, module = names
+    # replies on a descriptor of their own: whatever an import prints goes to the server's stderr instead
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
     for name in [*preload, module]:
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 (a module that moved or fails: each child imports it and reports the failure)
             pass
+    sys.stdout.flush()
     # as a child started from here would have it: ignored if this server was started ignoring it (in a
     # background job), else Python's KeyboardInterrupt
     interrupt = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C is for the child and the caller
+    server = os.getpid()
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            _child(module, request, interrupt)
-        print(json.dumps({"pid": pid}), flush=True)
+            replies.close()
+            _child(module, request, interrupt, server)
+        print(json.dumps({"pid": pid}), file=replies)
         _, status = os.waitpid(pid, 0)
-        print(json.dumps({"status": os.waitstatus_to_exitcode(status)}), flush=True)
+        print(json.dumps({"status": os.waitstatus_to_exitcode(status)}), file=replies)
 
 
-def _child(module: str, request: dict, interrupt) -> None:
+def _child(module: str, request: dict, interrupt, server: int) -> None:
     """In the forked child: ``python -m module *args`` with its output in the request's files. Never returns."""
+    import ctypes
     import runpy
     import traceback
     code = 1
     try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != server:  # the server died before prctl took effect
+            os._exit(1)
         signal.signal(signal.SIGINT, interrupt)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
+                                (1, request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                                (2, request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+            opened = os.open(path, flags, 0o600)
+            os.dup2(opened, fd)
+            os.close(opened)
         os.chdir(request["cwd"])
         sys.path.insert(0, request["cwd"])  # as ``python -m`` puts the working folder first
         sys.argv = [module, *request["args"]]
@@ -136,6 +158,9 @@ def _child(module: str, request: dict, interrupt) -> None:
             code = exit_.code or 0
         else:  # sys.exit("message"), as the interpreter reports it
             print(exit_.code, file=sys.stderr)
+    except KeyboardInterrupt:  # as the interpreter ends on one: the traceback, then killed by SIGINT
+        traceback.print_exc()
+        code = -signal.SIGINT
     except BaseException:  # noqa: BLE001 (the interpreter's own report of an uncaught exception)
         traceback.print_exc()
     finally:
@@ -144,4 +169,7 @@ def _child(module: str, request: dict, interrupt) -> None:
                 stream.flush()
             except Exception:  # noqa: BLE001 (a full disk: the status still goes back)
                 pass
+        if code == -signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)

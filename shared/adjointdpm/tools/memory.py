@@ -77,21 +77,29 @@ def load_note(loads: list[dict]) -> str:
             "its times are longer than on an idle machine; rerun it alone to compare times.")
 
 
+def case_process(device) -> str:
+    """How :func:`run_in_fresh_process` starts a case on ``device``: ``"forked"`` (from a server that imported
+    its libraries) on a Linux CPU, else ``"new interpreter"``. Benchmarks record it and key their records by it:
+    the two measure a CPU high-water mark differently (below)."""
+    from . import forkserver
+    return "forked" if torch.device(device).type == "cpu" and forkserver.available() else "new interpreter"
+
+
 def run_in_fresh_process(module: str, *args, device="cpu", preload: tuple[str, ...] = ()) -> dict:
     """Run ``python -m module *args`` as a process of its own and return the JSON object it prints on its
     last line (one benchmark case, measured alone); a refusal in the case (a ``ValueError``: a model that
     does not load, say) is raised again as one, in its own words; another error carries the case's stderr.
 
-    For a case on the CPU the process is forked from a server that has imported ``module`` and ``preload``
-    once (:mod:`adjointdpm.tools.forkserver`: the same starting state, without paying for the imports on
-    every case); for CUDA it is a new interpreter, because a forked child cannot use CUDA once its parent
-    has initialised it. A forked child's CPU high-water mark also counts the library code its case runs
-    (pages of the shared libraries that its server had mapped, which it maps again): on the toy bench's
-    cases 1 to 6 MiB more than from a new interpreter, the same in every run (a new interpreter's vary by up
-    to 2.4 MiB between runs)."""
+    On a Linux CPU the process is forked from a server that has imported ``module`` and ``preload`` once
+    (:mod:`adjointdpm.tools.forkserver`: the same starting state, without paying for the imports on every
+    case); for CUDA it is a new interpreter, a precaution: a forked child cannot use CUDA once its parent has
+    initialised it, and an import can. A forked child's CPU high-water mark also counts library code its case
+    runs (pages of the shared libraries its server had mapped, which it maps again): on four of the toy
+    bench's cases, 1 to 6 MiB more than from a new interpreter, and the same in both of two runs (a new
+    interpreter's differed by up to 2.4 MiB between its two)."""
     import tempfile
     from . import forkserver
-    if torch.device(device).type == "cpu" and forkserver.available():
+    if case_process(device) == "forked":
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             returncode = forkserver.run(module, list(args), out, err, preload)

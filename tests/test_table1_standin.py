@@ -138,3 +138,5 @@ def test_trajectory_errors_follow_the_converged_solve_piece_by_piece_to_the_exac
         x = table1.sample(model, x_T, schedule, **dict(sampler, steps=i + 1, t_end=step["t"]))
         assert abs(step["rmse"] - median_rmse(x, exact)) <= path_error  # a per-image RMSE moves by at most that
     assert calls_along < calls_floor / 2
+    with pytest.raises(ValueError, match=r"even in lambda \(spacing='logSNR'\), got 'uniform'"):
+        errors_along(model, x_T, schedule, sampler, dict(table1.FLOOR, spacing="uniform"))

@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from adjointdpm import GRADIENTS
 from adjointdpm.tools import cli, files
-from adjointdpm.tools.memory import (LivePeak, case_process, live_bytes, load_note, machine_load, peak, reset_peak, return_freed_memory,
-                                     run_in_fresh_process, saved_bytes_during, synchronize, trim)
+from adjointdpm.tools.memory import (LivePeak, case_process, live_bytes, load_note, machine_load, peak, reset_peak,
+                                     return_freed_memory, run_in_fresh_process, saved_bytes_during, synchronize, trim)
 from adjointdpm.tools.report import markdown_table
 
 from .apps import Pipeline, Sampler, latent_noise

@@ -42,7 +42,8 @@ def errors_along(model, x_T: torch.Tensor, schedule: VPSchedule, sampler: dict, 
     converged solve's own error)."""
     import math
     if converged.get("spacing") != "logSNR":
-        raise ValueError(f"the converged solve must be even in lambda (spacing='logSNR'), got {converged.get('spacing')!r}")
+        raise ValueError("the converged solve must be even in lambda (spacing='logSNR'), "
+                         f"got {converged.get('spacing')!r}")
     cache = {} if cache is None else cache
     times = schedule.grid(sampler["steps"], sampler["spacing"], sampler.get("t_start"), sampler.get("t_end", 1e-3))
     lam = schedule.lambda_(times)
